@@ -1,0 +1,145 @@
+"""YAML configuration: safe loading (duplicate keys rejected), ``--set`` overrides, saving.
+
+Values are only ever *parsed* as YAML scalars, never evaluated.
+
+>>> cfg = apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=[1, 2]", "name=x"])
+>>> cfg
+{'a': {'b': 2, 'c': [1, 2]}, 'name': 'x'}
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from medseg.errors import ConfigError
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key '{key}' (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                path=getattr(loader, "name", None),
+                code="duplicate_key",
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def loads(text: str, *, source: str | None = None) -> Any:
+    """Parse YAML text safely; duplicate keys raise ConfigError."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = source  # type: ignore[attr-defined]
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", path=source, code="bad_yaml") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a YAML mapping from ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", path=p, code="unreadable") from None
+    data = loads(text, source=str(p))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping of keys to values", path=p)
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """Parse one ``--set`` value as a YAML scalar/sequence/mapping (``'3'`` -> 3, ``'[1,2]'`` -> list)."""
+    if text == "":
+        return ""
+    return loads(text, source="--set value")
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied (list items by index)."""
+    out = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'", code="bad_override")
+        key, raw = item.split("=", 1)
+        parts = [k for k in key.strip().split(".") if k]
+        if not parts:
+            raise ConfigError(f"--set has an empty key in '{item}'", code="bad_override")
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            node = _child(node, part, create=True, full=key)
+        _assign(node, parts[-1], parse_value(raw.strip()), full=key)
+    return out
+
+
+def _child(node: Any, part: str, *, create: bool, full: str) -> Any:
+    if isinstance(node, list):
+        idx = _index(part, node, full)
+        return node[idx]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {full}: '{part}' is below a value that is not a mapping", code="bad_override")
+    if part not in node:
+        if not create:
+            raise ConfigError(f"--set {full}: no key '{part}'", code="bad_override")
+        node[part] = {}
+    return node[part]
+
+
+def _assign(node: Any, part: str, value: Any, *, full: str) -> None:
+    if isinstance(node, list):
+        node[_index(part, node, full)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise ConfigError(f"--set {full}: cannot set '{part}' inside a scalar", code="bad_override")
+
+
+def _index(part: str, node: list, full: str) -> int:
+    try:
+        idx = int(part)
+    except ValueError:
+        raise ConfigError(f"--set {full}: '{part}' must be a list index", code="bad_override") from None
+    if not -len(node) <= idx < len(node):
+        raise ConfigError(f"--set {full}: index {idx} out of range", code="bad_override")
+    return idx
+
+
+def dumps(cfg: Any) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def save_yaml(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` as YAML atomically (temporary file, then rename)."""
+    from medseg.fsutil import atomic_write_text
+
+    return atomic_write_text(Path(path), dumps(cfg))
+
+
+def check_keys(section: dict[str, Any], allowed: Iterable[str], *, where: str) -> None:
+    """Raise ConfigError naming any key of ``section`` not in ``allowed``."""
+    allowed = set(allowed)
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})",
+            code="unknown_key",
+        )

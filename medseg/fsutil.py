@@ -1,0 +1,88 @@
+"""File-system helpers: atomic writes, safe output paths, case ids from file names."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from medseg.errors import MedsegError
+
+_NII_EXT = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz", ".dcm")
+
+
+def case_id(path: str | os.PathLike) -> str:
+    """File name without its image extension (``'a/b/case_01.nii.gz'`` -> ``'case_01'``)."""
+    name = Path(path).name
+    for ext in _NII_EXT:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sanitize_name(name: str, *, max_len: int = 120) -> str:
+    """A file-name-safe token: letters, digits, '.', '_' and '-' only; never '.', '..' or empty."""
+    s = _SAFE.sub("_", name).strip("._") or "case"
+    return s[:max_len]
+
+
+def safe_join(root: str | os.PathLike, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and refuse any result that escapes ``root``."""
+    root_r = Path(root).resolve()
+    target = root_r.joinpath(*parts).resolve()
+    if target != root_r and root_r not in target.parents:
+        raise MedsegError(f"output path {target} would leave the output folder {root_r}", code="unsafe_path")
+    return target
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync and rename it into place.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    The temporary name keeps the final suffix so writers that look at extensions work.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".nii.gz") else final.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp_p = Path(tmp)
+    try:
+        yield tmp_p
+        with open(tmp_p, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_p, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        tmp_p.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
