@@ -10,7 +10,7 @@ from medseg.volume import Volume
 def test_volume_affine_and_orientation():
     v = Volume(np.zeros((2, 3, 4)), spacing_mm=(3.0, 2.0, 1.0), origin_mm=(10, 20, 30))
     # default direction: z->S, y->A, x->R
-    assert v.affine @ np.array([1, 1, 1, 1]) == pytest.approx([31, 22, 33, 1])
+    assert v.affine @ np.array([1, 1, 1, 1]) == pytest.approx([11, 22, 33, 1])
     assert v.orientation == "RAS"
 
 
