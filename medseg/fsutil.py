@@ -11,6 +11,14 @@ from typing import Iterator
 
 from medseg.errors import MedsegError
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
 _NII_EXT = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz", ".dcm")
 
 
@@ -54,6 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     tmp_p = Path(tmp)
+    os.chmod(tmp_p, _FILE_MODE)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_p
         with open(tmp_p, "rb+") as fh:
