@@ -78,6 +78,28 @@ def _header_kind(data: bytes, path: Path) -> str:
     raise InputError("not a NIfTI file (wrong header size / magic bytes)", path=path, code="bad_magic")
 
 
+def _check_raw_header(data: bytes, kind: str, path: Path) -> None:
+    """Checks on the raw dim/pixdim fields, before nibabel silently "fixes" them
+    (nibabel turns a zero pixdim into 1 and a negative one into its absolute value)."""
+    endian = "<" if struct.unpack("<i", data[:4])[0] in (348, 540) else ">"
+    if kind == "nifti1":
+        dim = struct.unpack(endian + "8h", data[40:56])
+        pixdim = struct.unpack(endian + "8f", data[76:108])
+    else:
+        dim = struct.unpack(endian + "8q", data[16:80])
+        pixdim = struct.unpack(endian + "8d", data[104:168])
+    ndim = dim[0]
+    if not 1 <= ndim <= 7:
+        raise InputError(f"header dim[0] = {ndim} (number of dimensions) must be 1..7", path=path, code="bad_header")
+    shape = tuple(int(n) for n in dim[1:ndim + 1])
+    if any(n <= 0 for n in shape):
+        raise InputError(f"header gives a zero or negative dimension size {shape}", path=path, code="bad_header")
+    zooms = np.asarray(pixdim[1:min(ndim, 3) + 1], dtype=np.float64)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(f"voxel spacing (pixdim) must be finite and positive, got {tuple(zooms.tolist())}; "
+                         "fix the header (e.g. nibabel header.set_zooms)", path=path, code="bad_spacing")
+
+
 def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
     """Read a NIfTI-1/2 file fully into a Volume (array ``(z, y, x)``, RAS geometry).
 
@@ -97,6 +119,7 @@ def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
     path = Path(path)
     data = _load_bytes(path)
     kind = _header_kind(data, path)
+    _check_raw_header(data, kind, path)
     klass = nib.Nifti1Image if kind == "nifti1" else nib.Nifti2Image
     try:
         img = klass.from_bytes(data)
@@ -145,12 +168,8 @@ def _three_d_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
 
 
 def _best_affine(img, path: Path) -> np.ndarray:
-    """sform if its code is set, else qform, else pixdim scaling (nibabel's rule), with checks."""
+    """sform if its code is set, else qform, else pixdim scaling (nibabel's rule), finite."""
     hdr = img.header
-    zooms = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
-    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
-        raise InputError(f"voxel spacing (pixdim[1:4]) must be finite and positive, got {tuple(zooms.tolist())}",
-                         path=path, code="bad_spacing")
     try:
         aff = np.asarray(hdr.get_best_affine(), dtype=np.float64)
     except Exception as exc:
