@@ -83,6 +83,10 @@ def _classify_itk_error(msg: str, path: Path) -> tuple[str, str]:
     if any(k in low for k in ("short read", "premature", "truncat", "not enough", "end of file",
                               "but received", "bytes but only")):
         return "truncated", f"voxel data is incomplete ({detail}); re-copy the file"
+    if "spacing" in low:
+        return "bad_spacing", f"invalid voxel spacing in the header ({detail})"
+    if "direction" in low or "singular" in low:
+        return "bad_geometry", f"invalid direction cosines in the header ({detail})"
     if "gzip" in low or "zlib" in low or "inflate" in low:
         return "corrupt", f"compressed voxel data is corrupt ({detail})"
     if path.suffix.lower() in (".mha", ".mhd") and "file cannot be read" in low and _has_meta_header(path):
