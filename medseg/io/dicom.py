@@ -75,7 +75,14 @@ def _scan(folder: Path) -> list[_Slice]:
     slices = []
     for f in files:
         ds = _read_header(f)
-        if ds is None or "Rows" not in ds or "Columns" not in ds:
+        if ds is None:
+            continue  # not DICOM
+        if "Rows" not in ds or "Columns" not in ds:
+            sop = ds.get("SOPClassUID")
+            if sop is None or "Image Storage" in str(getattr(sop, "name", "")):
+                # an image object without its image header, or no header at all: cut short
+                raise InputError(f"the DICOM header of {f.name} is incomplete (file truncated?); re-copy it",
+                                 path=folder, code="truncated")
             continue  # not an image (DICOMDIR, structured report, ...)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise InputError(f"{f.name} is a multi-frame (enhanced) DICOM object; convert it with dcm2niix first",
