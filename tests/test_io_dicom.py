@@ -203,3 +203,14 @@ def test_file_path_reads_its_series_and_list_cases(tmp_path):
     shutil.copytree(folder, parent / "case_ct")
     (parent / "notes.txt").write_text("x")
     assert list_cases(parent) == [parent / "case_ct"]
+
+
+def test_zero_pixel_spacing(hcrop):
+    _edit(_by_position(hcrop)[0], PixelSpacing=[0.0, 1.0])
+    _code(hcrop, "bad_spacing")
+
+
+def test_non_dicom_files_are_ignored(hcrop):
+    (hcrop / "README.txt").write_text("acquisition notes")
+    (hcrop / "thumbs.db").write_bytes(b"\x00" * 300)
+    assert read_volume(hcrop).shape == (40, 50, 34)
