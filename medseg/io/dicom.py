@@ -1,6 +1,6 @@
 """DICOM series folders -> Volume, with the checks SimpleITK/GDCM only warn about.
 
-Steps: read every file's header (``stop_before_pixels``), keep image slices, group them by
+Steps: read every file's header (pixel data deferred, read only for the chosen series), keep image slices, group them by
 SeriesInstanceUID, sort them along the slice normal ``n = row x col`` (from
 ImageOrientationPatient) by ``n . ImagePositionPatient``, refuse gaps, duplicates, uneven
 spacing, mixed orientations and tilted (sheared) stacks, then decode the pixels (pydicom with
@@ -16,8 +16,9 @@ No patient identifiers (name, ID, birth date...) ever go into messages, logs or 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class _Slice:
     pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
     rows: int
     cols: int
+    dataset: Any = field(default=None, compare=False, repr=False)  # header; pixel data deferred
 
 
 def _read_header(path: Path):
@@ -50,7 +52,8 @@ def _read_header(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        # large elements (the pixel data) are only read from disk when accessed
+        return pydicom.dcmread(path, defer_size="16 KB")
     except InvalidDicomError:
         return None  # not a DICOM file (README, thumbnails...): ignore it
     except Exception as exc:  # truncated or damaged header
@@ -98,7 +101,8 @@ def _scan(folder: Path) -> list[_Slice]:
                              description=str(ds.get("SeriesDescription", "") or ""),
                              iop=_floats(ds, "ImageOrientationPatient", 6, f),
                              ipp=_floats(ds, "ImagePositionPatient", 3, f),
-                             pixel_spacing=(float(sp[0]), float(sp[1])), rows=int(ds.Rows), cols=int(ds.Columns)))
+                             pixel_spacing=(float(sp[0]), float(sp[1])), rows=int(ds.Rows), cols=int(ds.Columns),
+                             dataset=ds))
     return slices
 
 
@@ -192,14 +196,11 @@ def _sort_and_check(folder: Path, series: list[_Slice]) -> tuple[list[_Slice], n
 
 
 def _pixels(series: list[_Slice], folder: Path) -> np.ndarray:
-    import pydicom
-
     planes = []
     slopes, intercepts = [], []
     for s in series:
-        ds = None
+        ds = s.dataset
         try:
-            ds = pydicom.dcmread(s.path)
             arr = ds.pixel_array
         except Exception as exc:
             text = str(exc)
@@ -213,6 +214,7 @@ def _pixels(series: list[_Slice], folder: Path) -> np.ndarray:
         planes.append(arr)
         slopes.append(float(ds.get("RescaleSlope", 1) or 1))
         intercepts.append(float(ds.get("RescaleIntercept", 0) or 0))
+        object.__setattr__(s, "dataset", None)  # free the raw pixel bytes and pydicom's cached array
     raw = np.stack(planes)
     slope, inter = np.asarray(slopes), np.asarray(intercepts)
     if np.all(slope == 1) and np.all(inter == np.round(inter)):

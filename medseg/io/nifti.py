@@ -150,7 +150,10 @@ def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
         spacing, origin, direction = affine_to_geometry(affine_zyx)
         check_geometry(spacing, direction)
     except ValueError as exc:
-        raise InputError(f"bad geometry in the header affine: {exc}", path=path, code="bad_geometry") from None
+        hint = ""
+        if int(img.header["sform_code"]) > 0 and int(img.header["qform_code"]) > 0:
+            hint = " (the sform is used; if the qform is right, copy it to the sform, e.g. fslorient -copyqform2sform)"
+        raise InputError(f"bad geometry in the header affine: {exc}{hint}", path=path, code="bad_geometry") from None
     hdr = img.header
     meta = {"path": str(path), "format": kind, "sform_code": int(hdr["sform_code"]),
             "qform_code": int(hdr["qform_code"])}
