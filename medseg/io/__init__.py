@@ -6,7 +6,9 @@ series folders with SimpleITK/pydicom); ``write_volume(vol, path)`` writes atomi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Literal
 
 from medseg.errors import InputError
 from medseg.volume import Volume
@@ -14,9 +16,29 @@ from medseg.volume import Volume
 NIFTI_EXT = (".nii.gz", ".nii")
 ITK_EXT = (".nrrd", ".nhdr", ".mha", ".mhd")
 VOLUME_EXT = NIFTI_EXT + ITK_EXT
+# temporary names made by fsutil.atomic_path (".NAME.XXXX.tmp.EXT") and write_itk (".NAME.XXXX.tmp")
+_TMP_NAME = re.compile(r"^\..*\.tmp(\.[A-Za-z0-9.]+)?$")
 
 
-def _kind(path: Path) -> str:
+def _is_dicom_file(path: Path) -> bool:
+    """True for ``*.dcm`` or a file with the DICOM preamble ('DICM' at byte 128)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_folder(path: Path, *, probe: int = 8) -> bool:
+    """True when one of the first ``probe`` visible files of the folder is DICOM."""
+    files = sorted(c for c in path.iterdir() if c.is_file() and not c.name.startswith("."))
+    return any(_is_dicom_file(c) for c in files[:probe])
+
+
+def _format(path: Path) -> str:
     name = path.name.lower()
     if path.is_dir():
         return "dicom"
@@ -24,47 +46,69 @@ def _kind(path: Path) -> str:
         return "nifti"
     if name.endswith(ITK_EXT):
         return "itk"
-    if name.endswith(".dcm"):
+    if path.exists() and _is_dicom_file(path):
         return "dicom"
     return "unknown"
 
 
-def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | None = None,
+                kind: Literal["image", "label"] | None = None) -> Volume:
     """Read a NIfTI file, an ITK file (NRRD/MHA/MHD) or a DICOM series folder into a Volume.
+
+    Parameters
+    ----------
+    path : file or DICOM folder.
+    is_label : mark the result as a label map (no value checks unless ``kind`` says so).
+    series_uid : SeriesInstanceUID to read from a DICOM folder holding several series.
+    kind : ``"image"`` refuses NaN/Inf voxels (code ``non_finite``); ``"label"`` refuses
+        non-integer or negative values (code ``non_integer_labels``), converts float labels that
+        hold integers to an unsigned integer dtype and sets ``is_label=True``; ``None`` checks no values.
 
     Raises InputError naming the file and the problem for anything unreadable or inconsistent.
     """
+    if kind not in (None, "image", "label"):
+        raise ValueError(f"read_volume: kind must be 'image', 'label' or None, got {kind!r}")
+    if kind == "label":
+        is_label = True
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=p, code="missing")
-    kind = _kind(p)
-    if kind == "nifti":
+    fmt = _format(p)
+    if fmt == "nifti":
         from medseg.io.nifti import read_nifti
 
         vol = read_nifti(p, is_label=is_label)
-    elif kind == "itk":
+    elif fmt == "itk":
         from medseg.io.itk import read_itk
 
         vol = read_itk(p, is_label=is_label)
-    elif kind == "dicom":
+    elif fmt == "dicom":
         from medseg.io.dicom import read_dicom_series
 
         vol = read_dicom_series(p, is_label=is_label, series_uid=series_uid)
     else:
         raise InputError(f"unknown image format (supported: {', '.join(VOLUME_EXT)}, DICOM folders)", path=p,
                          code="unknown_format")
+    if kind == "image":
+        from medseg.io.validate import check_image
+
+        vol = check_image(vol, p)
+    elif kind == "label":
+        from medseg.io.validate import check_label
+
+        vol = check_label(vol, p)
     return vol
 
 
 def write_volume(vol: Volume, path: str | Path) -> Path:
     """Write ``vol`` to ``path`` (format from the extension), atomically."""
     p = Path(path)
-    kind = _kind(p) if not p.is_dir() else "dicom"
-    if kind == "nifti":
+    fmt = _format(p) if not p.is_dir() else "dicom"
+    if fmt == "nifti":
         from medseg.io.nifti import write_nifti
 
         return write_nifti(vol, p)
-    if kind == "itk":
+    if fmt == "itk":
         from medseg.io.itk import write_itk
 
         return write_itk(vol, p)
@@ -73,21 +117,22 @@ def write_volume(vol: Volume, path: str | Path) -> Path:
 
 def list_cases(path: str | Path) -> list[Path]:
     """The volumes under ``path``: the file itself, or every volume file / DICOM folder in a folder
-    (sorted, non-recursive; hidden and temporary files ignored)."""
+    (sorted, non-recursive; hidden files, temporary files of atomic writes and the data files of
+    detached headers are ignored). A folder that itself holds DICOM files is one case."""
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=p, code="missing")
     if p.is_file():
         return [p]
-    if any(c.suffix.lower() == ".dcm" for c in p.iterdir() if c.is_file()):
+    if _is_dicom_folder(p):
         return [p]
     out = []
     for c in sorted(p.iterdir()):
-        if c.name.startswith("."):
+        if c.name.startswith(".") or _TMP_NAME.match(c.name):
             continue
         if c.is_file() and c.name.lower().endswith(VOLUME_EXT):
             out.append(c)
-        elif c.is_dir() and any(f.suffix.lower() == ".dcm" for f in c.iterdir() if f.is_file()):
+        elif c.is_dir() and _is_dicom_folder(c):
             out.append(c)
     return out
 
