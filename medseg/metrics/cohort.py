@@ -83,8 +83,9 @@ def _score_one(job: tuple[str, Path, Path, list[int] | None, Any, float, str]) -
     except MedsegError as exc:
         log.error("case %s: %s", case, exc)
         return case, [], status_of(exc)
-    except (ValueError, OSError, MemoryError) as exc:  # report and go on with the other cases
+    except Exception as exc:  # noqa: BLE001 - a batch reports any failing case and goes on
         log.error("case %s: %s: %s", case, type(exc).__name__, exc)
+        log.debug("case %s traceback", case, exc_info=True)
         return case, [], f"error:{type(exc).__name__}"
 
 
