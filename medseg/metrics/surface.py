@@ -81,6 +81,11 @@ def neighbourhood_codes(mask: np.ndarray) -> np.ndarray:
     return (t[:-1] << 4) | t[1:]
 
 
+def _border(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    codes = neighbourhood_codes(mask)
+    return codes, (codes != 0) & (codes != 255)
+
+
 def surfels(mask: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
     """Surfel corners and their areas.
 
@@ -89,26 +94,35 @@ def surfels(mask: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
     corners : (k, 3) int64 corner indices (z, y, x) on the (n + 1)-grid of ``neighbourhood_codes``
     areas_mm2 : (k,) float64
     """
-    codes = neighbourhood_codes(mask)
-    border = (codes != 0) & (codes != 255)
-    corners = np.argwhere(border)
-    areas = surfel_area_table(spacing_mm)[codes[border]]
-    return corners, areas
+    codes, border = _border(mask)
+    return np.argwhere(border), surfel_area_table(spacing_mm)[codes[border]]
 
 
-def _nearest_distances(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance (mm) from each ``src`` corner to its nearest ``dst`` corner."""
+def _nearest_distances(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray,
+                       dst_border: np.ndarray | None = None) -> np.ndarray:
+    """Distance (mm) from each ``src`` corner to its nearest ``dst`` corner.
+
+    With ``dst_border`` (the boolean corner grid of ``dst``), corners shared by both surfaces get
+    distance 0 without a search; only the others query the k-d tree.
+    """
     if dst.shape[0] == 0:
         return np.full(src.shape[0], np.inf)
-    if src.shape[0] == 0:
-        return _EMPTY.copy()
-    tree = cKDTree(dst * spacing, balanced_tree=False, compact_nodes=False)
-    _, idx = tree.query(src * spacing, k=1)
+    out = np.zeros(src.shape[0], dtype=np.float64)
+    if dst_border is not None:
+        todo = np.flatnonzero(~dst_border[src[:, 0], src[:, 1], src[:, 2]])
+    else:
+        todo = np.arange(src.shape[0])
+    if todo.size == 0:
+        return out
+    q = src[todo]
+    tree = cKDTree(dst * spacing, leafsize=32, balanced_tree=False, compact_nodes=False)
+    _, idx = tree.query(q * spacing, k=1)
     # Recompute from integer offsets, in scipy EDT's order of operations (bit-identical values).
-    d = (dst[idx] - src).astype(np.float64)
+    d = (dst[idx] - q).astype(np.float64)
     d *= spacing
     d *= d
-    return np.sqrt(d[:, 0] + d[:, 1] + d[:, 2])
+    out[todo] = np.sqrt(d[:, 0] + d[:, 1] + d[:, 2])
+    return out
 
 
 def _sorted(distances: np.ndarray, areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,10 +162,13 @@ def surface_distances_cropped(ref: np.ndarray, pred: np.ndarray, spacing_mm) -> 
     Cropping never changes the result: outside voxels are background either way.
     """
     spacing = np.asarray(spacing_mm, dtype=np.float64)
-    c_ref, a_ref = surfels(ref, spacing)
-    c_pred, a_pred = surfels(pred, spacing)
-    d_rp, a_ref = _sorted(_nearest_distances(c_ref, c_pred, spacing), a_ref)
-    d_pr, a_pred = _sorted(_nearest_distances(c_pred, c_ref, spacing), a_pred)
+    table = surfel_area_table(spacing)
+    codes_ref, b_ref = _border(ref)
+    codes_pred, b_pred = _border(pred)
+    c_ref, c_pred = np.argwhere(b_ref), np.argwhere(b_pred)
+    a_ref, a_pred = table[codes_ref[b_ref]], table[codes_pred[b_pred]]
+    d_rp, a_ref = _sorted(_nearest_distances(c_ref, c_pred, spacing, b_pred), a_ref)
+    d_pr, a_pred = _sorted(_nearest_distances(c_pred, c_ref, spacing, b_ref), a_pred)
     return SurfaceDistances(d_rp, a_ref, d_pr, a_pred)
 
 
