@@ -1,0 +1,52 @@
+"""Score predictions against references: ``medseg evaluate --pred P --ref R --out DIR``.
+
+P and R are files or folders; cases are paired by file name (without extension). Writes
+DIR/metrics.csv (one row per case and label), DIR/summary.json and DIR/report.html. HD95 and NSD
+follow DeepMind surface-distance's surfel-based definitions (``--mode monai`` reproduces MONAI's
+voxel-based numbers instead). Empty cases are kept and flagged in the status column; unreadable
+or mismatching cases are reported as errors and the others finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", type=Path, required=True, help="prediction file or folder")
+    p.add_argument("--ref", type=Path, required=True, help="reference file or folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--labels", default=None,
+                   help="labels to score, e.g. 1,2 (default: every label > 0 in any reference or prediction)")
+    p.add_argument("--label-names", default=None, help="names, e.g. 1=anterior,2=posterior (or in --labels order)")
+    p.add_argument("--nsd-tolerance-mm", default="1.0",
+                   help="NSD tolerance in mm: one value, or one per label in --labels order (e.g. 1,2.5)")
+    p.add_argument("--mode", choices=["surface-distance", "monai"], default="surface-distance",
+                   help="HD95/NSD definition: surfel-based surface-distance (default) or MONAI voxel-based")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes over cases (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.metrics.params import parse_label_names, parse_labels, parse_tolerances
+    from medseg.report.evaluation import run_evaluation
+
+    labels = parse_labels(args.labels)
+    names = parse_label_names(args.label_names, labels)
+    tol = parse_tolerances(args.nsd_tolerance_mm, labels)
+    if args.workers < 1:
+        from medseg.errors import ConfigError
+
+        raise ConfigError("--workers must be >= 1", code="bad_params")
+    result, paths = run_evaluation(args.pred, args.ref, args.out, labels=labels, label_names=names,
+                                   tolerance_mm=tol, mode=args.mode, workers=args.workers,
+                                   progress=not args.no_progress)
+    print(f"{len(result.cases)} cases, {len(result.labels)} labels, {len(result.failed)} failed, "
+          f"{len(result.pred_only)} predictions without reference")
+    for c, st in sorted(result.failed.items()):
+        print(f"  {c}: {st}")
+    for c in result.pred_only:
+        print(f"  {c}: no reference (not scored)")
+    print(f"metrics: {paths['metrics_csv']}\nsummary: {paths['summary']}\nreport:  {paths['report']}")
+    return 0

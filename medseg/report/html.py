@@ -1,0 +1,128 @@
+"""A self-contained HTML report: box plots (embedded PNG), per-label summary, per-case table."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from medseg.fsutil import atomic_write_text
+
+METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "nsd": "NSD"}
+
+
+def _label_title(label: str, entry: dict[str, Any]) -> str:
+    return f"{label} {entry['name']}" if entry.get("name") else str(label)
+
+
+def box_plot_png(rows: Sequence[dict[str, Any]], summary: dict[str, Any], metric: str) -> bytes:
+    """PNG bytes of one box plot per label for ``metric`` (error rows left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    labels = list(summary)
+    data = []
+    for lab in labels:
+        vals = [float(r[metric]) for r in rows
+                if str(r["label"]) == lab and not str(r["status"]).startswith("error")]
+        data.append([v for v in vals if not math.isnan(v)])
+    fig = Figure(figsize=(max(4.0, 0.45 * len(labels) + 2.0), 3.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.boxplot([d if d else [math.nan] for d in data], showmeans=True)
+    ax.set_xticks(range(1, len(labels) + 1))
+    ax.set_xticklabels([_label_title(lab, summary[lab]) for lab in labels], rotation=60 if len(labels) > 8 else 0,
+                       ha="right" if len(labels) > 8 else "center", fontsize=7 if len(labels) > 8 else 9)
+    ax.set_ylabel(METRIC_TITLES[metric])
+    ax.set_title(f"{METRIC_TITLES[metric]} per label")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta: dict[str, Any]) -> str:
+    """The report page as a string. ``meta`` holds pred, ref, mode_description, tolerances, pairing."""
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>medseg evaluation</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
+        "td.l{text-align:left}tr.err td{background:#fdd}tr.empty td{background:#ffd}img{max-width:100%}</style>",
+        "</head><body><h1>Segmentation evaluation</h1>",
+        "<p>Predictions: <code>{}</code><br>References: <code>{}</code></p>".format(
+            e(str(meta.get("pred", ""))), e(str(meta.get("ref", "")))),
+        "<h2>Metric definitions</h2><ul>",
+        f"<li>Mode <b>{e(str(meta.get('mode', '')))}</b>: {e(str(meta.get('mode_description', '')))}</li>",
+        "<li>Dice and IoU from voxel counts; HD95 = symmetric 95th percentile Hausdorff distance in mm "
+        "with the voxel spacing of each case; NSD = normalised surface Dice at the tolerance below.</li>",
+        f"<li>NSD tolerance (mm): {e(str(meta.get('nsd_tolerance_mm', '')))}</li>",
+        "<li>Empty cases are kept: both empty gives Dice = IoU = NSD = 1 and HD95 = 0; one empty gives "
+        "Dice = IoU = NSD = 0 and HD95 = the image diagonal in mm. Errors carry no numbers and are counted "
+        "as failed.</li>",
+        "<li>Summary: mean, sample std, median, IQR, 95% CI of the mean by percentile bootstrap "
+        f"({meta.get('n_boot', '')} resamples, seed {meta.get('seed', '')}).</li></ul>",
+    ]
+    pred_only, ref_only = meta.get("pred_only") or [], meta.get("ref_only") or []
+    failed = meta.get("failed") or {}
+    parts.append(f"<h2>Cases</h2><p>{len(meta.get('cases', []))} cases scored or failed; "
+                 f"{len(failed)} failed; {len(ref_only)} references without prediction; "
+                 f"{len(pred_only)} predictions without reference.</p>")
+    if failed:
+        parts.append("<p>Failed: " + ", ".join(f"{e(c)} ({e(s)})" for c, s in sorted(failed.items())) + "</p>")
+    if pred_only:
+        parts.append("<p>Not scored (no reference): " + ", ".join(e(c) for c in pred_only) + "</p>")
+
+    parts.append("<h2>Summary per label</h2><table><tr><th>label</th><th>n</th><th>both empty</th>"
+                 "<th>pred empty</th><th>ref empty</th><th>failed</th>")
+    for m in METRIC_TITLES:
+        parts.append(f"<th>{METRIC_TITLES[m]} mean [95% CI]</th><th>median (IQR)</th><th>mean w/o both-empty</th>")
+    parts.append("</tr>")
+    for lab, ent in summary.items():
+        parts.append(f"<tr><td class='l'>{e(_label_title(lab, ent))}</td><td>{ent['n_cases']}</td>"
+                     f"<td>{ent['n_both_empty']}</td><td>{ent['n_pred_empty']}</td><td>{ent['n_ref_empty']}</td>"
+                     f"<td>{ent['n_failed']}</td>")
+        for m in METRIC_TITLES:
+            s = ent[m]
+            lo, hi = s["ci95"]
+            parts.append(f"<td>{_num(s['mean'])} [{_num(lo)}, {_num(hi)}]</td>"
+                         f"<td>{_num(s['median'])} ({_num(s['iqr'])})</td><td>{_num(s['mean_without_both_empty'])}</td>")
+        parts.append("</tr>")
+    parts.append("</table>")
+
+    if summary:
+        parts.append("<h2>Distributions</h2>")
+        for m in METRIC_TITLES:
+            b64 = base64.b64encode(box_plot_png(rows, summary, m)).decode("ascii")
+            parts.append(f"<div><img alt='{METRIC_TITLES[m]} box plot' src='data:image/png;base64,{b64}'></div>")
+
+    parts.append("<h2>Per case</h2><table><tr><th>case</th><th>label</th><th>Dice</th><th>IoU</th>"
+                 "<th>HD95 (mm)</th><th>NSD</th><th>status</th></tr>")
+    for r in rows:
+        st = str(r["status"])
+        cls = "err" if st.startswith("error") else ("empty" if st != "ok" else "")
+        name = f"{r['label']} {r['label_name']}" if r.get("label_name") else str(r["label"])
+        parts.append(f"<tr class='{cls}'><td class='l'>{e(str(r['case']))}</td><td class='l'>{e(name)}</td>"
+                     f"<td>{_num(r['dice'])}</td><td>{_num(r['iou'])}</td><td>{_num(r['hd95_mm'], 3)}</td>"
+                     f"<td>{_num(r['nsd'])}</td><td class='l'>{e(st)}</td></tr>")
+    parts.append("</table></body></html>\n")
+    return "".join(parts)
+
+
+def write_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], path: str | Path, *,
+               meta: dict[str, Any]) -> Path:
+    """Write the report atomically."""
+    return atomic_write_text(path, render_html(rows, summary, meta=meta))

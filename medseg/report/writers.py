@@ -1,0 +1,60 @@
+"""Atomic CSV and JSON writers for metric tables and summaries."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from medseg.fsutil import atomic_write_text
+
+CSV_COLUMNS = ("case", "label", "label_name", "dice", "iou", "hd95_mm", "nsd", "status",
+               "n_ref_voxels", "n_pred_voxels", "nsd_tolerance_mm")
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)  # repr: shortest exact round-trip
+    return v
+
+
+def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """One row per case and label, columns ``CSV_COLUMNS`` (floats written exactly)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([_fmt(r.get(c, "")) for c in CSV_COLUMNS])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.csv back as dicts (numbers as float/int)."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            d: dict[str, Any] = dict(r)
+            for c in ("dice", "iou", "hd95_mm", "nsd", "nsd_tolerance_mm"):
+                d[c] = float(d[c])
+            for c in ("label", "n_ref_voxels", "n_pred_voxels"):
+                d[c] = int(d[c])
+            out.append(d)
+    return out
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None  # strict JSON has no NaN
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    return o
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Strict JSON (NaN/inf written as null), indented, atomically."""
+    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
