@@ -18,7 +18,8 @@ MODELS = Registry("model")
 register_model = MODELS.register
 
 # Modules whose import registers models.
-MODEL_MODULES: list[str] = ["medseg.models.unet", "medseg.models.transunet"]
+MODEL_MODULES: list[str] = ["medseg.models.unet", "medseg.models.transunet",
+                             "medseg.models.swin_unet"]
 
 
 def _load_all() -> None:
