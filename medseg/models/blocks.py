@@ -10,6 +10,7 @@ torch.Size([1, 8, 5, 7])
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -135,6 +136,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: Sequence[int]) -> torch.Tensor:
     """Zero-pad spatial axes of ``x`` (N, C, *S) at the end so each is a multiple of ``multiple``."""
     size = [-(-int(s) // int(m)) * int(m) for s, m in zip(x.shape[2:], multiple)]
     return match_size(x, size)
+
+
+def pad_single_voxel_bottleneck(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
+    """Zero-pad ``x`` (N, C, *S) at the end to ``factor + 1`` per axis when the coarsest level
+    (``ceil(S / factor)``) would be a single voxel, where instance and batch norm are undefined.
+    Larger inputs are returned unchanged."""
+    coarse = math.prod(-(-int(s) // int(f)) for s, f in zip(x.shape[2:], factor))
+    if coarse > 1:
+        return x
+    return match_size(x, [max(int(s), int(f) + 1) for s, f in zip(x.shape[2:], factor)])
+
+
+def ceil_div(size: Sequence[int], factor: Sequence[int]) -> tuple[int, ...]:
+    """``ceil(size / factor)`` per axis."""
+    return tuple(-(-int(s) // int(f)) for s, f in zip(size, factor))
 
 
 class DropPath(nn.Module):

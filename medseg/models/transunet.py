@@ -26,8 +26,8 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_model
-from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, check_dims, conv_nd,
-                                  init_conv_weights)
+from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, ceil_div, check_dims, conv_nd,
+                                  init_conv_weights, match_size, pad_single_voxel_bottleneck)
 
 
 class Mlp(nn.Sequential):
@@ -167,6 +167,7 @@ class TransUNet(nn.Module):
         return pe.flatten(2).transpose(1, 2)
 
     def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = pad_single_voxel_bottleneck(x, (16,) * (x.ndim - 2))
         size = x.shape[2:]
         s1 = self.stem(x)          # 1/2
         s2 = self.stage1(s1)       # 1/4
@@ -188,7 +189,7 @@ class TransUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, out_channels, *S) for input (N, in_channels, *S)."""
-        return self.head(self._decode(x)[0])
+        return match_size(self.head(self._decode(x)[0]), x.shape[2:])
 
     def forward_with_aux(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Main logits, then (with ``deep_supervision``) logits at 1/2, 1/4, 1/8 resolution
@@ -197,7 +198,7 @@ class TransUNet(nn.Module):
         outs = [self.head(levels[0])]
         if self.deep_supervision:
             outs += [h(lv) for h, lv in zip(self.aux_heads, levels[1:])]
-        return outs
+        return [match_size(o, ceil_div(x.shape[2:], (2 ** k,) * (x.ndim - 2))) for k, o in enumerate(outs)]
 
 
 @register_model("transunet")

@@ -19,7 +19,7 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_model
-from medseg.models.blocks import (ConvUnit, as_tuple, check_dims, conv_nd, conv_transpose_nd,
+from medseg.models.blocks import (ConvUnit, as_tuple, ceil_div, pad_single_voxel_bottleneck, check_dims, conv_nd, conv_transpose_nd,
                                   init_conv_weights, match_size)
 
 
@@ -62,6 +62,10 @@ class UNet(nn.Module):
             raise ConfigError(f"unet: strides needs {len(features) - 1} entries (one per downsampling), "
                               f"got {list(strides)}")
         self.strides = [as_tuple(s, d, name="unet strides") for s in strides]
+        # cumulative downsampling factor of each level, per axis
+        self.factors = [(1,) * d]
+        for st in self.strides:
+            self.factors.append(tuple(a * b for a, b in zip(self.factors[-1], st)))
         self.encoder = nn.ModuleList(
             [ConvUnit(d, in_channels, features[0], norm=norm, residual=residual)]
             + [ConvUnit(d, features[i - 1], features[i], stride=self.strides[i - 1], norm=norm,
@@ -81,6 +85,7 @@ class UNet(nn.Module):
         init_conv_weights(self)
 
     def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = pad_single_voxel_bottleneck(x, self.factors[-1])
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -96,7 +101,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, out_channels, *S) for input (N, in_channels, *S)."""
-        return self.head(self._decode(x)[0])
+        return match_size(self.head(self._decode(x)[0]), x.shape[2:])
 
     def forward_with_aux(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Main logits, then (with ``deep_supervision``) lower-resolution logits, highest first.
@@ -108,7 +113,7 @@ class UNet(nn.Module):
         outs = [self.head(levels[0])]
         if self.deep_supervision:
             outs += [h(lv) for h, lv in zip(self.aux_heads, levels[1:])]
-        return outs
+        return [match_size(o, ceil_div(x.shape[2:], f)) for o, f in zip(outs, self.factors)]
 
 
 @register_model("unet")
