@@ -205,6 +205,7 @@ class TransUNet(nn.Module):
 def transunet(*, spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> TransUNet:
     """TransUNet factory (see :class:`TransUNet`).
 
-    Default parameter counts (1 in, 2 out): 2D ~X M, 3D ~Y M.
+    Default parameter counts (1 in, 2 out): 2D 6.36 M, 3D 14.60 M (the published R50-ViT-B
+    TransUNet has about 105 M; these defaults are sized for small medical data sets).
     """
     return TransUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)

@@ -121,6 +121,6 @@ def unet(*, spatial_dims: int, in_channels: int, out_channels: int, **kwargs) ->
     """U-Net factory (see :class:`UNet`).
 
     Default parameter counts (features (16, 32, 64, 128, 256), plain units, 1 in, 2 out):
-    3D 5.60 M, 2D 1.95 M; with ``residual=True`` 3D 6.08 M, 2D 2.03 M.
+    2D 1.94 M, 3D 5.65 M; with ``residual=True`` 2D 2.03 M, 3D 5.73 M.
     """
     return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
