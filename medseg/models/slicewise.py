@@ -63,6 +63,11 @@ class SliceWise(nn.Module):
         self.context = int(context)
         self.chunk_size = chunk_size
 
+    @property
+    def deep_supervision(self) -> bool:
+        """Whether the wrapped 2D model returns aux outputs from :meth:`forward_with_aux`."""
+        return bool(getattr(self.model, "deep_supervision", False))
+
     def _slices(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Slices [start, stop) of all samples as a 2D batch ((stop - start) * N, C', h, w)."""
         xs = x.movedim(2 + self.axis, 1)  # (N, S, C, h, w)

@@ -12,6 +12,7 @@ axes are zero-padded to a multiple of the window and cropped back afterwards.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -65,6 +66,12 @@ def effective_window(grid: Sequence[int], window: Sequence[int], shift: Sequence
     win = tuple(min(g, w) for g, w in zip(grid, window))
     sh = tuple(0 if g <= w else s for g, w, s in zip(grid, window, shift))
     return win, sh
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_mask(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...],
+                 device: torch.device) -> torch.Tensor:
+    return shifted_window_mask(grid, window, shift, device=device)
 
 
 def shifted_window_mask(grid: Sequence[int], window: Sequence[int], shift: Sequence[int],
@@ -156,7 +163,7 @@ class SwinBlock(nn.Module):
         mask = None
         if any(shift):
             y = torch.roll(y, shifts=tuple(-s for s in shift), dims=axes)
-            mask = shifted_window_mask(padded, win, shift, device=y.device)
+            mask = _cached_mask(padded, win, shift, y.device)
         y = window_reverse(self.attn(window_partition(y, win), win, mask), win, padded)
         if any(shift):
             y = torch.roll(y, shifts=shift, dims=axes)

@@ -19,8 +19,8 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_model
-from medseg.models.blocks import (ConvUnit, as_tuple, ceil_div, pad_single_voxel_bottleneck, check_dims, conv_nd, conv_transpose_nd,
-                                  init_conv_weights, match_size)
+from medseg.models.blocks import (ConvUnit, as_tuple, ceil_div, check_dims, conv_nd, conv_transpose_nd,
+                                  init_conv_weights, match_size, pad_single_voxel_bottleneck)
 
 
 class UNet(nn.Module):
