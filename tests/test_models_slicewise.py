@@ -10,6 +10,15 @@ from medseg.models import create_model
 from medseg.models.slicewise import SliceWise, slicewise_model, slicing_axis
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads (and OpenMP waits slow them down on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("spacing,axis", [
     ((5.0, 0.8, 0.8), 0), ((1.0, 1.0, 1.0), 0), ((0.7, 3.0, 0.7), 1), ((1.0, 1.0, 2.5), 2),
     ((0.9, 2.0, 2.0), 1), ((2.0, 2.0 * (1 - 1e-5), 1.0), 0),

@@ -12,6 +12,15 @@ from medseg.models.swin import (PatchExpand, PatchMerging, SwinBlock, effective_
                                 window_reverse)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads (and OpenMP waits slow them down on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_window_partition_by_hand_and_roundtrip():
     x = torch.arange(16.0).view(1, 4, 4, 1)
     w = window_partition(x, (2, 2))
