@@ -184,3 +184,10 @@ def test_swin_unet_anisotropic_patch_and_window():
     outs = model.forward_with_aux(torch.randn(1, 1, 5, 30, 21))
     # aux grid: patch (1, 4, 4) then one merging by 2 -> ceil(5 / 2), ceil(30 / 8), ceil(21 / 8)
     assert [tuple(o.shape[2:]) for o in outs] == [(5, 30, 21), (3, 4, 3)]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_wrong_input_rank_raises(name):
+    model = create_model(name, spatial_dims=2, in_channels=1, out_channels=2, **TINY[name])
+    with pytest.raises(ConfigError, match="SliceWise"):
+        model(torch.zeros(1, 1, 4, 16, 16))

@@ -29,6 +29,14 @@ def check_dims(spatial_dims: int, *, model: str) -> int:
     return int(spatial_dims)
 
 
+def check_input(x: torch.Tensor, spatial_dims: int, *, model: str) -> None:
+    """Raise a clear error when ``x`` is not (N, C, *spatial) with ``spatial_dims`` axes."""
+    if x.ndim != spatial_dims + 2:
+        hint = " (run 2D models on volumes with medseg.models.slicewise.SliceWise)" if spatial_dims == 2 else ""
+        raise ConfigError(f"{model}: expected a {spatial_dims + 2}-d tensor (N, C, {'D, ' if spatial_dims == 3 else ''}"
+                          f"H, W), got shape {tuple(x.shape)}{hint}")
+
+
 def as_tuple(value: int | Sequence[int], n: int, *, name: str) -> tuple[int, ...]:
     """``3 -> (3, 3)``; a sequence must have length ``n``."""
     if isinstance(value, int):

@@ -29,7 +29,7 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_model
-from medseg.models.blocks import as_tuple, check_dims, conv_nd, match_size, pad_to_multiple
+from medseg.models.blocks import as_tuple, check_dims, check_input, conv_nd, match_size, pad_to_multiple
 from medseg.models.swin import PatchExpand, PatchMerging, SwinBlock
 
 
@@ -80,7 +80,7 @@ class SwinUNet(nn.Module):
                  window_size: int | Sequence[int] | None = None, patch_size: int | Sequence[int] = 4,
                  mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, deep_supervision: bool = False):
         super().__init__()
-        d = check_dims(spatial_dims, model="swin_unet")
+        d = self.spatial_dims = check_dims(spatial_dims, model="swin_unet")
         if len(depths) != len(num_heads) or len(depths) < 2:
             raise ConfigError(f"swin_unet: depths {list(depths)} and num_heads {list(num_heads)} need the "
                               "same length (>= 2)")
@@ -114,6 +114,7 @@ class SwinUNet(nn.Module):
         self.apply(_init)
 
     def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_input(x, self.spatial_dims, model="swin_unet")
         t = self.embed_norm(_to_tokens(self.patch_embed(pad_to_multiple(x, self.patch))))
         skips = []
         for i, stage in enumerate(self.encoder):

@@ -26,8 +26,8 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_model
-from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, ceil_div, check_dims, conv_nd,
-                                  init_conv_weights, match_size, pad_single_voxel_bottleneck)
+from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, ceil_div, check_dims, check_input,
+                                  conv_nd, init_conv_weights, match_size, pad_single_voxel_bottleneck)
 
 
 class Mlp(nn.Sequential):
@@ -128,7 +128,7 @@ class TransUNet(nn.Module):
                  norm: str = "instance", pos_grid: int | Sequence[int] | None = None,
                  deep_supervision: bool = False):
         super().__init__()
-        d = check_dims(spatial_dims, model="transunet")
+        d = self.spatial_dims = check_dims(spatial_dims, model="transunet")
         if len(features) != 4 or len(decoder_channels) != 4:
             raise ConfigError("transunet: features and decoder_channels need 4 entries each, got "
                               f"{list(features)} and {list(decoder_channels)}")
@@ -167,6 +167,7 @@ class TransUNet(nn.Module):
         return pe.flatten(2).transpose(1, 2)
 
     def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_input(x, self.spatial_dims, model="transunet")
         x = pad_single_voxel_bottleneck(x, (16,) * (x.ndim - 2))
         size = x.shape[2:]
         s1 = self.stem(x)          # 1/2

@@ -19,8 +19,9 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_model
-from medseg.models.blocks import (ConvUnit, as_tuple, ceil_div, check_dims, conv_nd, conv_transpose_nd,
-                                  init_conv_weights, match_size, pad_single_voxel_bottleneck)
+from medseg.models.blocks import (ConvUnit, as_tuple, ceil_div, check_dims, check_input, conv_nd,
+                                  conv_transpose_nd, init_conv_weights, match_size,
+                                  pad_single_voxel_bottleneck)
 
 
 class UNet(nn.Module):
@@ -52,7 +53,7 @@ class UNet(nn.Module):
                  strides: Sequence[int | Sequence[int]] | None = None, norm: str = "instance",
                  residual: bool = False, deep_supervision: bool = False):
         super().__init__()
-        d = check_dims(spatial_dims, model="unet")
+        d = self.spatial_dims = check_dims(spatial_dims, model="unet")
         features = [int(f) for f in features]
         if len(features) < 2:
             raise ConfigError(f"unet: features needs at least 2 levels, got {features}")
@@ -85,6 +86,7 @@ class UNet(nn.Module):
         init_conv_weights(self)
 
     def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_input(x, self.spatial_dims, model="unet")
         x = pad_single_voxel_bottleneck(x, self.factors[-1])
         skips = []
         for stage in self.encoder:
