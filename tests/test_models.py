@@ -191,3 +191,11 @@ def test_wrong_input_rank_raises(name):
     model = create_model(name, spatial_dims=2, in_channels=1, out_channels=2, **TINY[name])
     with pytest.raises(ConfigError, match="SliceWise"):
         model(torch.zeros(1, 1, 4, 16, 16))
+
+
+def test_transunet_anisotropic_strides():
+    model = create_model("transunet", spatial_dims=3, in_channels=1, out_channels=2, deep_supervision=True,
+                         strides=(2, (1, 2, 2), (1, 2, 2), 2), **TINY["transunet"])
+    outs = model.forward_with_aux(torch.randn(1, 1, 9, 33, 20))
+    # cumulative factors (2,2,2), (2,4,4), (2,8,8)
+    assert [tuple(o.shape[2:]) for o in outs] == [(9, 33, 20), (5, 17, 10), (5, 9, 5), (5, 5, 3)]

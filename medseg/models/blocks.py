@@ -33,8 +33,9 @@ def check_input(x: torch.Tensor, spatial_dims: int, *, model: str) -> None:
     """Raise a clear error when ``x`` is not (N, C, *spatial) with ``spatial_dims`` axes."""
     if x.ndim != spatial_dims + 2:
         hint = " (run 2D models on volumes with medseg.models.slicewise.SliceWise)" if spatial_dims == 2 else ""
-        raise ConfigError(f"{model}: expected a {spatial_dims + 2}-d tensor (N, C, {'D, ' if spatial_dims == 3 else ''}"
-                          f"H, W), got shape {tuple(x.shape)}{hint}")
+        axes = "D, H, W" if spatial_dims == 3 else "H, W"
+        raise ConfigError(f"{model}: expected a {spatial_dims + 2}-d tensor (N, C, {axes}), "
+                          f"got shape {tuple(x.shape)}{hint}")
 
 
 def as_tuple(value: int | Sequence[int], n: int, *, name: str) -> tuple[int, ...]:

@@ -73,7 +73,8 @@ class TransformerLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _stage(d: int, in_ch: int, out_ch: int, *, blocks: int, stride: int, norm: str) -> nn.Sequential:
+def _stage(d: int, in_ch: int, out_ch: int, *, blocks: int, stride: int | Sequence[int],
+           norm: str) -> nn.Sequential:
     layers = [ConvUnit(d, in_ch, out_ch, stride=stride, norm=norm, residual=True)]
     layers += [ConvUnit(d, out_ch, out_ch, norm=norm, residual=True) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
@@ -112,6 +113,10 @@ class TransUNet(nn.Module):
         Channels of the four upsampling blocks (1/8, 1/4, 1/2, 1/1); published (256, 128, 64, 16).
     norm
         Normalisation of all conv layers (``instance``, ``batch``, ``group``, ``none``).
+    strides
+        Downsampling of the stem, the max-pool and stages 2 and 3 (4 entries, each an int or one
+        int per axis); default 2 everywhere (tokens at 1/16). E.g. ``(2, (1, 2, 2), (1, 2, 2), 2)``
+        keeps more of the z axis of thick-slice CT.
     pos_grid
         Token grid on which the position embedding is learned (default 14x14 = 224 px / 16 in 2D,
         8x8x8 = 128 voxels / 16 in 3D); other grids get an interpolated embedding.
@@ -125,8 +130,8 @@ class TransUNet(nn.Module):
                  features: Sequence[int] = (32, 64, 128, 256), blocks_per_stage: int = 2,
                  hidden_size: int = 256, num_layers: int = 4, num_heads: int = 8, mlp_dim: int = 512,
                  dropout: float = 0.0, decoder_channels: Sequence[int] = (128, 64, 32, 16),
-                 norm: str = "instance", pos_grid: int | Sequence[int] | None = None,
-                 deep_supervision: bool = False):
+                 norm: str = "instance", strides: Sequence[int | Sequence[int]] | None = None,
+                 pos_grid: int | Sequence[int] | None = None, deep_supervision: bool = False):
         super().__init__()
         d = self.spatial_dims = check_dims(spatial_dims, model="transunet")
         if len(features) != 4 or len(decoder_channels) != 4:
@@ -134,12 +139,19 @@ class TransUNet(nn.Module):
                               f"{list(features)} and {list(decoder_channels)}")
         f = [int(c) for c in features]
         dec = [int(c) for c in decoder_channels]
-        self.stem = ConvNormAct(d, in_channels, f[0], kernel=7 if d == 2 else 3, stride=2, norm=norm)
+        st = [as_tuple(v, d, name="transunet strides") for v in (strides if strides is not None else [2] * 4)]
+        if len(st) != 4:
+            raise ConfigError("transunet: strides needs 4 entries (stem, pool, stage 2, stage 3), "
+                              f"got {list(strides or [])}")
+        self.factors = [(1,) * d]  # cumulative downsampling of the full, 1/2, 1/4, 1/8, 1/16 maps
+        for v in st:
+            self.factors.append(tuple(a * b for a, b in zip(self.factors[-1], v)))
+        self.stem = ConvNormAct(d, in_channels, f[0], kernel=7 if d == 2 else 3, stride=st[0], norm=norm)
         pool = nn.MaxPool2d if d == 2 else nn.MaxPool3d
-        self.stage1 = nn.Sequential(pool(3, stride=2, padding=1),
+        self.stage1 = nn.Sequential(pool(3, stride=st[1], padding=1),
                                     _stage(d, f[0], f[1], blocks=blocks_per_stage, stride=1, norm=norm))
-        self.stage2 = _stage(d, f[1], f[2], blocks=blocks_per_stage, stride=2, norm=norm)
-        self.stage3 = _stage(d, f[2], f[3], blocks=blocks_per_stage, stride=2, norm=norm)
+        self.stage2 = _stage(d, f[1], f[2], blocks=blocks_per_stage, stride=st[2], norm=norm)
+        self.stage3 = _stage(d, f[2], f[3], blocks=blocks_per_stage, stride=st[3], norm=norm)
         self.patch_embed = conv_nd(d)(f[3], hidden_size, 1)
         grid = as_tuple(pos_grid if pos_grid is not None else (14 if d == 2 else 8), d, name="pos_grid")
         self.pos_embed = nn.Parameter(torch.zeros(1, hidden_size, *grid))
@@ -168,7 +180,7 @@ class TransUNet(nn.Module):
 
     def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.spatial_dims, model="transunet")
-        x = pad_single_voxel_bottleneck(x, (16,) * (x.ndim - 2))
+        x = pad_single_voxel_bottleneck(x, self.factors[-1])
         size = x.shape[2:]
         s1 = self.stem(x)          # 1/2
         s2 = self.stage1(s1)       # 1/4
@@ -194,12 +206,13 @@ class TransUNet(nn.Module):
 
     def forward_with_aux(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Main logits, then (with ``deep_supervision``) logits at 1/2, 1/4, 1/8 resolution
-        (sizes ``ceil(S / 2)``, ``ceil(S / 4)``, ``ceil(S / 8)``)."""
+        (sizes ``ceil(S / 2)``, ``ceil(S / 4)``, ``ceil(S / 8)`` with the default strides; in
+        general ``ceil(S / factors[k])``)."""
         levels = self._decode(x)
         outs = [self.head(levels[0])]
         if self.deep_supervision:
             outs += [h(lv) for h, lv in zip(self.aux_heads, levels[1:])]
-        return [match_size(o, ceil_div(x.shape[2:], (2 ** k,) * (x.ndim - 2))) for k, o in enumerate(outs)]
+        return [match_size(o, ceil_div(x.shape[2:], f)) for o, f in zip(outs, self.factors)]
 
 
 @register_model("transunet")
