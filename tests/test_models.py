@@ -199,3 +199,19 @@ def test_transunet_anisotropic_strides():
     outs = model.forward_with_aux(torch.randn(1, 1, 9, 33, 20))
     # cumulative factors (2,2,2), (2,4,4), (2,8,8)
     assert [tuple(o.shape[2:]) for o in outs] == [(9, 33, 20), (5, 17, 10), (5, 9, 5), (5, 5, 3)]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_safetensors_roundtrip(name, tmp_path):
+    """Weights saved with safetensors load into a freshly built model and give the same logits."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    a = create_model(name, spatial_dims=3, in_channels=1, out_channels=2, **TINY[name]).eval()
+    save_file(a.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.manual_seed(1)
+    b = create_model(name, spatial_dims=3, in_channels=1, out_channels=2, **TINY[name]).eval()
+    b.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    x = torch.randn(1, 1, 9, 17, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
