@@ -13,6 +13,14 @@ SHARED = Path(os.environ.get("MEDSEG_SHARED", REPO.parent / "shared" / "data"))
 SAMPLES = REPO / "data_samples"
 
 
+try:  # the suite runs as 2 xdist workers on 2 cores: one intra-op thread each avoids oversubscription
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ../shared/data, or skip the test when it is missing."""
     p = SHARED.joinpath(*parts)
