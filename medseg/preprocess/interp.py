@@ -116,8 +116,11 @@ def prefilter_bspline(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def apply_taps(a: np.ndarray, axis: int, taps: Taps, *, fill: float = 0.0, threads: int | None = None) -> np.ndarray:
-    """Resample ``a`` along ``axis`` with ``taps``. Weighted kernels give float32, nearest keeps dtype."""
+def apply_taps(a: np.ndarray, axis: int, taps: Taps, *, fill: float | None = None,
+               threads: int | None = None) -> np.ndarray:
+    """Resample ``a`` along ``axis`` with ``taps``. Weighted kernels give float32, nearest keeps dtype.
+
+    Outside positions get ``fill`` (None: left as the clamped edge value)."""
     n_out = taps.index.shape[1]
     shape = list(a.shape)
     shape[axis] = n_out
@@ -162,8 +165,8 @@ def apply_taps(a: np.ndarray, axis: int, taps: Taps, *, fill: float = 0.0, threa
         list(_pool().map(work, [slice(bounds[i], bounds[i + 1]) for i in range(k)]))
     else:
         work(slice(0, n0))
-    if taps.outside.any():
-        sel = [slice(None)] * 3
+    if fill is not None and taps.outside.any():
+        sel: list = [slice(None)] * 3
         sel[axis] = taps.outside
         out[tuple(sel)] = fill
     return out
