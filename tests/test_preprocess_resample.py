@@ -175,3 +175,11 @@ def test_real_mri_matches_simpleitk(tmp_path):
     inside = theirs != -99.0
     assert inside.mean() > 0.95
     assert np.abs(out.array - theirs)[inside].max() < 1e-3 * float(np.abs(vol.array).max())
+
+
+@pytest.mark.parametrize("order", ["linear", "cubic", "nearest"])
+def test_same_spacing_returns_the_data_unchanged(rng, order):
+    a = rng.integers(-1000, 2000, size=(5, 6, 7)).astype(np.int16)
+    v = Volume(a, spacing_mm=(2.0, 1.0, 1.5), origin_mm=(1, 2, 3))
+    out = resample_to_spacing(v, (2.0, 1.0, 1.5), order=order)
+    assert out.same_grid(v) and np.array_equal(out.array, a)

@@ -55,6 +55,7 @@ class Taps:
     index: np.ndarray
     weight: np.ndarray | None
     outside: np.ndarray
+    identity: bool = False
 
 
 def _mirror(idx: np.ndarray, n: int) -> np.ndarray:
@@ -70,6 +71,8 @@ def make_taps(pos: np.ndarray, n_in: int, kernel: str) -> Taps:
     """Taps for continuous input indices ``pos`` (1-D, float64) on an axis of ``n_in`` voxels."""
     pos = np.asarray(pos, dtype=np.float64)
     outside = (pos < -0.5 - _EDGE_TOL) | (pos > n_in - 0.5 + _EDGE_TOL)
+    if pos.size == n_in and np.all(np.abs(pos - np.arange(n_in)) < 1e-9):
+        return Taps(np.arange(n_in, dtype=np.intp)[None, :], None, outside, identity=True)
     if kernel == "nearest":
         idx = np.clip(np.floor(pos + 0.5), 0, n_in - 1).astype(np.intp)
         return Taps(idx[None, :], None, outside)
@@ -94,15 +97,9 @@ def make_taps(pos: np.ndarray, n_in: int, kernel: str) -> Taps:
 
 
 def is_identity(taps: Taps, n_in: int) -> bool:
-    """True when the taps reproduce the axis unchanged (same size, integer positions)."""
-    if taps.index.shape[1] != n_in or taps.outside.any():
-        return False
-    if taps.weight is None:
-        return bool(np.array_equal(taps.index[0], np.arange(n_in)))
-    centre = 0 if taps.weight.shape[0] == 2 else 1
-    if taps.weight.shape[0] == 4:  # a B-spline at integer positions is not the identity on raw data
-        return False
-    return bool(np.array_equal(taps.index[centre], np.arange(n_in)) and np.all(taps.weight[centre] == 1.0))
+    """True when the taps sample exactly the input voxel centres 0..n_in-1 (any kernel then
+    returns the data unchanged: all three kernels interpolate), so the pass can be skipped."""
+    return taps.identity and taps.index.shape[1] == n_in
 
 
 def prefilter_bspline(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
