@@ -43,14 +43,13 @@ DEEP_BORDER = 16  # B-spline prefilter boundary effects decay by 0.27 per input 
 
 
 def timed(fn: Callable[[], np.ndarray], repeats: int, slow_repeats: int) -> tuple[float, float, np.ndarray]:
-    """Median and minimum wall time. The first call is a warm-up, except for slow methods (> 1 s), where it
-    counts as one of ``slow_repeats`` runs."""
+    """Median and minimum wall time after one untimed warm-up call (imports, thread pools, first
+    touch of memory); methods slower than 1 s get ``slow_repeats`` timed calls instead of ``repeats``."""
     t0 = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t0
-    times = [first] if first > 1.0 else []
-    n = slow_repeats - 1 if first > 1.0 else repeats
-    for _ in range(n):
+    times = []
+    for _ in range(max(1, slow_repeats if first > 1.0 else repeats)):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
