@@ -8,6 +8,8 @@ from medseg.preprocess.crop import CropBox, crop_to_foreground, crop_volume, for
 from medseg.preprocess.denoise import curvature_anisotropic_diffusion, gaussian, median
 from medseg.preprocess.grid import Grid, grid_of, spacing_grid
 from medseg.preprocess.normalize import CT_WINDOWS, clip_zscore, ct_window, minmax, zscore
+from medseg.preprocess.fingerprint import fingerprint
+from medseg.preprocess.plan import Preprocessed, apply_plan, invert_plan, propose_plan
 from medseg.preprocess.resample import resample_to_grid, resample_to_spacing
 
 __all__ = [
@@ -16,4 +18,5 @@ __all__ = [
     "Grid", "grid_of", "spacing_grid",
     "CT_WINDOWS", "zscore", "minmax", "ct_window", "clip_zscore",
     "resample_to_spacing", "resample_to_grid",
+    "fingerprint", "propose_plan", "apply_plan", "invert_plan", "Preprocessed",
 ]

@@ -136,8 +136,6 @@ def apply_taps(a: np.ndarray, axis: int, taps: Taps, *, fill: float | None = Non
         np.take(src, idx[0], axis=axis, out=o)
         if w is None:
             return
-        if o.dtype != np.float32:  # pragma: no cover - out is float32 for weighted kernels
-            raise TypeError("internal: weighted output must be float32")
         if len(idx) == 2 and np.array_equal(idx[1], np.minimum(idx[0] + 1, a.shape[axis] - 1)):
             # linear: o = a0 + w1 * (a1 - a0), one gather of the differences
             tmp = np.take(src, idx[1], axis=axis)

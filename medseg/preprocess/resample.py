@@ -108,7 +108,7 @@ def resample_to_grid(
     Every output voxel centre is mapped through physical (RAS) space into ``vol``'s voxel
     indices. When the two grids' axes are parallel (any permutation or flip) the work is
     separable and fast; oblique grids fall back to ``scipy.ndimage.map_coordinates`` with the same
-    kernels. Output voxels more than half a voxel outside ``vol`` get ``fill``.
+    kernels. Output voxels more than half a voxel outside ``vol`` get ``fill`` (labels: 0).
 
     Example
     -------
@@ -137,6 +137,8 @@ def _resample(vol: Volume, dst: Grid, *, order: str, label_order: str, aniso_axi
     if aniso_axis is not None and base != "nearest":
         kernels[aniso_axis] = anisotropic_order
         log.debug("anisotropic spacing %s: axis %d resampled with %s", vol.spacing_mm, aniso_axis, anisotropic_order)
+    if vol.is_label:
+        fill = 0  # outside a label map is background
     if vol.is_label and label_order == "linear":
         arr = _per_label_linear(vol.array, m, sep, dst.shape, kernels, threads)
     elif sep is None:
