@@ -52,6 +52,8 @@ def sanitize_name(name: str, *, max_len: int = 120) -> str:
 
 def safe_join(root: str | os.PathLike, *parts: str) -> Path:
     """Join ``parts`` under ``root`` and refuse any result that escapes ``root``."""
+    if any("\x00" in str(p) for p in (root, *parts)):
+        raise MedsegError(f"output path part {parts!r} holds a NUL byte", code="unsafe_path")
     root_r = Path(root).resolve()
     target = root_r.joinpath(*parts).resolve()
     if target != root_r and root_r not in target.parents:
