@@ -42,13 +42,11 @@ def dicom_corpus(c, src: Path) -> None:
     files = [f for f, _ in slices]
     n = len(files)
     rng = np.random.default_rng(11)
-    made: list[tuple[str, Path]] = []
 
     def variant(name: str, family: str, expected: set[str]) -> Path:
         d = c.out / f"dicom_{name}"
         shutil.copytree(src, d)
         c.cases.append(_case(d, family, expected))
-        made.append((name, d))
         return d
 
     inner = sorted({int(x) for x in rng.integers(1, n - 1, 5)})

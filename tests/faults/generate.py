@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,6 @@ class Sources:
     image: Path  # NIfTI-1 .nii.gz intensity image
     label: Path  # NIfTI-1 .nii.gz label map of the same case
     dicom: Path | None = None  # a DICOM series folder (optional)
-    extra: dict = field(default_factory=dict)
 
 
 class _Corpus:
