@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import re
 import tempfile
@@ -10,6 +12,13 @@ from pathlib import Path
 from typing import Iterator
 
 from medseg.errors import MedsegError
+
+
+class WriteError(MedsegError, OSError):
+    """An output could not be written (disk full, permissions...). Still an ``OSError``."""
+
+    code = "write_failed"
+
 
 def _current_umask() -> int:
     mask = os.umask(0o022)
@@ -35,13 +44,16 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def sanitize_name(name: str, *, max_len: int = 120) -> str:
-    """A file-name-safe token: letters, digits, '.', '_' and '-' only; never '.', '..' or empty."""
-    s = _SAFE.sub("_", name).strip("._") or "case"
+    """A file-name-safe token: letters, digits, '.', '_' and '-' only; never '.', '..', empty or
+    starting with '-' (which command-line tools would read as an option)."""
+    s = _SAFE.sub("_", name).strip("._").lstrip("-").strip("._") or "case"
     return s[:max_len]
 
 
 def safe_join(root: str | os.PathLike, *parts: str) -> Path:
     """Join ``parts`` under ``root`` and refuse any result that escapes ``root``."""
+    if any("\x00" in str(p) for p in (root, *parts)):
+        raise MedsegError(f"output path part {parts!r} holds a NUL byte", code="unsafe_path")
     root_r = Path(root).resolve()
     target = root_r.joinpath(*parts).resolve()
     if target != root_r and root_r not in target.parents:
@@ -53,8 +65,10 @@ def safe_join(root: str | os.PathLike, *parts: str) -> Path:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync and rename it into place.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched; an ``OSError``
+    (disk full, read-only folder...) is raised as :class:`WriteError` naming ``path``.
     The temporary name keeps the final suffix so writers that look at extensions work.
+    A process killed meanwhile leaves the temporary file behind: :func:`remove_stale_tmp`.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -69,9 +83,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_p, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        tmp_p.unlink(missing_ok=True)
+        if isinstance(exc, MedsegError):
+            raise
+        hint = "free some disk space and run again" if exc.errno == errno.ENOSPC else "check the output folder"
+        raise WriteError(f"cannot write this output ({exc.strerror or exc}); {hint} - files written before are "
+                         "unchanged", path=final, code="disk_full" if exc.errno == errno.ENOSPC else None) from exc
     except BaseException:
         tmp_p.unlink(missing_ok=True)
         raise
+
+
+def tmp_names(path: str | os.PathLike) -> str:
+    """Glob pattern of the temporary files :func:`atomic_path` makes for ``path``."""
+    final = Path(path)
+    return f".{glob.escape(final.name)}.*.tmp*"
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files left beside ``path`` by an interrupted :func:`atomic_path` write
+    (a killed process cannot clean up). Returns the removed paths."""
+    final = Path(path)
+    if not final.parent.is_dir():
+        return []
+    gone = []
+    for p in final.parent.glob(tmp_names(final)):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

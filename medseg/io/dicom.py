@@ -55,6 +55,12 @@ def _read_header(path: Path):
         # large elements (the pixel data) are only read from disk when accessed
         return pydicom.dcmread(path, defer_size="16 KB")
     except InvalidDicomError:
+        if path.suffix.lower() == ".dcm":  # named as a slice: a damaged slice, not an unrelated file
+            size = path.stat().st_size
+            code = "truncated" if size < 132 else "corrupt"
+            raise InputError(f"{path.name} is named as a DICOM file but is not one ({size} bytes, no DICOM "
+                             "preamble); the slice is truncated or damaged - re-copy it", path=path.parent,
+                             code=code) from None
         return None  # not a DICOM file (README, thumbnails...): ignore it
     except Exception as exc:  # truncated or damaged header
         raise InputError(f"cannot parse the DICOM header of {path.name} ({exc.__class__.__name__}); the file is "

@@ -81,7 +81,7 @@ def _classify_itk_error(msg: str, path: Path) -> tuple[str, str]:
     if "unable to determine imageio" in low or "could not create io object" in low:
         return "bad_magic", "not a readable NRRD/MetaImage file (unknown header)"
     if any(k in low for k in ("short read", "premature", "truncat", "not enough", "end of file",
-                              "but received", "bytes but only")):
+                              "but received", "bytes but only", "fread got only")):
         return "truncated", f"voxel data is incomplete ({detail}); re-copy the file"
     if "spacing" in low:
         return "bad_spacing", f"invalid voxel spacing in the header ({detail})"
@@ -117,12 +117,19 @@ def read_itk(path: str | Path, *, is_label: bool = False) -> Volume:
     path = Path(path)
     if path.stat().st_size == 0:
         raise InputError("empty file (0 bytes): the file is truncated", path=path, code="truncated")
+    from medseg.io.itk_checks import check_meta_header, verify_local_stream
+
+    if path.suffix.lower() in (".mha", ".mhd"):
+        check_meta_header(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         code, why = _classify_itk_error(str(exc), path)
         raise InputError(why, path=path, code=code) from None
+    if 0 in img.GetSize():
+        raise InputError(f"image size {img.GetSize()} has a zero dimension", path=path, code="bad_header")
     vol = sitk_to_volume(img, is_label=is_label, path=path)
+    verify_local_stream(path, int(vol.array.nbytes) * img.GetNumberOfComponentsPerPixel())
     return vol
 
 

@@ -132,11 +132,18 @@ def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
         raise InputError(f"header gives a zero-size dimension {shape}", path=path, code="bad_header")
     if dtype.fields is not None or dtype.kind == "c":
         raise InputError(f"voxel type {dtype} (RGB/complex) is not a scalar volume", path=path, code="bad_header")
-    shape3 = _three_d_shape(shape, path)
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) < need:
         raise InputError(f"voxel data is truncated: {len(data)} of {need} bytes present (re-copy the file)",
                          path=path, code="truncated")
+    shape3 = _three_d_shape(shape, path)
+    if len(data) > need:
+        raise InputError(f"the file holds {len(data) - need} bytes more than the header's sizes {shape} and voxel "
+                         f"type {dtype} describe: the header does not match the data", path=path, code="bad_header")
+    bitpix = _raw_bitpix(data, kind)
+    if bitpix != dtype.itemsize * 8:
+        raise InputError(f"header bitpix = {bitpix} disagrees with the voxel type {dtype} ({dtype.itemsize * 8} "
+                         "bits): the header is damaged", path=path, code="bad_header")
     affine_ijk = _best_affine(img, path)
     try:
         arr = np.asanyarray(img.dataobj)
@@ -158,6 +165,11 @@ def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
     meta = {"path": str(path), "format": kind, "sform_code": int(hdr["sform_code"]),
             "qform_code": int(hdr["qform_code"])}
     return Volume(array, spacing, origin, direction, is_label=is_label, meta=meta)
+
+
+def _raw_bitpix(data: bytes, kind: str) -> int:
+    endian = "<" if struct.unpack("<i", data[:4])[0] in (348, 540) else ">"
+    return struct.unpack(endian + "h", data[72:74] if kind == "nifti1" else data[14:16])[0]
 
 
 def _three_d_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:

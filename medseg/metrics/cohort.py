@@ -73,8 +73,9 @@ def _score_one(job: tuple[str, Path, Path, list[int] | None, Any, float, str]) -
 
     case, pred_path, ref_path, labels, tolerance_mm, percent, mode = job
     try:
-        ref = read_volume(ref_path, is_label=True)
-        pred = read_volume(pred_path, is_label=True)
+        # kind="label": non-integer, negative or NaN labels are refused with the file named
+        ref = read_volume(ref_path, kind="label")
+        pred = read_volume(pred_path, kind="label")
         case_labels = labels
         if case_labels is None:
             case_labels = sorted(set(labels_present(ref.array)) | set(labels_present(pred.array)))

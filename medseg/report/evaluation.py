@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from medseg.fsutil import safe_join
+from medseg.fsutil import remove_stale_tmp, safe_join
 from medseg.metrics.aggregate import BOOTSTRAP_SEED, N_BOOT, summarize_rows
 from medseg.metrics.cohort import CohortResult, evaluate_cohort
 from medseg.metrics.evaluate import MODES
@@ -20,6 +20,9 @@ def write_evaluation(result: CohortResult, out_dir: str | Path, *, meta: dict[st
     """Write the three outputs (each atomically). Returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.csv", "summary.json", "report.html"):
+        for p in remove_stale_tmp(safe_join(out, name)):  # left by a run that was killed mid-write
+            log.info("removed %s, a temporary file of an interrupted run", p.name)
     summary = summarize_rows(result.rows, n_boot=N_BOOT)
     meta = dict(meta, cases=result.cases, pred_only=result.pred_only, ref_only=result.ref_only,
                 failed=result.failed, n_boot=N_BOOT, seed=BOOTSTRAP_SEED)

@@ -1,0 +1,135 @@
+"""Checks SimpleITK does not make on MetaImage / NRRD files, so damage is an error, not wrong voxels.
+
+* MetaIO accepts ``ElementSpacing`` <= 0 (it flips the axis), a ``DimSize`` of 0 and unparseable
+  numbers (``nan`` becomes 0) without complaint: :func:`check_meta_header` refuses them.
+* MetaIO and teem's NRRD reader print "Uncompress failed" or nothing at all, and return garbage
+  voxels, for a damaged or short zlib/gzip stream: :func:`verify_local_stream` decompresses the
+  attached stream with checksums and compares its length with the image size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from pathlib import Path
+
+from medseg.errors import InputError
+
+_META_FLOATS = {"elementspacing": "positive", "elementsize": "positive", "offset": "finite", "origin": "finite",
+                "position": "finite", "transformmatrix": "finite", "rotation": "finite", "orientation": "finite",
+                "centerofrotation": "finite"}
+_HEAD_BYTES = 1 << 16
+
+
+def _meta_header(data: bytes) -> tuple[dict[str, str], int] | None:
+    """(lower-case key -> value, offset of the data) for a MetaImage header; None if not found."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return None
+        line = data[pos:end].decode("latin-1").strip()
+        pos = end + 1
+        if "=" not in line:
+            continue
+        key, value = (s.strip() for s in line.split("=", 1))
+        fields[key.lower()] = value
+        if key.lower() == "elementdatafile":
+            return fields, pos
+    return None
+
+
+def check_meta_header(path: Path) -> None:
+    """Refuse MetaImage headers with non-positive spacing, zero sizes or unparseable numbers."""
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD_BYTES)
+    parsed = _meta_header(head)
+    if parsed is None:
+        return  # SimpleITK reports what is wrong
+    fields, _ = parsed
+    for key, rule in _META_FLOATS.items():
+        if key not in fields:
+            continue
+        try:
+            vals = [float(v) for v in fields[key].split()]
+        except ValueError:
+            vals = [math.nan]
+        if not all(math.isfinite(v) for v in vals):
+            code = "bad_spacing" if rule == "positive" else "bad_geometry"
+            raise InputError(f"header field {key} = '{fields[key]}' holds a non-numeric or non-finite value",
+                             path=path, code=code)
+        if rule == "positive" and any(v <= 0 for v in vals):
+            raise InputError(f"voxel spacing must be positive, header says {key} = {fields[key]} (ITK would "
+                             "silently flip the axis); fix the header", path=path, code="bad_spacing")
+    if "dimsize" in fields:
+        try:
+            dims = [int(v) for v in fields["dimsize"].split()]
+        except ValueError:
+            dims = [0]
+        if not dims or any(n <= 0 for n in dims):
+            raise InputError(f"header DimSize = '{fields['dimsize']}' must be positive whole numbers", path=path,
+                             code="bad_header")
+
+
+def _nrrd_data_offset(data: bytes) -> tuple[dict[str, str], int] | None:
+    end = data.find(b"\n\n")
+    if end < 0 or not data.startswith(b"NRRD"):
+        return None
+    fields = {}
+    for line in data[:end].decode("latin-1").splitlines()[1:]:
+        if line.startswith("#") or ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        fields[key.strip().lower()] = value.lstrip("=").strip()
+    return fields, end + 2
+
+
+def verify_local_stream(path: Path, expected_bytes: int) -> None:
+    """For a compressed stream attached to the header (``.mha`` with ``CompressedData = True``,
+    ``.nrrd`` with ``encoding: gzip``), check that it decompresses with a valid checksum to exactly
+    ``expected_bytes``. Detached data files and uncompressed data are left to SimpleITK."""
+    suffix = path.suffix.lower()
+    if suffix not in (".mha", ".nrrd"):
+        return
+    data = path.read_bytes()
+    if suffix == ".mha":
+        parsed = _meta_header(data)
+        if parsed is None:
+            return
+        fields, off = parsed
+        if fields.get("compresseddata", "").lower() != "true" or fields.get("elementdatafile", "").upper() != "LOCAL":
+            return
+        kind = "zlib"
+    else:
+        parsed = _nrrd_data_offset(data)
+        if parsed is None:
+            return
+        fields, off = parsed
+        if fields.get("encoding", "").lower() not in ("gzip", "gz") or "data file" in fields or "datafile" in fields:
+            return
+        kind = "gzip"
+    stream = data[off:]
+    try:
+        if kind == "zlib":
+            d = zlib.decompressobj()
+            raw = d.decompress(stream)
+            if not d.eof:
+                raise EOFError
+            extra = d.unused_data
+        else:
+            raw = gzip.decompress(stream)
+            extra = b""
+    except EOFError:
+        raise InputError("compressed voxel data ends early: the file is truncated (re-copy it)", path=path,
+                         code="truncated") from None
+    except (zlib.error, gzip.BadGzipFile, OSError) as exc:
+        raise InputError(f"compressed voxel data is corrupt ({exc}); re-copy or re-export the file", path=path,
+                         code="corrupt") from None
+    if len(raw) < expected_bytes:
+        raise InputError(f"voxel data is incomplete: {len(raw)} of {expected_bytes} bytes (the header sizes or "
+                         "voxel type do not match the data)", path=path, code="truncated")
+    if len(raw) > expected_bytes or extra.strip(b"\x00"):
+        raise InputError(f"voxel data holds {len(raw)} bytes but the header describes {expected_bytes} (sizes or "
+                         "voxel type in the header are wrong)", path=path, code="bad_header")
