@@ -16,6 +16,7 @@ from torch import nn
 from medseg.models import MODELS, register_model
 
 TINY = "tiny_test_net"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class TinyTestNet(nn.Module):
