@@ -51,6 +51,17 @@ def save_checkpoint(bundle_dir: Path, *, model_state: dict, architecture: str, o
         torch.save(state, tmp)
 
 
+def state_digest(state: dict) -> str:
+    """SHA-256 (first 16 hex digits) over the names and exact bytes of a state dict's tensors."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_checkpoint(bundle_dir: Path, *, model, architecture: str, optimizer, scaler) -> dict[str, Any]:
     """Restore weights, optimiser, scaler and RNG from a bundle; returns the state dict.
 

@@ -25,7 +25,7 @@ from medseg import config as cfgmod
 from medseg.bundle import write_meta
 from medseg.device import resolve_device
 from medseg.errors import ConfigError, MedsegError
-from medseg.training.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from medseg.training.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, state_digest
 from medseg.training.config import model_kwargs, resolve_config
 from medseg.training.curves import plot_curves, write_csv
 from medseg.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
@@ -37,6 +37,7 @@ from medseg.training.validate import validate
 
 log = logging.getLogger("medseg.training")
 
+_PLOT_EVERY_S = 60.0
 # keys that may change between an interrupted run and its resumption
 _RESUME_FREE = {("training", k) for k in ("epochs", "progress", "num_workers", "threads", "device")}
 
@@ -53,6 +54,8 @@ def train(cfg_raw: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
     cfg = resolve_config(cfg_raw)
     device = resolve_device(cfg["training"]["device"])
     dinfo = init_distributed(device.type)
+    if not dinfo.is_main:
+        logging.getLogger("medseg").setLevel(logging.WARNING)     # rank 0 logs for everyone
     if dinfo.enabled and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
     try:
@@ -117,6 +120,7 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
     warmup = int(round(t["warmup_epochs"] * t["iters_per_epoch"]))
     val_cases = data.val[dinfo.rank::dinfo.world_size]
     elapsed = float(history[-1]["elapsed_s"]) if history else 0.0
+    last_plot = -math.inf
 
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
@@ -190,11 +194,14 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
                             is_best=is_best, config_digest=digest)
             write_meta(out_dir, {**meta, "training": _training_meta(cfg, history, best)})
             write_csv(history, out_dir / "curves.csv")
-            plot_curves(history, out_dir / "curves.png")
+            if epoch + 1 == t["epochs"] or time.perf_counter() - last_plot > _PLOT_EVERY_S:
+                plot_curves(history, out_dir / "curves.png")      # ~0.5 s: not after every short epoch
+                last_plot = time.perf_counter()
             log.info("%s", _summary_line(row, t["epochs"], labels, label_ids))
         barrier(dinfo)
     return {"bundle": str(out_dir), "epochs": len(history), "best": best,
-            "last": history[-1] if history else {}, "rank": dinfo.rank}
+            "last": history[-1] if history else {}, "rank": dinfo.rank, "world_size": dinfo.world_size,
+            "weights_digest": state_digest(net.state_dict())}
 
 
 def _amp_dtype(amp: str, device: torch.device):
