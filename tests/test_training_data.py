@@ -141,3 +141,12 @@ def test_config_unknown_keys_are_named():
         resolve_config({"output": {"dir": "y"}})
     with pytest.raises(ConfigError, match="plan.patch_size"):
         resolve_config({**base, "plan": {"patch_size": [16, 16]}})
+
+
+def test_shipped_config_is_valid():
+    from medseg.config import load_yaml
+    from test_training_helpers import REPO_ROOT
+
+    cfg = resolve_config(load_yaml(REPO_ROOT / "configs" / "seg3d" / "hippocampus_unet.yaml"))
+    assert cfg["model"]["name"] == "unet" and cfg["plan"]["patch_size"] == [40, 56, 40]
+    assert all(p % cfg["plan"]["divisor"] == 0 for p in cfg["plan"]["patch_size"])

@@ -43,21 +43,32 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, *, divisor: int, d
 
 
 def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
-    """Dice ``2|P & R| / (|P| + |R|)`` of each label; NaN when the label is absent from both.
+    """Dice ``2|P & R| / (|P| + |R|)`` of each label; 1.0 when the label is absent from both (the
+    convention of ``medseg.metrics``, used when it is installed).
 
-    >>> dice_per_label(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, 2])
-    {1: 0.6666666666666666, 2: 0.6666666666666666}
+    >>> dice_per_label(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, 2, 3])
+    {1: 0.6666666666666666, 2: 0.6666666666666666, 3: 1.0}
     """
-    p, r = np.asarray(pred).ravel(), np.asarray(ref).ravel()
+    try:
+        from medseg.metrics.overlap import dice_from_counts, label_counts
+    except ImportError:  # the metrics package is not part of this checkout: count here
+        dice_from_counts, label_counts = _dice_from_counts, _label_counts
+    counts = label_counts(np.asarray(ref), np.asarray(pred), list(labels))
+    return {int(lab): float(dice_from_counts(n_ref=int(c[0]), n_pred=int(c[1]), n_both=int(c[2])))
+            for lab, c in zip(labels, counts)}
+
+
+def _dice_from_counts(*, n_ref: int, n_pred: int, n_both: int) -> float:
+    return 1.0 if n_ref + n_pred == 0 else 2.0 * n_both / (n_ref + n_pred)
+
+
+def _label_counts(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """(len(labels), 3) counts ``n_ref, n_pred, n_both`` from one joint histogram."""
+    r, p = ref.ravel().astype(np.int64), pred.ravel().astype(np.int64)
     n = int(max(p.max(initial=0), r.max(initial=0), max(labels, default=0))) + 1
-    # one confusion pass instead of a mask per label
-    cm = np.bincount(r.astype(np.int64) * n + p.astype(np.int64), minlength=n * n).reshape(n, n)
-    out = {}
-    for lab in labels:
-        tp = cm[lab, lab]
-        denom = cm[lab, :].sum() + cm[:, lab].sum()
-        out[int(lab)] = float(2 * tp / denom) if denom > 0 else float("nan")
-    return out
+    cm = np.bincount(r * n + p, minlength=n * n).reshape(n, n)
+    idx = np.asarray(list(labels), dtype=np.int64)
+    return np.stack([cm[idx, :].sum(axis=1), cm[:, idx].sum(axis=0), cm[idx, idx]], axis=1)
 
 
 def validate(model: torch.nn.Module, cases, *, labels: Sequence[int], divisor: int, device: torch.device,
@@ -65,7 +76,6 @@ def validate(model: torch.nn.Module, cases, *, labels: Sequence[int], divisor: i
     """Sum of per-case Dice and number of cases counted, per label (arrays of len(labels)).
 
     ``cases``: objects with ``image`` (C, z, y, x) and ``label`` (z, y, x) (preprocessed grid).
-    NaN Dice (label absent from prediction and reference) is left out of both sums.
     """
     was_training = model.training
     model.eval()
