@@ -39,7 +39,7 @@ def test_weights_of_another_architecture(tmp_path):
     d, _ = _bundle(tmp_path)
     other = TinyTestNet(in_channels=1, out_channels=3, width=6)          # other widths -> shape mismatch
     save_weights(other.state_dict(), d / "model.safetensors", architecture=TINY)
-    msg = r"10 shape mismatch.*aux\.weight: file \(3, 12, 1, 1, 1\) vs model \(3, 8, 1, 1, 1\)"
+    msg = r"14 shape mismatch.*aux\.weight: file \(3, 12, 1, 1, 1\) vs model \(3, 8, 1, 1, 1\)"
     with pytest.raises(InputError, match=msg) as ei:
         load_bundle(d)
     assert ei.value.code == "wrong_architecture"

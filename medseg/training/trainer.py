@@ -58,10 +58,14 @@ def train(cfg_raw: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
         logging.getLogger("medseg").setLevel(logging.WARNING)     # rank 0 logs for everyone
     if dinfo.enabled and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         return _train(cfg, device=device, dinfo=dinfo, resume=resume)
     finally:
         shutdown(dinfo)
+        torch.set_num_threads(saved[0])                     # leave the caller's torch settings as they were
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
 
 
 def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume: bool) -> dict[str, Any]:
