@@ -85,7 +85,7 @@ def test_pickled_code_in_train_state_is_never_run(tmp_path, monkeypatch):
     d, net = _bundle(tmp_path)
     save_weights(net.state_dict(), d / "last.safetensors", architecture=TINY, extra={"epoch": "1"})
     with open(d / STATE_FILE, "wb") as fh:
-        pickle.dump({"epoch": 1, "optimizer": {}, "torch_rng": _Evil(), "history": []}, fh)
+        pickle.dump({"epoch": 1, "optimizer": {}, "torch_rng": _Evil(), "history": []}, fh, protocol=2)
     opt = torch.optim.AdamW(net.parameters())
     with pytest.raises(InputError, match="damaged or not a medseg checkpoint"):
         load_checkpoint(d, model=net, architecture=TINY, optimizer=opt, scaler=None)

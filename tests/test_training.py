@@ -171,3 +171,12 @@ def test_training_learns_the_synthetic_blobs(dataset, tmp_path):
     rows = list(csv.DictReader((tmp_path / "b" / "curves.csv").open()))
     assert float(rows[-1]["train_loss"]) < 0.6 * float(rows[0]["train_loss"])
     assert summary["last"]["val_dice_anterior"] > 0.8 and summary["last"]["val_dice_posterior"] > 0.8
+
+
+def test_bf16_autocast_and_channels_last_paths(dataset, tmp_path):
+    """The CUDA-oriented options also run on the CPU (bf16 autocast, channels_last_3d, SGD, cosine)."""
+    summary = train(tiny_config(dataset, tmp_path / "b", epochs=1, amp="bf16", channels_last=True,
+                                optimizer="sgd", schedule="cosine", warmup_epochs=0.5, lr=1e-2))
+    assert np.isfinite(summary["last"]["train_loss"]) and 0 <= summary["last"]["val_dice_mean"] <= 1
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        train(tiny_config(dataset, tmp_path / "c", epochs=1, amp="fp16"))

@@ -149,4 +149,21 @@ def test_shipped_config_is_valid():
 
     cfg = resolve_config(load_yaml(REPO_ROOT / "configs" / "seg3d" / "hippocampus_unet.yaml"))
     assert cfg["model"]["name"] == "unet" and cfg["plan"]["patch_size"] == [40, 56, 40]
+    assert cfg["data"]["labels"] == {1: "anterior", 2: "posterior"}
     assert all(p % cfg["plan"]["divisor"] == 0 for p in cfg["plan"]["patch_size"])
+
+
+def test_config_labels_override_and_check(tmp_path):
+    from medseg.training.prepare import prepare_data
+
+    root = make_dataset(tmp_path / "d", n=3, dataset_json=False)
+    base = {"data": {"root": str(root), "num_folds": 3, "labels": {1: "a", 2: "b"}}, "output": {"dir": "y"},
+            "plan": {"patch_size": [8, 8, 8]}}
+    data = prepare_data(resolve_config(base))
+    assert data.labels == {0: "background", 1: "a", 2: "b"} and len(data.train) == 2 and len(data.val) == 1
+    base["data"]["labels"] = {1: "a"}
+    with pytest.raises(InputError, match=r"case_000.*unexpected label value\(s\) \[2\]"):
+        prepare_data(resolve_config(base))
+    base["data"]["labels"] = ["a"]
+    with pytest.raises(ConfigError, match="data.labels"):
+        resolve_config(base)

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 12345,           # seed of the fold split (independent of the training seed)
         "cache": True,           # keep the preprocessed data set in RAM (the only mode for now)
         "max_cases": None,       # use only the first N cases (sorted) - for smoke tests
+        "labels": None,          # {index: name}; overrides dataset.json (background 0 is implied)
     },
     "model": {"name": "unet"},
     "plan": {
@@ -141,6 +142,10 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"data.num_folds must be an integer >= 2, got {d['num_folds']!r}")
     if d["fold"] != "all" and (not isinstance(d["fold"], int) or not 0 <= d["fold"] < d["num_folds"]):
         raise ConfigError(f"data.fold must be 'all' or an integer in [0, {d['num_folds']}), got {d['fold']!r}")
+    labels = d["labels"]
+    if labels is not None and (not isinstance(labels, dict) or not labels or not all(
+            isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 255 for k in labels)):
+        raise ConfigError(f"data.labels must map label values 0..255 to names, e.g. {{1: anterior}}, got {labels!r}")
     p = cfg["plan"]
     for key in ("spacing_mm", "patch_size"):
         v = p[key]

@@ -38,6 +38,9 @@ def prepare_data(cfg: dict[str, Any]) -> PreparedData:
                           "RAM); set data.cache: true")
     t0 = time.perf_counter()
     info = scan_dataset(d["root"])
+    if d["labels"]:
+        info.labels = {0: "background", **{int(k): str(v) for k, v in d["labels"].items()}}
+        info.labels = dict(sorted(info.labels.items()))
     ids = [c.case for c in info.cases]
     if d["max_cases"] is not None:
         if not isinstance(d["max_cases"], int) or d["max_cases"] < 2:
