@@ -85,8 +85,8 @@ def test_two_epochs_differ_from_one(dataset, tmp_path):
 
 
 def test_workers_do_not_change_the_result(dataset, tmp_path):
-    train(tiny_config(dataset, tmp_path / "w0", epochs=1, num_workers=0))
-    train(tiny_config(dataset, tmp_path / "w1", epochs=1, num_workers=1))
+    train(tiny_config(dataset, tmp_path / "w0", epochs=2, num_workers=0))
+    train(tiny_config(dataset, tmp_path / "w1", epochs=2, num_workers=2))   # persistent workers, 2 epochs
     a, _ = load_weights(tmp_path / "w0" / "last.safetensors")
     b, _ = load_weights(tmp_path / "w1" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -43,10 +43,34 @@ _RESUME_FREE = {("training", k) for k in ("epochs", "progress", "num_workers", "
 
 
 def config_digest(cfg: dict[str, Any]) -> str:
-    c = json.loads(json.dumps(cfg, default=str))
-    for sec, key in _RESUME_FREE:
-        c.get(sec, {}).pop(key, None)
-    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+    """Digest of the settings that determine the training result (keys set to None are left out, so a
+    newer medseg that adds a key with a None default still resumes an older run)."""
+    free = {f"{a}.{b}" for a, b in _RESUME_FREE}
+    flat = _flatten(json.loads(json.dumps(cfg, default=str)))
+    items = sorted((k, v) for k, v in flat.items() if k not in free and v is not None)
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _config_changes(old_path: Path, cfg: dict[str, Any]) -> str:
+    """'key: old -> new' for the keys that differ from the saved resolved config."""
+    try:
+        old = _flatten(json.loads(json.dumps(cfgmod.load_yaml(old_path), default=str)))
+    except MedsegError:
+        return "the saved config.resolved.yaml is unreadable"
+    new = _flatten(json.loads(json.dumps(cfg, default=str)))
+    free = {f"{a}.{b}" for a, b in _RESUME_FREE}
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k not in free and old.get(k) != new.get(k)]
+    return "; ".join(diffs[:5]) or "no key differs, but the digest does"
 
 
 def train(cfg_raw: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
@@ -101,8 +125,10 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
         state = load_checkpoint(out_dir, model=net, architecture=cfg["model"]["name"], optimizer=optimizer,
                                 scaler=scaler)
         if state.get("config_digest") != digest:
-            raise ConfigError(f"the config differs from the one {out_dir} was trained with (only training.epochs, "
-                              "progress, num_workers, threads and device may change on --resume)")
+            changed = _config_changes(out_dir / "config.resolved.yaml", cfg)
+            raise ConfigError(f"the config differs from the one {out_dir} was trained with ({changed}); only "
+                              "training.epochs, progress, num_workers, threads and device may change on --resume "
+                              "(or resume with --config " + str(out_dir / "config.resolved.yaml") + ")")
         start_epoch, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
     elif resume:
         log.warning("--resume: no checkpoint in %s, starting a new run", out_dir)
