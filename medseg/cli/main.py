@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("medseg.cli.evaluate", "score predictions against references (Dice, IoU, HD95, NSD)"),
     "run": ("medseg.cli.run", "run a staged pipeline from a YAML config"),
     "fingerprint": ("medseg.cli.fingerprint", "analyse a data set and propose preprocessing (YAML)"),
+    "train": ("medseg.cli.train", "train a segmentation model from a YAML config into a model bundle"),
 }
 
 

@@ -1,0 +1,151 @@
+"""Model bundles: a folder holding everything needed to run or continue a trained model.
+
+Layout::
+
+    BUNDLE/bundle.yaml            architecture (registry name + kwargs), preprocessing plan, label
+                                  names, patch size, spacing, training summary
+    BUNDLE/model.safetensors      weights to use (best validation epoch; the last one without validation)
+    BUNDLE/last.safetensors       weights after the last finished epoch (for resuming)
+    BUNDLE/train_state.pt         optimiser state, RNG states, epoch, history (plain tensors and
+                                  numbers; read with ``torch.load(weights_only=True)``)
+    BUNDLE/config.resolved.yaml   the training config after defaults and overrides
+    BUNDLE/curves.csv, curves.png training curves
+
+Weights are safetensors: loading never executes pickled code. A wrong architecture or a damaged
+file raises :class:`~medseg.errors.InputError` naming the file and what does not match.
+
+>>> model, meta = load_bundle("runs/hippocampus_unet")      # doctest: +SKIP
+>>> meta["labels"]                                           # doctest: +SKIP
+{0: 'background', 1: 'anterior', 2: 'posterior'}
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from medseg import config as cfgmod
+from medseg.errors import InputError
+from medseg.fsutil import atomic_path
+
+log = logging.getLogger("medseg.bundle")
+
+BUNDLE_FORMAT = "medseg-bundle/1"
+META_FILE = "bundle.yaml"
+WEIGHTS = {"best": "model.safetensors", "last": "last.safetensors"}
+
+
+def save_weights(state_dict: dict, path: str | Path, *, architecture: str | None = None,
+                 extra: dict[str, str] | None = None) -> Path:
+    """Write a state dict as safetensors, atomically (tensors copied to contiguous CPU memory).
+
+    ``architecture`` and ``extra`` (strings) go into the file's metadata header.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    meta = {"format": BUNDLE_FORMAT}
+    if architecture:
+        meta["architecture"] = architecture
+    meta.update({str(k): str(v) for k, v in (extra or {}).items()})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_weights(path: str | Path) -> tuple[dict, dict[str, str]]:
+    """Read a safetensors file -> (state dict of CPU tensors, its string metadata)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("weights file is missing", path=p, code="missing")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises SafetensorError, OSError, ValueError... for damaged files
+        raise InputError(f"not a readable safetensors file ({exc.__class__.__name__}: {exc}); the file is "
+                         "damaged or of another format - retrain or copy it again", path=p, code="corrupt") from None
+    return tensors, meta
+
+
+def load_state_into(model, state: dict, *, path: str | Path, architecture: str = "?") -> None:
+    """``model.load_state_dict(state, strict=True)`` with a readable error for another architecture."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {', '.join(unexpected[:3])}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) e.g. {'; '.join(shapes[:3])}")
+        raise InputError(f"weights do not fit model '{architecture}' ({'; '.join(parts)}): the checkpoint is "
+                         "from another architecture or configuration", path=path, code="wrong_architecture")
+    model.load_state_dict(state, strict=True)
+
+
+def write_meta(bundle_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``bundle.yaml`` atomically (adds the format tag)."""
+    data = {"format": BUNDLE_FORMAT, **{k: v for k, v in meta.items() if k != "format"}}
+    return cfgmod.save_yaml(data, Path(bundle_dir) / META_FILE)
+
+
+def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``bundle.yaml`` of a bundle folder."""
+    d = Path(bundle_dir)
+    p = d / META_FILE
+    if not p.is_file():
+        raise InputError(f"not a model bundle: {META_FILE} is missing", path=d, code="not_a_bundle")
+    try:
+        meta = cfgmod.load_yaml(p)
+    except Exception as exc:
+        raise InputError(f"cannot read the bundle description: {exc}", path=p, code="corrupt") from None
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise InputError(f"unknown bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})", path=p,
+                         code="bad_bundle")
+    model = meta.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(
+            model.get("kwargs", {}), dict):
+        raise InputError("bundle.yaml lacks model.name / model.kwargs", path=p, code="bad_bundle")
+    if isinstance(meta.get("labels"), dict):
+        meta["labels"] = {int(k): str(v) for k, v in meta["labels"].items()}
+    return meta
+
+
+def build_model(meta: dict[str, Any]):
+    """Instantiate the architecture a bundle describes (random weights)."""
+    from medseg.models import create_model
+
+    m = meta["model"]
+    try:
+        return create_model(m["name"], **m.get("kwargs", {}))
+    except TypeError as exc:
+        raise InputError(f"model '{m['name']}' does not accept the bundle's kwargs: {exc}", code="bad_bundle") from None
+
+
+def load_bundle(bundle_dir: str | Path, *, weights: str = "best", device: str | Any = "cpu"):
+    """Load a bundle -> ``(model in eval mode on device, meta dict)``.
+
+    ``weights``: ``"best"`` (model.safetensors) or ``"last"`` (last.safetensors).
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {sorted(WEIGHTS)}, got {weights!r}")
+    d = Path(bundle_dir)
+    meta = read_meta(d)
+    model = build_model(meta)
+    wpath = d / WEIGHTS[weights]
+    state, fmeta = load_weights(wpath)
+    arch = meta["model"]["name"]
+    if fmeta.get("architecture") and fmeta["architecture"] != arch:
+        raise InputError(f"weights were saved for architecture '{fmeta['architecture']}', but bundle.yaml names "
+                         f"'{arch}'", path=wpath, code="wrong_architecture")
+    load_state_into(model, state, path=wpath, architecture=arch)
+    model.to(device).eval()
+    return model, meta

@@ -1,0 +1,284 @@
+"""The training loop: ``train(cfg)`` writes a model bundle (see :mod:`medseg.bundle`).
+
+One epoch = ``iters_per_epoch`` optimiser steps on batches of patches; validation every
+``val_every`` epochs on the held-out fold (whole-volume prediction, Dice per label); last and
+best checkpoints after every epoch; ``resume=True`` continues from the last checkpoint and, in
+deterministic mode on the CPU, gives bit-identical weights to an uninterrupted run.
+
+>>> summary = train(load_yaml("configs/seg3d/hippocampus_unet.yaml"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg import config as cfgmod
+from medseg.bundle import write_meta
+from medseg.device import resolve_device
+from medseg.errors import ConfigError, MedsegError
+from medseg.training.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, state_digest
+from medseg.training.config import model_kwargs, resolve_config
+from medseg.training.curves import plot_curves, write_csv
+from medseg.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from medseg.training.losses import deep_supervision_loss, seg_loss
+from medseg.training.prepare import PreparedData, prepare_data
+from medseg.training.sampling import EpochSampler, PatchDataset
+from medseg.training.setup import (build_model, make_loader, make_optimizer, lr_at, setup_torch, wrap_for_training)
+from medseg.training.validate import validate
+
+log = logging.getLogger("medseg.training")
+
+_PLOT_EVERY_S = 60.0
+# keys that may change between an interrupted run and its resumption
+_RESUME_FREE = {("training", k) for k in ("epochs", "progress", "num_workers", "threads", "device")}
+
+
+def config_digest(cfg: dict[str, Any]) -> str:
+    """Digest of the settings that determine the training result (keys set to None are left out, so a
+    newer medseg that adds a key with a None default still resumes an older run)."""
+    free = {f"{a}.{b}" for a, b in _RESUME_FREE}
+    flat = _flatten(json.loads(json.dumps(cfg, default=str)))
+    items = sorted((k, v) for k, v in flat.items() if k not in free and v is not None)
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _config_changes(old_path: Path, cfg: dict[str, Any]) -> str:
+    """'key: old -> new' for the keys that differ from the saved resolved config."""
+    try:
+        old = _flatten(json.loads(json.dumps(cfgmod.load_yaml(old_path), default=str)))
+    except MedsegError:
+        return "the saved config.resolved.yaml is unreadable"
+    new = _flatten(json.loads(json.dumps(cfg, default=str)))
+    free = {f"{a}.{b}" for a, b in _RESUME_FREE}
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k not in free and old.get(k) != new.get(k)]
+    return "; ".join(diffs[:5]) or "no key differs, but the digest does"
+
+
+def train(cfg_raw: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
+    """Train from a config dict (see :mod:`medseg.training.config`); returns a summary dict."""
+    cfg = resolve_config(cfg_raw)
+    device = resolve_device(cfg["training"]["device"])
+    dinfo = init_distributed(device.type)
+    if not dinfo.is_main:
+        logging.getLogger("medseg").setLevel(logging.WARNING)     # rank 0 logs for everyone
+    if dinfo.enabled and device.type == "cuda":
+        device = torch.device("cuda", dinfo.local_rank)
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _train(cfg, device=device, dinfo=dinfo, resume=resume)
+    finally:
+        shutdown(dinfo)
+        torch.set_num_threads(saved[0])                     # leave the caller's torch settings as they were
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+
+
+def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume: bool) -> dict[str, Any]:
+    t = cfg["training"]
+    out_dir = Path(cfg["output"]["dir"])
+    from medseg.models import MODELS, model_names
+
+    if cfg["model"]["name"] not in model_names():
+        MODELS.get(cfg["model"]["name"])  # raises ConfigError listing the known models
+    kwargs = model_kwargs(cfg)
+    has_state = (out_dir / STATE_FILE).is_file()
+    if has_state and not resume:
+        raise ConfigError(f"output.dir {out_dir} already holds a training run; pass --resume to continue it or "
+                          "choose another output.dir")
+    setup_torch(t, device)
+    data = prepare_data(cfg)
+    labels = data.labels
+    label_ids = [k for k in sorted(labels) if k != 0]
+    num_classes = data.info.num_classes
+    patch = data.plan["patch_size"]
+
+    torch.manual_seed(t["seed"])
+    arch_kwargs = {"spatial_dims": 3, "in_channels": data.info.channels, "out_channels": num_classes, **kwargs}
+    net, deep_sup = build_model(cfg["model"]["name"], arch_kwargs, patch=patch, device=device,
+                                deep_supervision=t["deep_supervision"])
+    optimizer = make_optimizer(net, t)
+    amp_dtype = _amp_dtype(t["amp"], device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    digest = config_digest(cfg)
+
+    start_epoch, history, best = 0, [], {"epoch": 0, "val_dice_mean": -1.0}
+    if resume and has_state:
+        state = load_checkpoint(out_dir, model=net, architecture=cfg["model"]["name"], optimizer=optimizer,
+                                scaler=scaler)
+        if state.get("config_digest") != digest:
+            changed = _config_changes(out_dir / "config.resolved.yaml", cfg)
+            raise ConfigError(f"the config differs from the one {out_dir} was trained with ({changed}); only "
+                              "training.epochs, progress, num_workers, threads and device may change on --resume "
+                              "(or resume with --config " + str(out_dir / "config.resolved.yaml") + ")")
+        start_epoch, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
+    elif resume:
+        log.warning("--resume: no checkpoint in %s, starting a new run", out_dir)
+
+    meta = _bundle_meta(cfg, data, arch_kwargs, patch)
+    if dinfo.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfgmod.save_yaml(cfg, out_dir / "config.resolved.yaml")
+        write_meta(out_dir, {**meta, "training": _training_meta(cfg, history, best)})
+
+    train_module = wrap_for_training(net, deep_supervision=deep_sup, t=t, device=device, dinfo=dinfo)
+    dataset = PatchDataset(data.train, patch=patch, augment=cfg["augment"], seed=t["seed"],
+                           foreground_fraction=t["foreground_fraction"])
+    sampler = EpochSampler(iters_per_epoch=t["iters_per_epoch"], batch_size=t["batch_size"], rank=dinfo.rank,
+                           world_size=dinfo.world_size)
+    loader = make_loader(dataset, sampler, t, device)
+    channels_last = _channels_last(t, device)
+    total_steps = t["epochs"] * t["iters_per_epoch"]
+    warmup = int(round(t["warmup_epochs"] * t["iters_per_epoch"]))
+    val_cases = data.val[dinfo.rank::dinfo.world_size]
+    elapsed = float(history[-1]["elapsed_s"]) if history else 0.0
+    last_plot = -math.inf
+
+    for epoch in range(start_epoch, t["epochs"]):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        net.train()
+        loss_sum, lr = torch.zeros((), dtype=torch.float64, device=device), t["lr"]
+        bar = _progress(t, dinfo, epoch)
+        for it, (x, y) in enumerate(loader):
+            step = epoch * t["iters_per_epoch"] + it
+            lr = lr_at(step, total=total_steps, base=t["lr"], warmup=warmup, schedule=t["schedule"],
+                       power=t["poly_power"])
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = train_module(x)
+            if deep_sup:
+                loss = deep_supervision_loss(list(out), y, kind=t["loss"])
+            else:
+                loss = seg_loss(out, y, kind=t["loss"])
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if t["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), t["grad_clip"])
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            loss_sum += loss.detach().double()
+            if bar is not None:
+                bar.update(1)
+                if it % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss):.4f}")
+        if bar is not None:
+            bar.close()
+        train_loss = float(all_reduce_sum([float(loss_sum)], dinfo, device)[0]) / (
+            t["iters_per_epoch"] * dinfo.world_size)
+        if not math.isfinite(train_loss):
+            raise MedsegError(f"training loss became {train_loss} in epoch {epoch + 1}; lower training.lr or set "
+                              "training.amp: off", code="diverged")
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
+        do_val = bool(data.val) and ((epoch + 1) % t["val_every"] == 0 or epoch + 1 == t["epochs"])
+        if data.val:
+            row["val_dice_mean"] = None
+            row.update({f"val_dice_{labels[k]}": None for k in label_ids})
+        if do_val:
+            sums, counts = validate(net, val_cases, labels=label_ids, divisor=data.plan["divisor"], device=device,
+                                    amp_dtype=amp_dtype)
+            tot = all_reduce_sum(np.concatenate([sums, counts]), dinfo, device)
+            per = tot[: len(label_ids)] / np.maximum(tot[len(label_ids):], 1)
+            row.update({f"val_dice_{labels[k]}": float(v) for k, v in zip(label_ids, per)})
+            row["val_dice_mean"] = float(per.mean())
+        epoch_s = time.perf_counter() - t0
+        elapsed += epoch_s
+        row.update({"epoch_s": round(epoch_s, 3), "elapsed_s": round(elapsed, 3)})
+        history.append(row)
+        score = row.get("val_dice_mean")
+        is_best = (score is not None and score > best["val_dice_mean"]) or not data.val
+        if is_best:
+            best = {"epoch": epoch + 1, "val_dice_mean": float(score) if score is not None else -1.0}
+        if dinfo.is_main:
+            save_checkpoint(out_dir, model_state=net.state_dict(), architecture=cfg["model"]["name"],
+                            optimizer=optimizer, scaler=scaler, epoch=epoch + 1, history=history, best=best,
+                            is_best=is_best, config_digest=digest)
+            write_meta(out_dir, {**meta, "training": _training_meta(cfg, history, best)})
+            write_csv(history, out_dir / "curves.csv")
+            if epoch + 1 == t["epochs"] or time.perf_counter() - last_plot > _PLOT_EVERY_S:
+                plot_curves(history, out_dir / "curves.png")      # ~0.5 s: not after every short epoch
+                last_plot = time.perf_counter()
+            log.info("%s", _summary_line(row, t["epochs"], labels, label_ids))
+        barrier(dinfo)
+    return {"bundle": str(out_dir), "epochs": len(history), "best": best,
+            "last": history[-1] if history else {}, "rank": dinfo.rank, "world_size": dinfo.world_size,
+            "weights_digest": state_digest(net.state_dict())}
+
+
+def _amp_dtype(amp: str, device: torch.device):
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("training.amp: fp16 needs CUDA; use bf16 or off on the CPU")
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def _channels_last(t: dict, device: torch.device) -> bool:
+    v = t["channels_last"]
+    return device.type == "cuda" if v == "auto" else bool(v)
+
+
+def _progress(t: dict, dinfo: DistInfo, epoch: int):
+    if not (t["progress"] and dinfo.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=t["iters_per_epoch"], desc=f"epoch {epoch + 1}/{t['epochs']}", leave=False, unit="it")
+
+
+def _summary_line(row: dict, epochs: int, labels: dict[int, str], label_ids: list[int]) -> str:
+    s = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}"
+    if row.get("val_dice_mean") is not None:
+        per = ", ".join(f"{labels[k]} {row[f'val_dice_{labels[k]}']:.3f}" for k in label_ids)
+        s += f"  val Dice {row['val_dice_mean']:.4f} ({per})"
+    return s + f"  lr {row['lr']:.2e}  {row['epoch_s']:.1f} s"
+
+
+def _bundle_meta(cfg: dict, data: PreparedData, arch_kwargs: dict, patch) -> dict[str, Any]:
+    return {
+        "model": {"name": cfg["model"]["name"], "kwargs": arch_kwargs},
+        "labels": {int(k): v for k, v in data.labels.items()},
+        "channels": data.info.channels,
+        "plan": json.loads(json.dumps(data.plan)),
+        "patch_size": [int(p) for p in patch],
+        "spacing_mm": list(data.plan["spacing_mm"]),
+        "data": {"root": str(cfg["data"]["root"]), "fold": cfg["data"]["fold"],
+                 "num_folds": cfg["data"]["num_folds"], "split_seed": cfg["data"]["seed"],
+                 "train_cases": [c.case for c in data.train], "val_cases": [c.case for c in data.val]},
+    }
+
+
+def _training_meta(cfg: dict, history: list[dict], best: dict) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    return {"epochs_done": len(history), "epochs": cfg["training"]["epochs"], "best_epoch": best["epoch"],
+            "best_val_dice_mean": best["val_dice_mean"] if best["val_dice_mean"] >= 0 else None,
+            "last": last, "seconds": last.get("elapsed_s", 0.0)}
