@@ -154,23 +154,39 @@ def _sliding(model, image, roi, overlap, *, batch_size, blend, sigma_scale, devi
 
 
 def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, amp) -> torch.Tensor:
-    """Weighted sum of window outputs; retries a batch with fewer windows, then on the CPU, on OOM."""
+    """Weighted sum of window outputs; retries a batch with fewer windows, then on the CPU, on OOM.
+
+    Windows are cut into one reused buffer and, when the output stays on the compute device, the
+    model's output is multiplied by the weights and added in one fused in-place step
+    (``addcmul_``): fresh multi-megabyte allocations cost page faults on the CPU. Nothing is added
+    to the accumulator before a whole batch has gone through the model, so a retry after
+    ``torch.OutOfMemoryError`` starts from a clean state.
+    """
     acc = None
     bs = batch_size
+    xbuf = None
     i = 0
     while i < len(jobs):
         chunk = jobs[i:i + bs]
         pred = None
         try:
-            pred = _forward(model, image, roi, chunk, device, amp)
-            if weight is not None:
-                pred = pred * weight
-            pred = pred.to(out_dev)
+            if xbuf is None or xbuf.shape[0] < len(chunk):
+                xbuf = torch.empty((len(chunk), image.shape[1], *roi), dtype=image.dtype, device=image.device)
+            x = xbuf[:len(chunk)]
+            for j, (b, start) in enumerate(chunk):
+                x[j].copy_(image[(b, slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))])
+            pred = _forward(model, x.to(device), roi, amp)
+            if pred.device != out_dev:
+                pred = (pred if weight is None else pred * weight).to(out_dev)
+                fused = False
+            else:
+                fused = weight is not None
             if acc is None:
                 acc = torch.zeros((image.shape[0], pred.shape[1], *image.shape[2:]), dtype=torch.float32,
                                   device=out_dev)
         except torch.OutOfMemoryError:
             pred = None
+            xbuf = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if bs > 1:
@@ -184,15 +200,17 @@ def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, am
                 continue
             raise
         for (b, start), p in zip(chunk, pred):
-            acc[(b, slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))] += p
+            view = acc[(b, slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))]
+            if fused:
+                view.addcmul_(p, weight)
+            else:
+                view.add_(p)
         i += len(chunk)
     return acc
 
 
-def _forward(model, image, roi, chunk, device, amp) -> torch.Tensor:
-    wins = [image[(b, slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))] for b, start in chunk]
-    x = torch.stack(wins).to(device)
-    if amp and device.type == "cuda":
+def _forward(model, x, roi, amp) -> torch.Tensor:
+    if amp and x.device.type == "cuda":
         with torch.autocast(device_type="cuda", dtype=torch.float16):
             y = model(x)
     else:
