@@ -164,3 +164,13 @@ def test_cuda_compute_cpu_accumulation_matches():
     torch.testing.assert_close(a.cpu(), b, atol=1e-5, rtol=1e-5)
     c = sliding_window(net, x.cuda(), 32, amp=True, output_device="cpu")
     assert (c.argmax(1) == b.argmax(1)).float().mean() > 0.99
+
+
+def test_large_normaliser_not_cached_same_result(monkeypatch):
+    import medseg.inference.windows as win
+
+    net = _net3d()
+    x = torch.randn(1, 1, 20, 22, 18)
+    cached = sliding_window(net, x, 12, overlap=0.25)
+    monkeypatch.setattr(win, "_CACHE_MAX_VOXELS", 0)
+    assert torch.equal(sliding_window(net, x, 12, overlap=0.25, output_device="cpu"), cached)

@@ -102,7 +102,9 @@ def importance_map(
     return _importance_map_cpu(tuple(int(r) for r in roi), blend, float(sigma_scale)).to(device)
 
 
-@lru_cache(maxsize=4)
+_CACHE_MAX_VOXELS = 1 << 24  # 64 MB of float32; larger normalisers are recomputed, not kept
+
+
 def _normaliser_cpu(
     shape: tuple[int, ...], roi: tuple[int, ...], overlap: tuple[float, ...], blend: str, sigma_scale: float
 ) -> torch.Tensor:
@@ -111,6 +113,9 @@ def _normaliser_cpu(
     for start in window_grid(shape, roi, overlap):
         total[tuple(slice(s, s + r) for s, r in zip(start, roi))] += w
     return total
+
+
+_normaliser_cached = lru_cache(maxsize=4)(_normaliser_cpu)
 
 
 def normaliser(
@@ -124,8 +129,10 @@ def normaliser(
 ) -> torch.Tensor:
     """Sum of the importance maps of all windows over a padded spatial ``shape`` (one channel).
 
-    Window placement depends only on the shapes, so this is computed once and cached; dividing
+    Window placement depends only on the shapes, so this is computed once and cached (up to
+    2**24 voxels; larger ones are recomputed, which costs one weighted add per window); dividing
     the weighted sum of window outputs by it gives the blended prediction. Do not modify it.
     """
     key = (tuple(int(s) for s in shape), tuple(int(r) for r in roi), tuple(float(o) for o in overlap))
-    return _normaliser_cpu(*key, blend, float(sigma_scale)).to(device)
+    fn = _normaliser_cached if math.prod(key[0]) <= _CACHE_MAX_VOXELS else _normaliser_cpu
+    return fn(*key, blend, float(sigma_scale)).to(device)
