@@ -15,7 +15,9 @@ else (failed, missing, truncated, changed params) is done again. Outputs must be
 :func:`medseg.fsutil.atomic_path`, so a run killed at any moment leaves earlier outputs intact;
 stale temporary files of a killed run are removed when the next run starts. With deterministic
 ``compute`` and ``write`` an interrupted and re-run batch gives byte-identical outputs, and the
-manifest holds no timestamps, so it is identical too.
+manifest holds no timestamps, so it is identical too. Two runs cannot write to one folder at
+the same time: an advisory lock (``out_dir/.medseg-batch.lock``, an empty file left in place)
+makes the second one fail with code ``busy``.
 """
 
 from __future__ import annotations
