@@ -174,3 +174,27 @@ def test_large_normaliser_not_cached_same_result(monkeypatch):
     cached = sliding_window(net, x, 12, overlap=0.25)
     monkeypatch.setattr(win, "_CACHE_MAX_VOXELS", 0)
     assert torch.equal(sliding_window(net, x, 12, overlap=0.25, output_device="cpu"), cached)
+
+
+class _OOMFirstCalls(torch.nn.Module):
+    def __init__(self, net, n_fail):
+        super().__init__()
+        self.net, self.n_fail, self.sizes = net, n_fail, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if len(self.sizes) <= self.n_fail:
+            raise torch.OutOfMemoryError("simulated: out of memory")
+        return self.net(x)
+
+
+def test_oom_at_one_window_moves_accumulation_to_cpu():
+    """The 'meta' device stands in for a GPU accumulator here (no CUDA on CI)."""
+    net = _net3d()
+    x = torch.randn(1, 1, 24, 24, 24)
+    ref = sliding_window(net, x, 16, batch_size=1)
+    flaky = _OOMFirstCalls(net, n_fail=2).eval()
+    out = sliding_window(flaky, x, 16, batch_size=2, device="cpu", output_device="meta")
+    assert flaky.sizes[:3] == [2, 1, 1]  # halved, still failing, then accumulated on the CPU
+    assert out.device.type == "cpu"
+    assert torch.equal(out, ref)
