@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out-channels", type=int, default=3)
+    ap.add_argument("--stitch-repeat", type=int, default=7)
     args = ap.parse_args()
 
     from monai.inferers import sliding_window_inference
@@ -72,7 +73,7 @@ def main() -> None:
         return canned[: x.shape[0]]
 
     stitch = {"monai": [], "medseg": []}
-    for _ in range(max(args.repeat, 7)):
+    for _ in range(args.stitch_repeat):
         for name in stitch:
             t = time.perf_counter()
             if name == "monai":
@@ -81,6 +82,11 @@ def main() -> None:
             else:
                 sliding_window(fake, image, roi, overlap=args.overlap, batch_size=args.batch)
             stitch[name].append(time.perf_counter() - t)
+    for k in ("monai", "medseg"):
+        print(f"stitching alone {k:11s} {statistics.median(stitch[k]):6.3f} s (model returns a precomputed "
+              f"output; min {min(stitch[k]):.3f} s)", flush=True)
+    print(f"stitching speed-up        {statistics.median(stitch['monai']) / statistics.median(stitch['medseg']):.2f}x",
+          flush=True)
 
     with torch.inference_mode():  # warm-up: one pass (first-call overheads)
         net(batches[0])
@@ -92,6 +98,7 @@ def main() -> None:
             t = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t)
+            print(f"  {name}: {times[name][-1]:.2f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     ref = results["monai"]
@@ -108,10 +115,6 @@ def main() -> None:
         print(f"{k:22s} {med[k]:9.3f} {min(times[k]):8.3f} {' '.join(f'{t:.2f}' for t in times[k]):>30s}")
     for k in ("monai", "medseg"):
         print(f"stitching overhead {k:8s} {100 * (med[k] - med['forward']) / med['forward']:6.1f} % of forward time")
-    for k in ("monai", "medseg"):
-        print(f"stitching alone {k:11s} {statistics.median(stitch[k]):6.3f} s (model returns a precomputed "
-              f"output; min {min(stitch[k]):.3f} s)")
-    print(f"stitching speed-up        {statistics.median(stitch['monai']) / statistics.median(stitch['medseg']):.2f}x")
     print(f"speed-up medseg vs MONAI  {med['monai'] / med['medseg']:.2f}x (median), "
           f"{min(times['monai']) / min(times['medseg']):.2f}x (min)")
     for k in ("monai", "medseg"):
