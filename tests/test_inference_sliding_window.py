@@ -198,3 +198,9 @@ def test_oom_at_one_window_moves_accumulation_to_cpu():
     assert flaky.sizes[:3] == [2, 1, 1]  # halved, still failing, then accumulated on the CPU
     assert out.device.type == "cpu"
     assert torch.equal(out, ref)
+
+
+def test_result_is_an_ordinary_tensor():
+    out = sliding_window(_net3d(), torch.zeros(1, 1, 20, 20, 20), 16)
+    assert not out.requires_grad and not out.is_inference()
+    out[:, 0] = 0  # in-place use by the caller is allowed

@@ -47,7 +47,7 @@ def ensemble(
         raise ConfigError(f"ensemble weights must be {len(predictors)} non-negative numbers with a positive "
                           f"sum, got {weights}")
     total = None
-    with torch.inference_mode():
+    with torch.no_grad():
         for i, (pred, wi) in enumerate(zip(predictors, w)):
             p = to_probabilities(pred(image), activation)
             if output_device is not None:

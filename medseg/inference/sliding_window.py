@@ -9,8 +9,9 @@
 Window placement and Gaussian weights are those of MONAI's ``sliding_window_inference`` (see
 :mod:`medseg.inference.windows`), so the two give the same logits; medseg differs in how it
 stitches: the weights are summed once per volume shape (cached, one channel) instead of per
-call, window outputs are added in place into one preallocated tensor, and everything runs under
-``torch.inference_mode``.
+call, and window outputs are added in place into one preallocated tensor. Gradients are off
+(``torch.no_grad``); ``inference_mode`` is not used because its tensors cannot be modified in
+place afterwards, which callers (argmax, masking, post-processing) often want.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _sliding(model, image, roi, overlap, *, batch_size, blend, sigma_scale, devi
         raise ConfigError(f"roi_size must be positive, got {roi}")
     spatial = tuple(image.shape[2:])
     pads = pad_amounts(spatial, roi)
-    with torch.inference_mode():
+    with torch.no_grad():
         if any(a or b for a, b in pads):
             flat_pad = [v for before_after in reversed(pads) for v in before_after]
             image = F.pad(image, flat_pad, mode="constant", value=pad_value)

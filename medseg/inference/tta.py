@@ -68,7 +68,7 @@ def mirror_tta(
                               f"(axes count from 0 = first spatial axis)")
     subsets = mirror_subsets(axes)
     total = None
-    with torch.inference_mode():
+    with torch.no_grad():
         for flip in subsets:
             dims = [2 + a for a in flip]
             x = torch.flip(image, dims) if dims else image
