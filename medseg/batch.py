@@ -1,0 +1,350 @@
+"""Cohort runs: one manifest, atomic outputs, resume, retry of failed cases, I/O overlapping compute.
+
+>>> report = run_batch(cases, out_dir="preds", load=read_case, compute=segment,  # doctest: +SKIP
+...                    write=save_outputs, params={"model": "unet-fold0", "tta": True})
+
+Each case flows through three stages: ``load(input)`` in a prefetch thread (reading the next
+cases while the current one computes), ``compute(case_id, data)`` in the calling thread, and
+``write(case_id, result, out_dir)`` in a writer thread, with bounded queues between them. The
+writer also owns the manifest (``out_dir/manifest.json``), rewritten atomically after every case
+with the case's status, its output files and their SHA-256, and a hash of ``params``.
+
+Re-running the same command resumes: a case is skipped only if the manifest says it is done with
+the same params hash and every recorded output still exists with the recorded checksum; anything
+else (failed, missing, truncated, changed params) is done again. Outputs must be written with
+:func:`medseg.fsutil.atomic_path`, so a run killed at any moment leaves earlier outputs intact;
+stale temporary files of a killed run are removed when the next run starts. With deterministic
+``compute`` and ``write`` an interrupted and re-run batch gives byte-identical outputs, and the
+manifest holds no timestamps, so it is identical too. Two runs cannot write to one folder at
+the same time: an advisory lock (``out_dir/.medseg-batch.lock``, an empty file left in place)
+makes the second one fail with code ``busy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from medseg.errors import ConfigError, MedsegError
+from medseg.fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LOCK = ".medseg-batch.lock"
+FORMAT = "medseg-batch-manifest/1"
+# Names fsutil.atomic_path gives its temporary files: ".<final name>.<8 random chars>.tmp<suffix>".
+_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+_END = object()
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """What happened to one case in this run: ``status`` is ``done``, ``skipped`` or ``failed``."""
+
+    case_id: str
+    status: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class BatchReport:
+    outcomes: list[CaseOutcome]
+    manifest_path: Path
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[CaseOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def params_hash(params: Any) -> str:
+    """SHA-256 of the canonical JSON of ``params`` (sorted keys)."""
+    try:
+        text = json.dumps(params, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"batch params must be plain JSON values (str, numbers, lists, dicts): {exc}") from None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict:
+    """The manifest of ``out_dir``, or an empty one when missing or unreadable (then all cases rerun)."""
+    path = Path(out_dir) / MANIFEST
+    empty = {"format": FORMAT, "cases": {}}
+    if not path.exists():
+        return empty
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable manifest (%s); every case will be run again", path, exc)
+        return empty
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
+        log.warning("%s: not a medseg batch manifest; every case will be run again", path)
+        return empty
+    return data
+
+
+def is_complete(entry: dict | None, out_dir: Path, phash: str) -> bool:
+    """True if ``entry`` is done with params hash ``phash`` and all its outputs match their checksums."""
+    if not entry or entry.get("status") != "done" or entry.get("params_hash") != phash:
+        return False
+    outputs = entry.get("outputs")
+    if not isinstance(outputs, dict) or not outputs:
+        return False
+    for rel, digest in outputs.items():
+        p = out_dir / rel
+        try:
+            if not p.is_file() or sha256_file(p) != digest:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def run_batch(
+    cases: Sequence[tuple[str, Any]],
+    *,
+    out_dir: str | os.PathLike,
+    compute: Callable[[str, Any], Any],
+    write: Callable[[str, Any, Path], Iterable[str | os.PathLike]],
+    load: Callable[[Any], Any] | None = None,
+    params: Any = None,
+    prefetch: int = 2,
+    write_queue: int = 2,
+) -> BatchReport:
+    """Run ``load -> compute -> write`` over ``cases``, resuming from and recording in the manifest.
+
+    Parameters
+    ----------
+    cases : sequence of (case_id, input)
+        Unique case ids; ``input`` is whatever ``load`` takes (e.g. a path).
+    out_dir : path
+        Output folder; holds the manifest and (by convention) everything ``write`` writes.
+    compute : callable
+        ``compute(case_id, data) -> result``; runs in the calling thread (the model's work).
+    write : callable
+        ``write(case_id, result, out_dir) -> paths written``; must write through
+        :func:`medseg.fsutil.atomic_path` and only inside ``out_dir``. Runs in the writer thread.
+    load : callable, optional
+        ``load(input) -> data``, run ahead in the prefetch thread; identity by default.
+    params : JSON-like
+        Everything that determines the outputs (model, settings); cases done with other params
+        are done again.
+    prefetch, write_queue : int
+        Queue bounds: cases loaded ahead, results waiting to be written.
+
+    Returns
+    -------
+    BatchReport
+        One :class:`CaseOutcome` per case, in input order. A case that fails in any stage is
+        recorded as ``failed`` with ``error = {"code", "message"}`` and the others go on; only
+        failures of the manifest itself stop the run.
+    """
+    out = Path(out_dir)
+    ids = [str(c[0]) for c in cases]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ConfigError(f"batch case ids must be unique; repeated: {dup[:5]}")
+    phash = params_hash(params)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        _remove_stale_tmp(out)
+        manifest = read_manifest(out)
+        manifest.update(format=FORMAT, params_hash=phash, params=params)
+        outcomes: dict[str, CaseOutcome] = {}
+        todo = []
+        for cid, inp in zip(ids, (c[1] for c in cases)):
+            entry = manifest["cases"].get(cid)
+            if is_complete(entry, out, phash):
+                outcomes[cid] = CaseOutcome(cid, "skipped", dict(entry["outputs"]))
+            else:
+                todo.append((cid, inp))
+        log.info("batch: %d cases, %d already done, %d to run", len(ids), len(ids) - len(todo), len(todo))
+        if todo:
+            _Pipeline(todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes).run()
+        else:
+            _save(out, manifest)
+    finally:
+        _unlock(lock)
+    return BatchReport([outcomes[i] for i in ids if i in outcomes], out / MANIFEST)
+
+
+class _Pipeline:
+    def __init__(self, todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes):
+        self.todo, self.out, self.manifest, self.phash = todo, out, manifest, phash
+        self.compute, self.write, self.load = compute, write, load or (lambda x: x)
+        self.load_q: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
+        self.write_q: queue.Queue = queue.Queue(maxsize=max(write_queue, 1))
+        self.stop = threading.Event()
+        self.writer_error: BaseException | None = None
+        self.outcomes = outcomes
+
+    def run(self) -> None:
+        loader = threading.Thread(target=self._loader, name="medseg-batch-prefetch", daemon=True)
+        writer = threading.Thread(target=self._writer, name="medseg-batch-writer", daemon=True)
+        loader.start()
+        writer.start()
+        try:
+            while True:
+                item = self._get(self.load_q, loader)
+                if item is _END:
+                    break
+                cid, data, exc = item
+                result = None
+                if exc is None:
+                    try:
+                        result = self.compute(cid, data)
+                    except Exception as e:  # a bad case must not stop the others
+                        exc = e
+                del data
+                self._put(self.write_q, (cid, result, exc))
+        finally:
+            self.stop.set()  # the loader stops; the writer finishes what is queued
+            while writer.is_alive():
+                try:
+                    self.write_q.put(_END, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            writer.join()
+            loader.join()
+        if self.writer_error is not None:
+            raise self.writer_error
+
+    def _get(self, q: queue.Queue, loader: threading.Thread):
+        while True:
+            if self.writer_error is not None:
+                raise self.writer_error
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if not loader.is_alive() and q.empty():
+                    raise MedsegError("batch: the prefetch thread stopped unexpectedly", code="prefetch_died")
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.writer_error is not None:
+                raise self.writer_error
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _loader(self) -> None:
+        for cid, inp in self.todo:
+            if self.stop.is_set():
+                return
+            try:
+                item = (cid, self.load(inp), None)
+            except Exception as e:
+                item = (cid, None, e)
+            if not self._put_quiet(item):
+                return
+        self._put_quiet(_END)
+
+    def _put_quiet(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.load_q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _writer(self) -> None:
+        try:
+            while True:
+                item = self.write_q.get()
+                if item is _END:
+                    return
+                self._finish(*item)
+        except BaseException as e:  # manifest could not be written: stop the run
+            self.writer_error = e
+            self.stop.set()
+
+    def _finish(self, cid: str, result, exc: BaseException | None) -> None:
+        entry: dict[str, Any] = {"params_hash": self.phash}
+        if exc is None:
+            try:
+                entry["outputs"] = self._record(cid, self.write(cid, result, self.out))
+                entry["status"] = "done"
+            except Exception as e:
+                exc = e
+        if exc is not None:
+            code = getattr(exc, "code", None) or type(exc).__name__
+            entry = {"params_hash": self.phash, "status": "failed", "error": {"code": str(code), "message": str(exc)}}
+            log.warning("batch: case %s failed: %s", cid, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        self.manifest["cases"][cid] = entry
+        _save(self.out, self.manifest)
+        self.outcomes[cid] = CaseOutcome(cid, entry["status"], entry.get("outputs", {}), entry.get("error"))
+
+    def _record(self, cid: str, paths) -> dict[str, str]:
+        root = self.out.resolve()
+        outputs = {}
+        for p in paths or ():
+            full = (self.out / p).resolve() if not Path(p).is_absolute() else Path(p).resolve()
+            if root not in full.parents:
+                raise MedsegError(f"case {cid}: output {p} is outside the output folder {root}", code="unsafe_path")
+            if not full.is_file():
+                raise MedsegError(f"case {cid}: write() reported {p} but no such file exists", code="missing_output")
+            outputs[full.relative_to(root).as_posix()] = sha256_file(full)
+        if not outputs:
+            raise MedsegError(f"case {cid}: write() reported no output files", code="missing_output")
+        return dict(sorted(outputs.items()))
+
+
+def _save(out: Path, manifest: dict) -> None:
+    manifest["cases"] = dict(sorted(manifest["cases"].items()))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    n = 0
+    for dirpath, _dirs, files in os.walk(out):
+        for name in files:
+            if _TMP_NAME.match(name):
+                Path(dirpath, name).unlink(missing_ok=True)
+                n += 1
+    if n:
+        log.info("batch: removed %d temporary file(s) left by an interrupted run in %s", n, out)
+
+
+def _lock(out: Path):
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent runs in one folder are the user's risk
+        return None
+    fh = open(out / LOCK, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise MedsegError(f"another medseg batch run is writing to {out}; wait for it or use another output "
+                          "folder", path=out, code="busy") from None
+    return fh
+
+
+def _unlock(fh) -> None:
+    if fh is not None:
+        fh.close()  # closing releases the flock

@@ -1,0 +1,138 @@
+"""Window placement and blending weights for sliding-window inference (no model code here).
+
+Placement (the same as MONAI's ``sliding_window_inference``, so results can be compared
+voxel by voxel): along each spatial axis windows start every ``int(roi * (1 - overlap))``
+voxels (at least 1; a window as large as the axis gives one window), and the last window is
+moved back so that it ends flush with the volume. Volumes smaller than the window are padded
+first (see :func:`pad_amounts`).
+
+Gaussian blending uses ``exp(-x^2 / (2 sigma^2))`` with ``x`` measured from the window centre
+``(roi - 1) / 2`` and ``sigma = roi * sigma_scale`` (``sigma_scale = 1/8`` as in nnU-Net and
+MONAI), floored at ``max(min(weights), 1e-3)`` so that window corners never get a weight of 0.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from itertools import product
+from typing import Sequence
+
+import torch
+
+from medseg.errors import ConfigError
+
+BLEND_MODES = ("gaussian", "constant")
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start indices of the windows along one axis.
+
+    Parameters
+    ----------
+    size : int
+        Axis length in voxels, at least ``roi`` (pad smaller volumes first).
+    roi : int
+        Window length in voxels.
+    overlap : float
+        Fraction in ``[0, 1)`` of a window shared with the next one.
+
+    Examples
+    --------
+    >>> window_starts(160, 64, 0.5)
+    [0, 32, 64, 96]
+    >>> window_starts(100, 64, 0.5)
+    [0, 32, 36]
+    >>> window_starts(64, 64, 0.5)
+    [0]
+    """
+    if roi < 1 or size < roi:
+        raise ConfigError(f"window of {roi} voxels does not fit an axis of {size} voxels (pad the volume first)")
+    if size == roi:
+        return [0]
+    step = max(int(roi * (1.0 - overlap)), 1)
+    n = math.ceil((size - roi) / step) + 1
+    return [min(i * step, size - roi) for i in range(n)]
+
+
+def window_grid(shape: Sequence[int], roi: Sequence[int], overlap: Sequence[float]) -> list[tuple[int, ...]]:
+    """All window start corners, last axis fastest (C order), for a padded spatial ``shape``."""
+    per_axis = [window_starts(s, r, o) for s, r, o in zip(shape, roi, overlap)]
+    return list(product(*per_axis))
+
+
+def pad_amounts(shape: Sequence[int], roi: Sequence[int]) -> list[tuple[int, int]]:
+    """``(before, after)`` padding per axis so every axis is at least ``roi`` long (centred, floor before)."""
+    out = []
+    for s, r in zip(shape, roi):
+        diff = max(r - s, 0)
+        out.append((diff // 2, diff - diff // 2))
+    return out
+
+
+@lru_cache(maxsize=16)
+def _importance_map_cpu(roi: tuple[int, ...], blend: str, sigma_scale: float) -> torch.Tensor:
+    if blend == "constant":
+        return torch.ones(roi, dtype=torch.float32)
+    w = None
+    for r in roi:
+        x = torch.arange(r, dtype=torch.float32) - (r - 1) / 2.0
+        sigma = r * sigma_scale
+        g = torch.exp(x * x / (-2.0 * sigma * sigma))
+        w = g if w is None else w.unsqueeze(-1) * g
+    floor = max(float(w.min()), 1e-3)
+    return w.clamp_(min=floor)
+
+
+def importance_map(
+    roi: Sequence[int], *, blend: str = "gaussian", sigma_scale: float = 0.125, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Blending weight of each voxel of a window, shape ``roi``, float32, peak 1.
+
+    Computed once per ``(roi, blend, sigma_scale)`` and cached; do not modify the result.
+
+    Examples
+    --------
+    >>> w = importance_map((8,), blend="gaussian")
+    >>> round(float(w[0]), 4), round(float(w[3]), 4)   # exp(-3.5**2 / 2), exp(-0.5**2 / 2)
+    (0.0022, 0.8825)
+    """
+    if blend not in BLEND_MODES:
+        raise ConfigError(f"blend '{blend}' is not one of {BLEND_MODES}")
+    return _importance_map_cpu(tuple(int(r) for r in roi), blend, float(sigma_scale)).to(device)
+
+
+_CACHE_MAX_VOXELS = 1 << 24  # 64 MB of float32; larger normalisers are recomputed, not kept
+
+
+def _normaliser_cpu(
+    shape: tuple[int, ...], roi: tuple[int, ...], overlap: tuple[float, ...], blend: str, sigma_scale: float
+) -> torch.Tensor:
+    w = _importance_map_cpu(roi, blend, sigma_scale)
+    total = torch.zeros(shape, dtype=torch.float32)
+    for start in window_grid(shape, roi, overlap):
+        total[tuple(slice(s, s + r) for s, r in zip(start, roi))] += w
+    return total
+
+
+_normaliser_cached = lru_cache(maxsize=4)(_normaliser_cpu)
+
+
+def normaliser(
+    shape: Sequence[int],
+    roi: Sequence[int],
+    overlap: Sequence[float],
+    *,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Sum of the importance maps of all windows over a padded spatial ``shape`` (one channel).
+
+    Window placement depends only on the shapes, so this is computed once and cached (up to
+    2**24 voxels; larger ones are recomputed, which costs one weighted add per window); dividing
+    the weighted sum of window outputs by it gives the blended prediction. Do not modify it.
+    """
+    key = (tuple(int(s) for s in shape), tuple(int(r) for r in roi), tuple(float(o) for o in overlap))
+    fn = _normaliser_cached if math.prod(key[0]) <= _CACHE_MAX_VOXELS else _normaliser_cpu
+    return fn(*key, blend, float(sigma_scale)).to(device)
