@@ -91,7 +91,8 @@ class Predictor:
 
     def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] = (),
                  overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian", postprocess: bool = True,
-                 threads: int | None = None, source: str | Path | None = None):
+                 threads: int | None = None, source: str | Path | None = None,
+                 weights_path: str | Path | None = None):
         import torch
 
         check_meta(meta, source)
@@ -111,6 +112,8 @@ class Predictor:
         self.rules = meta.get("postprocess") if postprocess else None
         self.threads = threads
         self.source = str(source) if source is not None else None
+        self.weights_path = Path(weights_path) if weights_path is not None else None
+        self._identity: dict[str, Any] | None = None
 
     @classmethod
     def from_bundle(cls, spec: str | Path, *, device: Any = "cpu", weights: str = "best", **kwargs: Any) -> "Predictor":
@@ -121,9 +124,35 @@ class Predictor:
         from medseg.bundle import load_bundle
         from medseg.inference.bundles import resolve_bundle
 
+        from medseg.bundle import WEIGHTS
+
         path = resolve_bundle(spec)
         model, meta = load_bundle(path, weights=weights, device=device)
-        return cls(model, meta, device=device, source=path, **kwargs)
+        return cls(model, meta, device=device, source=path, weights_path=path / WEIGHTS[weights], **kwargs)
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the model's outputs: architecture, labels, plan and a SHA-256 of the weights."""
+        if self._identity is None:
+            import hashlib
+            import json
+
+            import torch
+
+            if self.weights_path is not None:
+                from medseg.inference.cohort import file_sha256
+
+                digest = file_sha256(self.weights_path)
+            else:
+                h = hashlib.sha256()
+                for k, v in sorted(self.model.state_dict().items()):
+                    h.update(k.encode())
+                    h.update(v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                digest = h.hexdigest()
+            desc = {"model": self.meta["model"], "plan": self.plan, "labels": self.labels, "patch_size": self.patch_size}
+            self._identity = {"architecture": self.meta["model"]["name"], "weights_sha256": digest,
+                              "meta_sha256": hashlib.sha256(json.dumps(desc, sort_keys=True, default=str)
+                                                            .encode()).hexdigest()}
+        return self._identity
 
     # ------------------------------------------------------------------ prediction
     def predict_volume(self, image: Volume | Sequence[Volume], *, probabilities: bool = False) -> Prediction:
