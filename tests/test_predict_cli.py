@@ -174,3 +174,18 @@ def test_predict_postprocess_evaluate_pipeline(tmp_path):
     # running it again resumes the predict stage
     ctx = run_pipeline(cfg, config_path=REPO_ROOT / "configs" / "x.yaml")
     assert ctx.results["predict"]["skipped"] == ["case_0", "case_1"]
+
+
+def test_multichannel_model_with_a_missing_channel_file(tmp_path):
+    from test_predict_helpers import TINY_KWARGS
+
+    bundle = make_bundle(tmp_path / "b", kwargs={**TINY_KWARGS, "in_channels": 2})
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, seed in (("a_0000", 0), ("a_0001", 1), ("b_0000", 2)):
+        save_nifti(blob_image((16, 16, 16), seed=seed), src / f"{name}.nii.gz", np.eye(4))
+    rep = run_predict(model=bundle, input_path=src, output=tmp_path / "out", device="cpu")
+    got = {o.case_id: (o.status, (o.error or {}).get("code")) for o in rep.outcomes}
+    assert got == {"a": ("done", None), "b": ("failed", "channels")}
+    assert "expects 2 input channel(s)" in rep.failed[0].error["message"]
+    assert read_volume(tmp_path / "out" / "a.nii.gz").shape == (16, 16, 16)
