@@ -193,3 +193,30 @@ def _kw():
     from test_predict_helpers import TINY_KWARGS
 
     return dict(TINY_KWARGS)
+
+
+def test_preprocess_plan_with_crop_is_undone(tmp_path):
+    """A medseg.preprocess plan (crop to non-zero, masked z-score): the prediction inside the box is the
+    model's on the cropped, normalised image; outside it is background; the grid is the input's."""
+    from medseg.preprocess import apply_plan
+
+    plan = {"target_spacing_mm": [1.0, 1.0, 1.0], "crop": "nonzero",
+            "normalization": {"scheme": "zscore", "mask_nonzero": True}, "resample": {"order": "linear"}}
+    bundle = make_bundle(tmp_path / "b", extra={"plan": plan, "patch_size": [16, 16, 16]})
+    img = np.zeros((24, 24, 24), np.float32)
+    img[4:20, 5:21, 3:19] = blob_image((16, 16, 16), seed=5)
+    vol = Volume(img, spacing_mm=(1.0, 1.0, 1.0), origin_mm=(3.0, -2.0, 1.5))
+    pred = Predictor.from_bundle(bundle).predict_volume(vol, probabilities=True)
+    assert pred.label.shape == vol.shape
+    np.testing.assert_allclose(pred.label.affine, vol.affine, atol=1e-9)
+    pre = apply_plan(vol, plan)
+    assert pre.image.shape == (16, 16, 16)
+    model, _ = load_bundle(bundle)
+    with torch.no_grad():
+        ref = torch.softmax(model(torch.from_numpy(pre.image.array.astype(np.float32))[None, None]), 1)[0].numpy()
+    box = (slice(4, 20), slice(5, 21), slice(3, 19))
+    np.testing.assert_allclose(pred.probabilities[(slice(None), *box)], ref, atol=2e-5)
+    outside = np.ones(vol.shape, bool)
+    outside[box] = False
+    assert np.all(pred.label.array[outside] == 0)
+    np.testing.assert_allclose(pred.probabilities[0][outside], 1.0)

@@ -174,7 +174,7 @@ class Predictor:
         if msg:
             log.warning("%s: %s", path or "input", msg)
             warnings.append(msg)
-        prepared = preprocess(arr, target, self.plan, threads=self.threads)
+        prepared = preprocess(arr, target, self.plan)
         probs = self._probabilities(prepared.image, prepared.grid.spacing_mm)   # (K, z', y', x') float32
         n_cls = probs.shape[0]
         dtype = np.uint8 if n_cls <= 256 else np.uint16

@@ -109,7 +109,7 @@ def stack_channels(channels: Sequence[Volume], *, expected: int, path: Any = Non
     return arr, ref
 
 
-def preprocess(image: np.ndarray, grid: Grid, plan: dict[str, Any], *, threads: int | None = None) -> Prepared:
+def preprocess(image: np.ndarray, grid: Grid, plan: dict[str, Any]) -> Prepared:
     """Apply ``plan`` to an image (C, z, y, x) on ``grid``; see the module doc for the two formats."""
     if is_training_plan(plan):
         from medseg.training.plan import apply_plan as train_apply_plan
