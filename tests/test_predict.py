@@ -220,3 +220,21 @@ def test_preprocess_plan_with_crop_is_undone(tmp_path):
     outside[box] = False
     assert np.all(pred.label.array[outside] == 0)
     np.testing.assert_allclose(pred.probabilities[0][outside], 1.0)
+
+
+def test_2d_model_runs_slice_by_slice(tmp_path):
+    """A 2D model on thick-slice data: slices along the coarsest axis (z), TTA without the z flip."""
+    kw = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 8], "norm": "instance"}
+    bundle = make_bundle(tmp_path / "b", kwargs=kw, patch=(16, 6), spacing=(3.0, 1.0, 1.0))
+    img = blob_image((16, 16, 6), seed=4)
+    vol = Volume(img, spacing_mm=(3.0, 1.0, 1.0))
+    pred = Predictor.from_bundle(bundle, tta_axes=(0, 2)).predict_volume(vol, probabilities=True)
+    model, _ = load_bundle(bundle)
+    x = img.astype(np.float64)
+    x = torch.from_numpy(((x - x.mean()) / x.std()).astype(np.float32)[:, None])   # (z, 1, y, x): a batch of slices
+    with torch.no_grad():
+        plain = torch.softmax(model(x), 1)
+        mirrored = torch.flip(torch.softmax(model(torch.flip(x, [3])), 1), [3])
+    ref = ((plain + mirrored) / 2).permute(1, 0, 2, 3).numpy()                      # (K, z, y, x)
+    np.testing.assert_allclose(pred.probabilities, ref, atol=2e-5)
+    assert pred.label.shape == vol.shape
