@@ -238,3 +238,22 @@ def test_2d_model_runs_slice_by_slice(tmp_path):
     ref = ((plain + mirrored) / 2).permute(1, 0, 2, 3).numpy()                      # (K, z, y, x)
     np.testing.assert_allclose(pred.probabilities, ref, atol=2e-5)
     assert pred.label.shape == vol.shape
+
+
+def test_large_outputs_resample_labels_instead_of_probabilities(tmp_path, monkeypatch, caplog):
+    """Above the memory bound the label map is resampled per label (linear); it agrees with the
+    probability path except at a few boundary voxels."""
+    import medseg.inference.predictor as predictor_mod
+
+    bundle = make_bundle(tmp_path / "b", patch=(16, 16, 16), seed=2)
+    aff = oblique_lps_affine(spacing=(1.6, 0.7, 1.3))
+    vol = read_volume(save_nifti(blob_image((14, 24, 14), seed=6), tmp_path / "x.nii.gz", aff), kind="image")
+    p = Predictor.from_bundle(bundle)
+    via_probs = p.predict_volume(vol).label
+    monkeypatch.setattr(predictor_mod, "MAX_PROB_BYTES", 0)
+    with caplog.at_level(logging.INFO, logger="medseg.inference"):
+        via_labels = p.predict_volume(vol).label
+    assert "resampling the label map per label" in caplog.text
+    assert via_labels.shape == vol.shape and via_labels.array.dtype == np.uint8
+    np.testing.assert_allclose(via_labels.affine, vol.affine, atol=1e-9)
+    assert np.mean(via_labels.array == via_probs.array) > 0.9
