@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "run": ("medseg.cli.run", "run a staged pipeline from a YAML config"),
     "fingerprint": ("medseg.cli.fingerprint", "analyse a data set and propose preprocessing (YAML)"),
     "train": ("medseg.cli.train", "train a segmentation model from a YAML config into a model bundle"),
+    "predict": ("medseg.cli.predict", "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
 }
 
 

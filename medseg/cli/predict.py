@@ -1,0 +1,81 @@
+"""Segment volumes with a model bundle: ``medseg predict --model NAME|PATH --input FILE|DIR --output DIR``.
+
+Each case's label map is written to DIR/CASE.nii.gz on the input's own grid (same shape and
+affine; NIfTI, NRRD/MHA and DICOM series folders are read). Outputs are written atomically and
+recorded with their checksums in DIR/manifest.json: re-running the same command resumes,
+skipping only cases whose outputs match the manifest; failed cases are retried. A bad case is
+reported and the others finish; the exit code is 1 when any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _axes(text: str) -> tuple[int, ...]:
+    from medseg.errors import ConfigError
+
+    try:
+        axes = tuple(int(a) for a in str(text).replace(" ", "").split(",") if a != "")
+    except ValueError:
+        raise ConfigError(f"--tta takes axes like 0,1,2 (0 = z, 1 = y, 2 = x), got {text!r}", code="bad_params") from None
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ConfigError(f"--tta axes must be distinct values of 0, 1, 2, got {text!r}", code="bad_params")
+    return axes
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registered bundle name (e.g. hippocampus_unet) or bundle folder")
+    p.add_argument("--input", type=Path, required=True, help="a volume file, a DICOM series folder, or a folder of them")
+    p.add_argument("--output", type=Path, required=True, help="output folder (label maps, manifest.json)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--tta", nargs="?", const="0,1,2", default="", metavar="AXES",
+                   help="mirroring test-time augmentation; alone: all axes (8 passes), or axes e.g. 1,2")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write DIR/CASE_probabilities.npz (K, z, y, x) on the input grid")
+    p.add_argument("--probability-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPU threads for the model and resampling (default: torch's default)")
+    p.add_argument("--weights", choices=["best", "last"], default="best",
+                   help="model.safetensors (best, default) or last.safetensors")
+    p.add_argument("--no-postprocess", action="store_true", help="skip the bundle's post-processing rules")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.errors import ConfigError
+
+    tta = _axes(args.tta) if args.tta else ()
+    if not 0.0 <= args.overlap < 1.0:
+        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}", code="bad_params")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}", code="bad_params")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}", code="bad_params")
+    from medseg.inference.cohort import run_predict
+
+    report = run_predict(model=args.model, input_path=args.input, output=args.output, device=args.device,
+                         tta_axes=tta, overlap=args.overlap, batch_size=args.batch_size,
+                         save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
+                         workers=args.workers, weights=args.weights, postprocess=not args.no_postprocess,
+                         progress=not args.no_progress)
+    print(summary_table(report))
+    return 1 if report.failed else 0
+
+
+def summary_table(report) -> str:
+    """Counts, then one line per failed case (code and message)."""
+    lines = [f"{len(report.outcomes)} cases: {report.count('done')} predicted, {report.count('skipped')} already done, "
+             f"{report.count('failed')} failed"]
+    if report.failed:
+        w = max(len(o.case_id) for o in report.failed)
+        lines.append(f"  {'case'.ljust(w)}  error")
+        for o in report.failed:
+            err = o.error or {}
+            msg = " ".join(str(err.get("message", "")).split())
+            lines.append(f"  {o.case_id.ljust(w)}  {err.get('code', 'error')}: {msg}")
+    lines.append(f"manifest: {report.manifest_path}")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Predict a whole folder of cases with a :class:`~medseg.inference.predictor.Predictor`, resumably.
+
+Built on :func:`medseg.batch.run_batch`: the next cases are read in a prefetch thread and finished
+ones written in a writer thread while the model works; every output is written to a temporary
+file, flushed and renamed into place, then recorded with its SHA-256 in ``OUT/manifest.json``.
+Re-running the same command skips only cases whose outputs still match the manifest (same model
+weights and settings); failed cases are marked in the manifest and retried.
+
+Outputs per case ``CASE``::
+
+    OUT/CASE.nii.gz                   label map (uint8) on the input grid (affine and shape of the input)
+    OUT/CASE_probabilities.npz        with --save-probabilities: ``probabilities`` (K, z, y, x) float16
+                                      (or float32), ``affine`` (4x4, (z, y, x) indices -> RAS mm),
+                                      ``labels`` (K,) label values; ``numpy.load`` reads it
+
+Input cases: every volume file or DICOM series folder of the input folder (or the single file).
+Multi-channel models take nnU-Net-style names ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` ...;
+for one-channel models a ``_0000`` suffix present on every file is dropped from the case id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.fsutil import atomic_path, case_id, sanitize_name
+
+log = logging.getLogger("medseg.inference")
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+PREDICT_FORMAT = "medseg-predict/1"
+
+
+def find_cases(input_path: str | Path, *, channels: int = 1) -> list[tuple[str, list[Path]]]:
+    """``[(case_id, [channel paths])]`` for a file, a DICOM folder or a folder of cases (sorted).
+
+    Raises InputError when the folder holds no volumes, or channel files are missing for a
+    multi-channel model.
+    """
+    from medseg.io import list_cases
+
+    src = Path(input_path)
+    paths = list_cases(src)
+    if not paths:
+        raise InputError("no volumes found (expected .nii/.nii.gz/.nrrd/.mha/.mhd files or DICOM series folders)",
+                         path=src, code="empty")
+    ids = [case_id(p) for p in paths]
+    matches = [_CHANNEL.match(i) for i in ids]
+    if channels == 1:
+        strip = all(m is not None and m["ch"] == "0000" for m in matches)
+        return [(sanitize_name(m["case"] if strip else i), [p]) for i, m, p in zip(ids, matches, paths)]  # type: ignore[index]
+    if not all(matches):
+        bad = [i for i, m in zip(ids, matches) if m is None][:3]
+        raise InputError(f"the model takes {channels} channels: name the files CASE_0000 .. CASE_{channels - 1:04d} "
+                         f"(e.g. {', '.join(bad)} has no channel number)", path=src, code="channels")
+    groups: dict[str, dict[int, Path]] = {}
+    for m, p in zip(matches, paths):
+        groups.setdefault(m["case"], {})[int(m["ch"])] = p  # type: ignore[index]
+    out = []
+    for cid in sorted(groups):
+        # an incomplete case is passed on as is: the predictor then reports it as a failed case
+        chans = groups[cid]
+        out.append((sanitize_name(cid), [chans[k] for k in sorted(chans)]))
+    return out
+
+
+class _LoadFailure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def load_channels(paths: list[Path]):
+    """Read the channel volumes of one case (``kind="image"``: NaN/Inf refused)."""
+    from medseg.io import read_volume
+
+    return [read_volume(p, kind="image") for p in paths]
+
+
+def write_probabilities(path: str | Path, probs: np.ndarray, *, affine: np.ndarray, labels: list[int],
+                        dtype: str = "float16") -> Path:
+    """Write a deterministic ``.npz`` (fixed zip timestamps: identical bytes for identical arrays), atomically."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"probability dtype must be float16 or float32, got {dtype!r}")
+    arrays = {"probabilities": np.ascontiguousarray(probs, dtype=dtype),
+              "affine": np.asarray(affine, dtype=np.float64), "labels": np.asarray(labels, dtype=np.int32)}
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, arr, allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, buf.getvalue(), compresslevel=6)
+    return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -> dict[str, Any]:
+    """Everything that determines the outputs (hashed into the manifest): weights and settings, not the device."""
+    return {"format": PREDICT_FORMAT, "model": predictor.identity(), "tta_axes": list(predictor.tta_axes),
+            "overlap": predictor.overlap, "batch_size": predictor.batch_size, "blend": predictor.blend,
+            "postprocess": predictor.rules or None, "save_probabilities": bool(save_probabilities),
+            "probability_dtype": probability_dtype if save_probabilities else None}
+
+
+def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, save_probabilities: bool = False,
+                   probability_dtype: str = "float16", progress: bool = False, prefetch: int = 2,
+                   on_case: Callable[[str], None] | None = None):
+    """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a :class:`medseg.batch.BatchReport`.
+
+    A bad case (unreadable, wrong dimensions or channels...) is recorded as failed in the
+    manifest with its error code and message, and the others go on.
+    """
+    from medseg.batch import is_complete, params_hash, read_manifest, run_batch
+
+    out = Path(out_dir)
+    cases = find_cases(input_path, channels=predictor.channels)
+    params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype)
+    label_values = sorted(predictor.labels)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        man, ph = read_manifest(out), params_hash(params)
+        todo = sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
+        bar = tqdm(total=todo, desc="predict", unit="case", leave=True)
+
+    def load(paths: list[Path]):
+        try:
+            return load_channels(paths)
+        except Exception as exc:  # handed to compute, which raises it: every case passes the progress bar
+            return _LoadFailure(exc)
+
+    def compute(cid: str, vols):
+        try:
+            if isinstance(vols, _LoadFailure):
+                raise vols.exc
+            return predictor.predict_volume(vols, probabilities=save_probabilities)
+        finally:
+            if bar is not None:
+                bar.set_postfix_str(cid, refresh=False)
+                bar.update(1)
+            if on_case is not None:
+                on_case(cid)
+
+    def write(cid: str, pred, root: Path) -> list[Path]:
+        from medseg.io import write_volume
+
+        paths = [write_volume(pred.label, root / f"{cid}.nii.gz")]
+        if save_probabilities and pred.probabilities is not None:
+            paths.append(write_probabilities(root / f"{cid}_probabilities.npz", pred.probabilities,
+                                             affine=pred.label.affine, labels=label_values, dtype=probability_dtype))
+        return paths
+
+    try:
+        return run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=compute, write=write,
+                         load=load, params=params, prefetch=prefetch)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path, device: str = "auto",
+                tta_axes=(), overlap: float = 0.5, batch_size: int = 4, save_probabilities: bool = False,
+                probability_dtype: str = "float16", workers: int | None = None, weights: str = "best",
+                postprocess: bool = True, progress: bool = False):
+    """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
+    before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
+
+    ``workers``: CPU threads for torch and resampling (None: leave torch's setting alone).
+    """
+    import torch
+
+    from medseg.device import resolve_device
+    from medseg.inference.predictor import Predictor
+
+    dev = resolve_device(device)
+    if workers:
+        torch.set_num_threads(int(workers))
+    predictor = Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, overlap=overlap,
+                                      batch_size=batch_size, postprocess=postprocess, threads=workers)
+    return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
+                          probability_dtype=probability_dtype, progress=progress)

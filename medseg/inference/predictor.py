@@ -1,0 +1,219 @@
+"""The predictor: a model bundle applied to one volume, the result back on the input's grid.
+
+>>> p = Predictor.from_bundle("hippocampus_unet", device="cpu")     # doctest: +SKIP
+>>> pred = p.predict_volume(read_volume("case.nii.gz", kind="image"))  # doctest: +SKIP
+>>> pred.label.affine is the input's affine, pred.label.shape the input's shape  # doctest: +SKIP
+
+Steps: the bundle's preprocessing plan (:mod:`medseg.inference.prepare`: exactly training's
+resampling and normalisation), sliding-window inference with the bundle's patch size
+(:func:`medseg.inference.sliding_window`; 2D models slice by slice along the coarsest axis),
+optional mirroring test-time augmentation (:func:`medseg.inference.mirror_tta`), softmax, class
+probabilities resampled linearly back to the input grid and the crop undone, argmax, then the
+bundle's post-processing rules (``postprocess:`` in bundle.yaml, :func:`medseg.postprocess.apply_postprocess`).
+The label map comes out as uint8 (uint16 beyond 256 classes) with the input's exact shape,
+spacing, origin and direction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.preprocess.grid import grid_of
+from medseg.volume import Volume
+
+log = logging.getLogger("medseg.inference")
+
+#: above this many bytes of probabilities on the input grid, labels are resampled instead (see prepare.py)
+MAX_PROB_BYTES = 2 * 2 ** 30
+
+
+@dataclass
+class Prediction:
+    """``label``: uint8/uint16 label Volume on the input grid. ``probabilities``: (K, z, y, x) float32
+    on the same grid, or None when not asked for. ``warnings``: messages about this case."""
+
+    label: Volume
+    probabilities: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_meta(meta: dict[str, Any], path: Any = None) -> None:
+    """Raise InputError (code ``bad_bundle``) when bundle.yaml lacks what inference needs."""
+    def bad(msg: str):
+        return InputError(f"bundle.yaml: {msg}; the bundle is incomplete or from another tool - re-export it with "
+                          "medseg train", path=path, code="bad_bundle")
+
+    plan = meta.get("plan")
+    if not isinstance(plan, dict):
+        raise bad("no preprocessing 'plan'")
+    from medseg.inference.prepare import plan_spacing
+
+    sp = plan_spacing(plan)
+    if sp is not None and (len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0):
+        raise bad(f"plan spacing {sp} is not three positive numbers (z, y, x) mm")
+    kw = meta["model"].get("kwargs", {})
+    dims = int(kw.get("spatial_dims", 3))
+    patch = meta.get("patch_size", plan.get("patch_size"))
+    if not isinstance(patch, (list, tuple)) or len(patch) != dims or any(int(p) < 1 for p in patch):
+        raise bad(f"patch_size {patch!r} must hold {dims} positive sizes for a {dims}D model")
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or 0 not in labels:
+        raise bad("'labels' must map label values (0 = background) to names")
+    out_ch = kw.get("out_channels")
+    if out_ch is not None and int(out_ch) != max(labels) + 1:
+        raise bad(f"the model has {out_ch} output channels but labels go up to {max(labels)}")
+    ch = meta.get("channels", kw.get("in_channels", 1))
+    if kw.get("in_channels") is not None and int(kw["in_channels"]) != int(ch):
+        raise bad(f"channels {ch} differs from the model's in_channels {kw['in_channels']}")
+
+
+class Predictor:
+    """Apply a loaded model bundle to volumes.
+
+    Parameters
+    ----------
+    model : torch.nn.Module in eval mode, on ``device``.
+    meta : the bundle's metadata (:func:`medseg.bundle.read_meta`).
+    device : torch.device the model is on (resolve it once with :func:`medseg.device.resolve_device`).
+    tta_axes : spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation; ``()`` = off.
+    overlap : sliding-window overlap in [0, 1).
+    batch_size : windows per forward pass.
+    blend : "gaussian" or "constant" window weights.
+    postprocess : apply the bundle's ``postprocess`` rules (if it has any).
+    threads : CPU threads for resampling (None: medseg's default).
+    """
+
+    def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] = (),
+                 overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian", postprocess: bool = True,
+                 threads: int | None = None, source: str | Path | None = None,
+                 weights_path: str | Path | None = None):
+        import torch
+
+        check_meta(meta, source)
+        self.model, self.meta = model, meta
+        self.device = torch.device(device)
+        self.plan = dict(meta["plan"])
+        kw = meta["model"].get("kwargs", {})
+        self.spatial_dims = int(kw.get("spatial_dims", 3))
+        self.patch_size = tuple(int(p) for p in meta.get("patch_size", self.plan.get("patch_size")))
+        self.channels = int(meta.get("channels", kw.get("in_channels", 1)))
+        self.labels = {int(k): str(v) for k, v in meta["labels"].items()}
+        self.tta_axes = tuple(int(a) for a in tta_axes)
+        for a in self.tta_axes:
+            if a not in (0, 1, 2):
+                raise InputError(f"TTA axis {a} must be 0 (z), 1 (y) or 2 (x)", code="bad_params")
+        self.overlap, self.batch_size, self.blend = float(overlap), int(batch_size), blend
+        self.rules = meta.get("postprocess") if postprocess else None
+        self.threads = threads
+        self.source = str(source) if source is not None else None
+        self.weights_path = Path(weights_path) if weights_path is not None else None
+        self._identity: dict[str, Any] | None = None
+
+    @classmethod
+    def from_bundle(cls, spec: str | Path, *, device: Any = "cpu", weights: str = "best", **kwargs: Any) -> "Predictor":
+        """Load a bundle by path or registered name (:func:`medseg.inference.bundles.resolve_bundle`).
+
+        A missing, damaged or mismatched bundle raises InputError naming the file, before any case is read.
+        """
+        from medseg.bundle import load_bundle
+        from medseg.inference.bundles import resolve_bundle
+
+        from medseg.bundle import WEIGHTS
+
+        path = resolve_bundle(spec)
+        model, meta = load_bundle(path, weights=weights, device=device)
+        return cls(model, meta, device=device, source=path, weights_path=path / WEIGHTS[weights], **kwargs)
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the model's outputs: architecture, labels, plan and a SHA-256 of the weights."""
+        if self._identity is None:
+            import hashlib
+            import json
+
+            import torch
+
+            if self.weights_path is not None:
+                from medseg.inference.cohort import file_sha256
+
+                digest = file_sha256(self.weights_path)
+            else:
+                h = hashlib.sha256()
+                for k, v in sorted(self.model.state_dict().items()):
+                    h.update(k.encode())
+                    h.update(v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                digest = h.hexdigest()
+            desc = {"model": self.meta["model"], "plan": self.plan, "labels": self.labels, "patch_size": self.patch_size}
+            self._identity = {"architecture": self.meta["model"]["name"], "weights_sha256": digest,
+                              "meta_sha256": hashlib.sha256(json.dumps(desc, sort_keys=True, default=str)
+                                                            .encode()).hexdigest()}
+        return self._identity
+
+    # ------------------------------------------------------------------ prediction
+    def predict_volume(self, image: Volume | Sequence[Volume], *, probabilities: bool = False) -> Prediction:
+        """Segment one case given as a Volume (or one Volume per input channel).
+
+        Returns a :class:`Prediction` whose label map lies on the grid of ``image`` (shape and affine).
+        """
+        from medseg.inference.prepare import (labels_to_input_grid, preprocess, spacing_warning, stack_channels,
+                                              to_input_grid)
+
+        chans = [image] if isinstance(image, Volume) else list(image)
+        if not chans:
+            raise InputError("no input volume given", code="channels")
+        path = chans[0].meta.get("path")
+        arr, ref = stack_channels(chans, expected=self.channels, path=path)
+        target = grid_of(ref)
+        warnings = []
+        msg = spacing_warning(ref.spacing_mm, self.plan)
+        if msg:
+            log.warning("%s: %s", path or "input", msg)
+            warnings.append(msg)
+        prepared = preprocess(arr, target, self.plan)
+        probs = self._probabilities(prepared.image, prepared.grid.spacing_mm)   # (K, z', y', x') float32
+        n_cls = probs.shape[0]
+        dtype = np.uint8 if n_cls <= 256 else np.uint16
+        need = n_cls * int(np.prod(target.shape)) * 4
+        if probabilities or need <= MAX_PROB_BYTES:
+            full = to_input_grid(probs, prepared, target, threads=self.threads)
+            label = np.argmax(full, axis=0).astype(dtype)
+        else:
+            log.info("%s: %d classes x %s voxels: resampling the label map per label instead of the probabilities",
+                     path or "input", n_cls, target.shape)
+            full = None
+            label = labels_to_input_grid(np.argmax(probs, axis=0).astype(dtype), prepared, target, threads=self.threads)
+        if self.rules:
+            from medseg.postprocess import apply_postprocess
+
+            label = apply_postprocess(label, ref.spacing_mm, self.rules)
+        out = Volume(label, ref.spacing_mm, ref.origin_mm, ref.direction, is_label=True,
+                     meta={"path": path} if path else {})
+        return Prediction(out, full if probabilities else None, warnings)
+
+    def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+        """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x)."""
+        import torch
+
+        from medseg.inference.sliding_window import sliding_window
+        from medseg.inference.tta import mirror_tta
+
+        axis, axes = 0, self.tta_axes
+        if self.spatial_dims == 2:
+            from medseg.models.slicewise import slicing_axis
+
+            axis = slicing_axis(spacing_mm)
+            axes = tuple(a for a in axes if a != axis)   # flipping the slice order changes nothing for a 2D model
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return sliding_window(self.model, x, self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
+                                  blend=self.blend, axis=axis, device=self.device)
+
+        x = torch.from_numpy(image)[None].to(self.device)
+        with torch.inference_mode():
+            p = mirror_tta(run, x, axes=axes, activation="softmax")
+        return p[0].to("cpu", torch.float32).numpy()

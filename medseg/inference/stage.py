@@ -1,0 +1,103 @@
+"""Pipeline stages ``predict`` and ``postprocess``.
+
+YAML::
+
+    stages:
+      - stage: predict          # writes OUTPUT/predict/CASE.nii.gz + manifest.json (resumable)
+        params: {model: hippocampus_unet, input: data/images, tta: false, overlap: 0.5,
+                 batch_size: 4, device: auto}
+      - stage: postprocess      # input: the previous volume stage's output by default
+        params: {rules: {foreground: [{op: keep_largest}], 1: [{op: fill_holes}]}}
+      - stage: evaluate         # pred: the previous volume stage's output by default
+        params: {ref: data/labels}
+
+Both stages return ``{"output": folder, ...}`` and make their folder the default input of the
+next volume stage (``postprocess``, ``evaluate`` and the preprocessing stages).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ConfigError, MedsegError, status_of
+from medseg.pipeline import Context, register_stage
+
+log = logging.getLogger("medseg.inference")
+
+
+def _tta_axes(tta: Any) -> tuple[int, ...]:
+    if tta is True:
+        return (0, 1, 2)
+    if tta in (False, None, "", []):
+        return ()
+    if isinstance(tta, (list, tuple)) and all(isinstance(a, int) and a in (0, 1, 2) for a in tta):
+        return tuple(tta)
+    raise ConfigError(f"stage 'predict': tta must be true/false or a list of axes from 0, 1, 2, got {tta!r}",
+                      code="bad_params")
+
+
+@register_stage("predict")
+def predict_stage(ctx: Context, model: str | None = None, input: str | None = None, overlap: float = 0.5,
+                  tta: Any = False, batch_size: int = 4, device: str = "auto", save_probabilities: bool = False,
+                  workers: int | None = None, weights: str = "best", postprocess: bool = True) -> dict[str, Any]:
+    """Segment every case of ``input`` with the bundle ``model`` (a registered name or a bundle folder)."""
+    from medseg.inference.cohort import run_predict
+
+    if not model or not input:
+        raise ConfigError("stage 'predict': give 'model' (bundle name or folder) and 'input' (file or folder)",
+                          code="bad_params")
+    if not 0.0 <= float(overlap) < 1.0 or int(batch_size) < 1:
+        raise ConfigError(f"stage 'predict': overlap must be in [0, 1) and batch_size >= 1, got {overlap}, "
+                          f"{batch_size}", code="bad_params")
+    model_spec = str(model)
+    as_path = ctx.resolve_input(model_spec)
+    if as_path.is_dir():
+        model_spec = str(as_path)
+    out_dir = ctx.out(ctx.stage_name or "predict")
+    report = run_predict(model=model_spec, input_path=ctx.resolve_input(input), output=out_dir, device=str(device),
+                             tta_axes=_tta_axes(tta), overlap=float(overlap), batch_size=int(batch_size),
+                             save_probabilities=bool(save_probabilities), workers=workers, weights=weights,
+                             postprocess=bool(postprocess), progress=False)
+    failed = {o.case_id: f"error:{(o.error or {}).get('code', 'error')}" for o in report.failed}
+    for cid, st in failed.items():
+        log.error("predict: case %s failed (%s)", cid, st)
+    ctx.results["_last_volume_dir"] = out_dir
+    return {"output": str(out_dir), "manifest": str(report.manifest_path),
+            "done": [o.case_id for o in report.outcomes if o.status == "done"],
+            "skipped": [o.case_id for o in report.outcomes if o.status == "skipped"], "failed": failed}
+
+
+@register_stage("postprocess")
+def postprocess_stage(ctx: Context, input: str | None = None, rules: dict | None = None) -> dict[str, Any]:
+    """Apply per-label rules (:func:`medseg.postprocess.apply_postprocess`) to every label map of ``input``."""
+    import numpy as np
+
+    from medseg.fsutil import case_id, sanitize_name
+    from medseg.io import list_cases, read_volume, write_volume
+    from medseg.postprocess import apply_postprocess
+
+    src = ctx.resolve_input(input) if input else ctx.results.get("_last_volume_dir")
+    if src is None:
+        raise ConfigError("stage 'postprocess': give 'input' (a label map or folder), or put it after 'predict'",
+                          code="bad_params")
+    rules = dict(rules or {})
+    if not isinstance(rules, dict):
+        raise ConfigError("stage 'postprocess': 'rules' maps labels to lists of operations", code="bad_params")
+    apply_postprocess(np.zeros((1, 1, 1), np.uint8), (1.0, 1.0, 1.0), rules)  # bad rules fail here, before any case
+    out_dir = ctx.out(ctx.stage_name or "postprocess")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, failed = [], {}
+    for path in list_cases(Path(src)):
+        cid = sanitize_name(case_id(path))
+        try:
+            vol = read_volume(path, kind="label")
+            arr = apply_postprocess(vol.array, vol.spacing_mm, rules) if rules else vol.array
+            write_volume(vol.with_array(arr, is_label=True), out_dir / f"{cid}.nii.gz")
+            done.append(cid)
+        except MedsegError as exc:
+            log.error("%s", exc)
+            failed[cid] = status_of(exc)
+    ctx.results["_last_volume_dir"] = out_dir
+    return {"output": str(out_dir), "done": done, "failed": failed}

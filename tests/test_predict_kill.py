@@ -1,0 +1,85 @@
+"""``medseg predict`` killed with SIGKILL at random moments and re-run equals an uninterrupted run, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
+from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
+
+N_CASES = 5
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _cmd(bundle: Path, src: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "medseg", "predict", "--model", str(bundle), "--input", str(src), "--output",
+            str(out), "--device", "cpu", "--workers", "1", "--save-probabilities", "--no-progress"]
+
+
+def _done(root: Path) -> int:
+    try:
+        return len(json.loads((root / MANIFEST).read_text())["cases"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_predict_killed_and_rerun_is_identical(tmp_path):
+    bundle = make_bundle(tmp_path / "bundle")
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(N_CASES):
+        save_nifti(blob_image((24, 28, 20), seed=i), src / f"case_{i}.nii.gz", oblique_lps_affine(spacing=(1, 1, 1)))
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(_cmd(bundle, src, ref_dir), env=_env(), check=True, timeout=180, capture_output=True)
+
+    rng = random.Random(11)
+    partial = []
+    for it in range(4):
+        before = _done(run_dir)
+        proc = subprocess.Popen(_cmd(bundle, src, run_dir), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        if it > 0:  # the first kill may land in start-up; the others after a case was recorded
+            deadline = time.monotonic() + 90
+            while proc.poll() is None and _done(run_dir) == before and time.monotonic() < deadline:
+                time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if proc.returncode == -signal.SIGKILL and 0 < _done(run_dir) < N_CASES:
+            partial.append(_done(run_dir))
+    subprocess.run(_cmd(bundle, src, run_dir), env=_env(), check=True, timeout=180, capture_output=True)
+    assert partial, "no kill interrupted a run that had work done and left"
+
+    ref, got = _files(ref_dir), _files(run_dir)
+    assert sorted(got) == sorted(ref)          # same files, no temporary files left
+    assert not [n for n in got if _TMP_NAME.match(Path(n).name)]
+    for name in ref:
+        assert got[name] == ref[name], name    # label maps, probabilities and the manifest
+    man = json.loads((run_dir / MANIFEST).read_text())
+    assert sorted(man["cases"]) == [f"case_{i}" for i in range(N_CASES)]
+    for cid, entry in man["cases"].items():
+        assert entry["status"] == "done"
+        assert set(entry["outputs"]) == {f"{cid}.nii.gz", f"{cid}_probabilities.npz"}
+        for rel, digest in entry["outputs"].items():
+            assert sha256_file(run_dir / rel) == digest
