@@ -166,35 +166,42 @@ def run_pipeline(
 
 
 # ---------------------------------------------------------------------------- volume stages
+def map_volumes(ctx: Context, fn: Callable[[Any], Any], *, input: str | None, kind: str | None = None,
+                default_name: str) -> dict[str, Any]:
+    """Apply ``fn(volume) -> volume`` to every case of ``input`` (default: the previous volume
+    stage's output) and write ``OUTPUT/<stage name>/<case>.nii.gz``. A bad case is reported in
+    ``failed`` and the others go on; the output folder becomes the next stage's default input."""
+    from medseg.io import list_cases, read_volume, write_volume
+
+    src = ctx.resolve_input(input) if input else ctx.results.get("_last_volume_dir")
+    if src is None:
+        raise ConfigError(f"stage '{ctx.stage_name or default_name}': give 'input' (a file or folder of volumes)",
+                          code="bad_params")
+    out_dir = ctx.out(ctx.stage_name or default_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, failed = [], {}
+    for path in list_cases(Path(src)):
+        cid = _cid(path)
+        try:
+            write_volume(fn(read_volume(path, kind=kind)), out_dir / f"{cid}.nii.gz")
+            done.append(cid)
+        except MedsegError as exc:
+            log.error("%s", exc)
+            failed[cid] = status_of(exc)
+    ctx.results["_last_volume_dir"] = out_dir
+    return {"output": str(out_dir), "done": done, "failed": failed}
+
+
 def volume_stage(name: str, fn: Callable[..., Any], *, label_aware: bool = True) -> Callable[..., Any]:
     """Register a stage that applies ``fn(volume, **params)`` to every case of ``input``.
 
     Stage params: ``input`` (file or folder; default: the previous volume stage's output folder),
-    ``labels`` (optional folder of label maps carried along, e.g. for cropping), plus ``fn``'s own.
-    Writes ``OUTPUT/<stage name>/<case>.nii.gz``; a bad case is reported and the others go on.
+    plus ``fn``'s own. Writes ``OUTPUT/<stage name>/<case>.nii.gz``; a bad case is reported and
+    the others go on.
     """
 
     def stage(ctx: Context, input: str | None = None, **params: Any) -> dict[str, Any]:
-        from medseg.io import list_cases, read_volume, write_volume
-
-        src = ctx.resolve_input(input) if input else ctx.results.get("_last_volume_dir")
-        if src is None:
-            raise ConfigError(f"stage '{name}': give 'input' (a file or folder of volumes)")
-        out_dir = ctx.out(ctx.stage_name or name)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        done, failed = [], {}
-        for path in list_cases(Path(src)):
-            cid = _cid(path)
-            try:
-                vol = read_volume(path)
-                res = fn(vol, **params)
-                write_volume(res, out_dir / f"{cid}.nii.gz")
-                done.append(cid)
-            except MedsegError as exc:
-                log.error("%s", exc)
-                failed[cid] = status_of(exc)
-        ctx.results["_last_volume_dir"] = out_dir
-        return {"output": str(out_dir), "done": done, "failed": failed}
+        return map_volumes(ctx, lambda vol: fn(vol, **params), input=input, default_name=name)
 
     stage.__name__ = f"stage_{name}"
     stage.__doc__ = f"Pipeline stage applying {fn.__name__} to every volume.\n\n{fn.__doc__ or ''}"

@@ -18,11 +18,10 @@ next volume stage (``postprocess``, ``evaluate`` and the preprocessing stages).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from medseg.errors import ConfigError, MedsegError, status_of
-from medseg.pipeline import Context, register_stage
+from medseg.errors import ConfigError
+from medseg.pipeline import Context, map_volumes, register_stage
 
 log = logging.getLogger("medseg.inference")
 
@@ -74,30 +73,18 @@ def postprocess_stage(ctx: Context, input: str | None = None, rules: dict | None
     """Apply per-label rules (:func:`medseg.postprocess.apply_postprocess`) to every label map of ``input``."""
     import numpy as np
 
-    from medseg.fsutil import case_id, sanitize_name
-    from medseg.io import list_cases, read_volume, write_volume
     from medseg.postprocess import apply_postprocess
 
-    src = ctx.resolve_input(input) if input else ctx.results.get("_last_volume_dir")
-    if src is None:
+    if input is None and ctx.results.get("_last_volume_dir") is None:
         raise ConfigError("stage 'postprocess': give 'input' (a label map or folder), or put it after 'predict'",
                           code="bad_params")
     rules = dict(rules or {})
     if not isinstance(rules, dict):
         raise ConfigError("stage 'postprocess': 'rules' maps labels to lists of operations", code="bad_params")
     apply_postprocess(np.zeros((1, 1, 1), np.uint8), (1.0, 1.0, 1.0), rules)  # bad rules fail here, before any case
-    out_dir = ctx.out(ctx.stage_name or "postprocess")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done, failed = [], {}
-    for path in list_cases(Path(src)):
-        cid = sanitize_name(case_id(path))
-        try:
-            vol = read_volume(path, kind="label")
-            arr = apply_postprocess(vol.array, vol.spacing_mm, rules) if rules else vol.array
-            write_volume(vol.with_array(arr, is_label=True), out_dir / f"{cid}.nii.gz")
-            done.append(cid)
-        except MedsegError as exc:
-            log.error("%s", exc)
-            failed[cid] = status_of(exc)
-    ctx.results["_last_volume_dir"] = out_dir
-    return {"output": str(out_dir), "done": done, "failed": failed}
+
+    def clean(vol):
+        arr = apply_postprocess(vol.array, vol.spacing_mm, rules) if rules else vol.array
+        return vol.with_array(arr, is_label=True)
+
+    return map_volumes(ctx, clean, input=input, kind="label", default_name="postprocess")
