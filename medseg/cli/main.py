@@ -18,6 +18,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("medseg.cli.evaluate", "score predictions against references (Dice, IoU, HD95, NSD)"),
     "run": ("medseg.cli.run", "run a staged pipeline from a YAML config"),
     "fingerprint": ("medseg.cli.fingerprint", "analyse a data set and propose preprocessing (YAML)"),
+    "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict"),
+    "mil": ("medseg.cli.mil", "multiple-instance learning on bags of feature vectors (cross-validation)"),
 }
 
 
