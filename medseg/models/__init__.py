@@ -18,7 +18,7 @@ MODELS = Registry("model")
 register_model = MODELS.register
 
 # Modules whose import registers models.
-MODEL_MODULES: list[str] = ["medseg.models.mil"]
+MODEL_MODULES: list[str] = ["medseg.models.mil", "medseg.models.encoders"]
 
 
 def _load_all() -> None:

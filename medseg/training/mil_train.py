@@ -13,10 +13,12 @@ networks with different seeds is averaged (probabilities).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -31,7 +33,8 @@ from medseg.wsi.metrics import binary_metrics, t_interval
 
 log = logging.getLogger("medseg.training.mil")
 
-__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "predict_bags", "stratified_folds", "cross_validate"]
+__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "predict_bags", "stratified_folds", "cross_validate",
+           "save_mil", "load_mil", "attention_weights"]
 
 
 @dataclass
@@ -240,3 +243,40 @@ def copy_config(cfg: MILTrainConfig, **changes: Any) -> MILTrainConfig:
     for k, v in changes.items():
         setattr(out, k, v)
     return out
+
+
+def save_mil(ens: MILEnsemble, path: str | Path) -> Path:
+    """Write an ensemble (weights, standardisation, config) to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    from medseg.fsutil import atomic_path
+
+    tensors = {f"m{i}.{k}": v.detach().cpu().contiguous() for i, m in enumerate(ens.models)
+               for k, v in m.state_dict().items()}
+    tensors["mean"] = torch.as_tensor(ens.mean, dtype=torch.float64)
+    tensors["std"] = torch.as_tensor(ens.std, dtype=torch.float64)
+    meta = {"config": json.dumps(asdict(ens.config)), "in_features": str(ens.in_features),
+            "n_models": str(len(ens.models))}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_mil(path: str | Path) -> MILEnsemble:
+    """Read an ensemble written by :func:`save_mil`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # corrupt files raise several types
+        raise InputError(f"cannot read MIL model: {exc}", path=path, code="bad_model") from None
+    cfg = MILTrainConfig.from_dict(json.loads(meta["config"]))
+    d = int(meta["in_features"])
+    models = []
+    for i in range(int(meta["n_models"])):
+        m = create_model(cfg.model, **cfg.model_kwargs(d))
+        m.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
+        models.append(m.eval())
+    return MILEnsemble(models, tensors["mean"].numpy(), tensors["std"].numpy(), cfg, d)
