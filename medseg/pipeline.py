@@ -40,6 +40,7 @@ STAGES = Registry("stage")
 STAGE_MODULES = [
     "medseg.preprocess.stages",
     "medseg.metrics.stage",
+    "medseg.wsi.stages",
 ]
 
 
