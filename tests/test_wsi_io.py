@@ -160,3 +160,15 @@ def test_real_slides_info_and_tiles(tmp_path):
         assert r["status"] == "ok" and r["n_tiles"] > 0
         w, h = r["dimensions"]
         assert 0 < r["tissue_area_mm2"] < w * h * r["slide_mpp"] ** 2 / 1e6
+
+
+def test_truncated_real_slides_are_clear_errors(tmp_path):
+    from medseg.wsi.tile_slides import TilingParams, tile_slides
+    good = shared_path("wsi", "CMU-1-Small-Region.svs")
+    for name, src in (("cut_a.svs", good), ("cut_b.ndpi", shared_path("wsi", "test3-DAPI-2-387.ndpi"))):
+        (tmp_path / name).write_bytes(src.read_bytes()[:1_000_000])
+    rows = tile_slides([tmp_path / "cut_a.svs", good, tmp_path / "cut_b.ndpi"], tmp_path / "out",
+                       TilingParams(mpp=0.5, tile_size=256))
+    assert rows[0]["status"].startswith("error:") and "truncated" in rows[0]["error"]
+    assert rows[1]["status"] == "ok"
+    assert rows[2]["status"].startswith("error:") and rows[2]["status"] != "error:duplicate_name"

@@ -229,7 +229,8 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         if handle is not None:
             return _wrap_openslide(handle, p, mpp)
         if suffix not in PLAIN_EXT:
-            raise InputError("OpenSlide does not recognise this file as a slide", path=p, code="unsupported")
+            raise InputError("OpenSlide does not recognise this file as a slide (unsupported format, or the file is "
+                              "truncated or corrupt)", path=p, code="unsupported")
     if suffix in PLAIN_EXT:
         return _open_plain(p, mpp)
     raise InputError(f"unknown slide format '{suffix}' (known: {', '.join(SLIDE_EXTENSIONS)})", path=p,
