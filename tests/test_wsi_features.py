@@ -71,7 +71,7 @@ def test_features_match_direct_encoding_and_resume(tmp_path, rng):
     tile = img[y:y + 64, x:x + 64].astype(np.float64).reshape(32, 2, 32, 2, 3).mean((1, 3))
     np.testing.assert_allclose(s.read_mpp((int(x), int(y)), (32, 32), mpp=2.0), tile, atol=1)
     enc = spec.build(torch.device("cpu"))
-    t = torch.from_numpy(s.read_mpp((int(x), int(y)), (32, 32), mpp=2.0)).permute(2, 0, 1)[None]
+    t = torch.from_numpy(np.array(s.read_mpp((int(x), int(y)), (32, 32), mpp=2.0))).permute(2, 0, 1)[None]
     with torch.no_grad():
         ref = enc(normalise(t, spec.mean, spec.std))[0].numpy()
     np.testing.assert_allclose(feats[3], ref, rtol=1e-4, atol=1e-5)
