@@ -49,7 +49,8 @@ def test_train_and_predict_end_to_end(tmp_path, rng):
         {"stage": "wsi_features", "params": {"encoder": "tile_resnet_tiny", "batch_size": 32, "workers": 0,
                                              "device": "cpu"}},
         {"stage": "wsi_mil", "params": {"labels": str(tmp_path / "labels.csv"),
-                                        "mil": {"epochs": 10, "ensemble": 1, "lr": 0.002}}},
+                                        "mil": {"epochs": 10, "ensemble": 1, "lr": 0.002},
+                                        "cv_folds": 3}},
         {"stage": "wsi_bcl", "params": {"rounds": 1, "k_schedule": [2], "finetune_epochs": 1, "batch_size": 8}}]}
     cfgmod.save_yaml(cfg, tmp_path / "train.yaml")
     assert main(["wsi", "train", "--config", str(tmp_path / "train.yaml")]) == 0
@@ -58,6 +59,10 @@ def test_train_and_predict_end_to_end(tmp_path, rng):
     assert bundle["stage"] == "wsi_bcl" and sorted(bundle["trained_on"]) == [f"s{i}" for i in range(6)]
     assert (run / "bcl" / "round_1" / "pseudo_labels.npz").is_file()
     assert (run / "config.resolved.yaml").is_file()
+    cv = json.loads((run / "mil_cv.json").read_text())
+    assert len(cv["per_fold"]) == 3 and all(f["n_test"] == 2 for f in cv["per_fold"])
+    for k in ("auc", "accuracy", "balanced_accuracy", "f1"):
+        assert 0.0 <= cv[f"{k}_mean"] <= 1.0
 
     # predict: a coarse slide (4 um/px) cannot be tiled at 2 um/px -> per-slide error; a blank one has no tissue
     _slide(tmp_path / "coarse.tif", rng, positive=True, um_per_px=4.0)

@@ -87,8 +87,12 @@ def _state(ctx: Context) -> dict[str, Any]:
 
 @register_stage("wsi_mil")
 def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
-              mil: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Train the aggregator on the labelled slides' features; writes the bundle to ``model/``."""
+              mil: dict[str, Any] | None = None, seed: int = 0, cv_folds: int = 0,
+              cv_repeats: int = 1) -> dict[str, Any]:
+    """Train the aggregator on the labelled slides' features; writes the bundle to ``model/``.
+
+    With ``cv_folds >= 2`` it first runs stratified k-fold CV over the slides and writes
+    ``mil_cv.json`` (AUC, accuracy, balanced accuracy, F1: mean, sd, 95 % t-interval over folds)."""
     from medseg.training.mil_train import MILTrainConfig, fit_mil, predict_bags
     from medseg.wsi.bags import Bags
     from medseg.wsi.bundle import save_bundle
@@ -115,12 +119,23 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
                          f"({', '.join(problems.values()) or 'no problems reported'})", code="too_few_slides")
     cfg = MILTrainConfig.from_dict(mil)
     bags = Bags(feats, np.asarray(ys), ids)
+    cv_note: dict[str, Any] = {}
+    if cv_folds >= 2:
+        from medseg.training.mil_train import cross_validate
+
+        try:
+            cv = cross_validate(bags, cfg, folds=cv_folds, repeats=cv_repeats, seed=seed)
+            atomic_write_text(ctx.out("mil_cv.json"), json.dumps(cv, indent=1))
+            cv_note = {k: cv[k] for k in cv if k.endswith(("_mean", "_ci95"))}
+        except InputError as exc:
+            cv_note = {"skipped": exc.problem}
+            log.warning("cross-validation skipped: %s", exc.problem)
     ens = fit_mil(bags, cfg, seed=seed)
     st.update(labels=dict(zip(ids, ys)), classes=classes, mil_cfg=cfg, ens=ens)
     save_bundle(ctx.out("model"), tiling=st["tiling"], spec=st["spec"], ens=ens, classes=classes,
                 extra={"trained_on": ids, "stage": "wsi_mil"})
     train_prob = predict_bags(ens, bags)
-    return {"slides": ids, "problems": problems, "model": str(ctx.out("model")),
+    return {"slides": ids, "problems": problems, "model": str(ctx.out("model")), "cv": cv_note,
             "train_probabilities": {i: round(float(p), 4) for i, p in zip(ids, train_prob)}}
 
 
