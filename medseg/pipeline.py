@@ -41,6 +41,7 @@ STAGE_MODULES = [
     "medseg.preprocess.stages",
     "medseg.metrics.stage",
     "medseg.inference.stage",
+    "medseg.wsi.stages",
 ]
 
 

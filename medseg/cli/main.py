@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "fingerprint": ("medseg.cli.fingerprint", "analyse a data set and propose preprocessing (YAML)"),
     "train": ("medseg.cli.train", "train a segmentation model from a YAML config into a model bundle"),
     "predict": ("medseg.cli.predict", "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
+    "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict"),
+    "mil": ("medseg.cli.mil", "multiple-instance learning on bags of feature vectors (cross-validation)"),
 }
 
 

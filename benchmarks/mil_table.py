@@ -1,0 +1,38 @@
+"""Markdown table of `medseg mil cv` results next to Ilse et al. (ICML 2018, Table 2).
+
+    PYTHONPATH=. python benchmarks/mil_table.py out/mil/*/summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# Ilse et al. 2018, 10-fold CV accuracy (5 repeats): attention, gated attention
+ILSE = {"musk1": (0.892, 0.900), "musk2": (0.858, 0.863), "fox": (0.615, 0.603), "elephant": (0.868, 0.857)}
+
+
+def _dataset(path: str) -> str:
+    name = Path(path).name.lower()
+    return next((k for k in ILSE if name.startswith(k)), name)
+
+
+def main(paths: list[str]) -> int:
+    print("| data set | model | folds x repeats | accuracy (± sd) | 95% CI | AUC (± sd) | Ilse et al. acc. |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for p in paths:
+        s = json.loads(Path(p).read_text())
+        ds, model = _dataset(s["data"]), s["config"]["model"]
+        ref = ILSE.get(ds, (float("nan"),) * 2)[1 if model.startswith("gated") else 0]
+        rows.append((ds, model, s, ref))
+    for ds, model, s, ref in sorted(rows, key=lambda r: (list(ILSE).index(r[0]) if r[0] in ILSE else 9, r[1])):
+        lo, hi = s["accuracy_ci95"]
+        print(f"| {ds.upper()} | {model} | {s['folds']} x {s['repeats']} | {s['accuracy_mean']:.3f} ± "
+              f"{s['accuracy_std']:.3f} | {lo:.3f}-{hi:.3f} | {s['auc_mean']:.3f} ± {s['auc_std']:.3f} | {ref:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,161 @@
+"""Whole-slide images: ``medseg wsi info|tile|features|train|predict``.
+
+``medseg wsi info SLIDE`` prints levels, mpp, objective power and associated images.
+``medseg wsi tile SLIDE... --out DIR --mpp 0.5 --tile-size 256`` writes ``DIR/<slide>/`` with
+``tiles.h5`` (coordinates + metadata), ``mask.png`` (tissue and grid over the thumbnail) and
+``summary.json`` (status, tile count, tissue area in mm^2); a bad slide is reported, the rest go on.
+``medseg wsi features --tiles DIR --out DIR --encoder tile_resnet18 --weights W.safetensors``
+encodes the tiles (resumable per slide). ``medseg wsi train --config configs/wsi/train_demo.yaml``
+runs the stages tile, features, MIL and BCL. ``medseg wsi predict --model OUT/model --input
+SLIDES... --output DIR`` writes predictions.csv, heatmaps and top-attended tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="wsi_cmd", metavar="COMMAND", required=True)
+    info = sub.add_parser("info", help="print levels, mpp, objective power, associated images")
+    info.add_argument("slides", nargs="+", type=Path)
+    info.add_argument("--mpp", type=float, default=None, help="um/px for slides without resolution metadata")
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    tile = sub.add_parser("tile", help="tissue mask and tile coordinates for one or many slides")
+    tile.add_argument("slides", nargs="+", type=Path)
+    tile.add_argument("--out", type=Path, required=True)
+    tile.add_argument("--mpp", type=float, default=0.5, help="tile resolution, um/px (default 0.5)")
+    tile.add_argument("--tile-size", type=int, default=256, help="tile side in pixels at --mpp")
+    tile.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles")
+    tile.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a tile")
+    tile.add_argument("--mode", default="auto", choices=["auto", "brightfield", "fluorescence"])
+    tile.add_argument("--min-area-mm2", type=float, default=0.01, help="drop tissue pieces smaller than this")
+    tile.add_argument("--slide-mpp", type=float, default=None,
+                      help="um/px of the slides when their metadata lacks it (plain images)")
+
+    _add_ml_parsers(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.wsi_cmd == "info":
+        return _info(args)
+    return {"tile": _tile, "features": _features, "train": _train, "predict": _predict}[args.wsi_cmd](args)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from medseg.errors import MedsegError
+    from medseg.io.wsi import open_slide
+
+    bad = 0
+    for path in args.slides:
+        try:
+            s = open_slide(path, mpp=args.mpp)
+        except MedsegError as exc:
+            print(f"{path}: ERROR {exc.problem}")
+            bad += 1
+            continue
+        info = s.info()
+        s.close()
+        if args.json:
+            print(json.dumps(info))
+            continue
+        w, h = info["dimensions"]
+        print(f"{path}\n  vendor {info['vendor']}, {w} x {h} px, mpp {info['mpp']:.4f} um/px, "
+              f"objective {info['objective_power'] or 'unknown'}x, {len(info['levels'])} level(s)")
+        for lv in info["levels"]:
+            print(f"  level {lv['level']}: {lv['width']} x {lv['height']}  downsample {lv['downsample']:g}  "
+                  f"{lv['mpp']:.4f} um/px")
+        assoc = ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in info["associated_images"].items()) or "none"
+        print(f"  associated images: {assoc}")
+    return 1 if bad else 0
+
+
+def _tile(args: argparse.Namespace) -> int:
+    from medseg.wsi.tile_slides import TilingParams, tile_slides
+
+    p = TilingParams(mpp=args.mpp, tile_size=args.tile_size, overlap=args.overlap, min_tissue=args.min_tissue,
+                     mode=args.mode, min_area_mm2=args.min_area_mm2, slide_mpp=args.slide_mpp)
+    rows = tile_slides(list(args.slides), args.out, p)
+    from medseg.fsutil import atomic_write_text
+
+    atomic_write_text(args.out / "tiling.json", json.dumps(rows, indent=1))
+    for r in rows:
+        if r["status"].startswith("error"):
+            print(f"{r['slide']}: {r['status']} - {r['error']}")
+        else:
+            print(f"{r['slide']}: {r['status']}, {r['n_tiles']} tiles, tissue {r['tissue_area_mm2']:.2f} mm^2")
+    return 1 if any(r["status"].startswith("error") for r in rows) else 0
+
+
+def _add_ml_parsers(sub) -> None:
+    f = sub.add_parser("features", help="encode the tiles of tiled slides (resumable per slide)")
+    f.add_argument("--tiles", type=Path, required=True, help="output folder of 'medseg wsi tile'")
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--encoder", default="tile_resnet18")
+    f.add_argument("--weights", type=Path, default=None, help="encoder weights (.safetensors or .pt)")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--slide-mpp", type=float, default=None)
+
+    t = sub.add_parser("train", help="tiling, features, MIL and BCL as pipeline stages from a YAML config")
+    t.add_argument("--config", type=Path, required=True)
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("predict", help="slide probabilities, attention heatmaps and top tiles")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder written by 'medseg wsi train'")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="slide files or folders")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--top-k", type=int, default=8, help="top-attended tiles saved per slide")
+    p.add_argument("--slide-mpp", type=float, default=None)
+
+
+def _features(args: argparse.Namespace) -> int:
+    from medseg.device import resolve_device
+    from medseg.wsi.features import EncoderSpec, extract_features_batch
+
+    spec = EncoderSpec(name=args.encoder, weights=str(args.weights) if args.weights else None)
+    if spec.weights is None:
+        print("note: no --weights given; the encoder is randomly initialised")
+    rows = extract_features_batch(args.tiles, args.out, spec, device=resolve_device(args.device),
+                                  batch_size=args.batch_size, workers=args.workers, slide_mpp=args.slide_mpp)
+    for r in rows:
+        print(json.dumps(r))
+    return 1 if any(r["status"].startswith("error") for r in rows) else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medseg import config as cfgmod
+    from medseg.pipeline import run_pipeline
+
+    cfg = cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)
+    ctx = run_pipeline(cfg, config_path=args.config.resolve())
+    for name, res in ctx.results.items():
+        if name.startswith("_"):
+            continue
+        short = {k: v for k, v in (res or {}).items() if k not in ("rows",)}
+        print(f"{name}: {json.dumps(short, default=str)[:600]}")
+    print(f"model bundle: {ctx.output_dir / 'model'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medseg.device import resolve_device
+    from medseg.io.wsi import SLIDE_EXTENSIONS
+    from medseg.wsi.predict import predict_slides
+
+    slides: list[Path] = []
+    for p in args.input:
+        slides += sorted(q for q in p.iterdir() if q.suffix.lower() in SLIDE_EXTENSIONS) if p.is_dir() else [p]
+    rows = predict_slides(args.model, slides, args.output, device=resolve_device(args.device),
+                          workers=args.workers, top_k=args.top_k, slide_mpp=args.slide_mpp)
+    for r in rows:
+        extra = f" ({r['error']})" if r.get("error") else ""
+        print(f"{r['slide']}: {r['status']} p={r['probability']} label={r['label']} tiles={r['n_tiles']}{extra}")
+    print(f"predictions: {args.output / 'predictions.csv'}")
+    return 1 if any(str(r["status"]).startswith("error") for r in rows) else 0

@@ -1,0 +1,273 @@
+"""Training and cross-validation of MIL aggregators on bags of feature vectors.
+
+The default configuration (:class:`MILTrainConfig`) is what a user gets on a new data set; it is
+the same for every benchmark in ``docs/benchmarks_wsi.md``. Features are standardised with the
+mean and standard deviation of the *training* instances only; an ensemble of ``ensemble``
+networks with different seeds is averaged (probabilities).
+
+>>> cfg = MILTrainConfig.from_dict({"epochs": 5, "ensemble": 1})
+>>> cfg.model, cfg.epochs
+('gated_attention_mil', 5)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from medseg.config import check_keys
+from medseg.errors import ConfigError, InputError
+from medseg.models import create_model
+from medseg.models.mil import StackedMIL
+from medseg.wsi.bags import Bags
+from medseg.wsi.metrics import binary_metrics, t_interval
+
+log = logging.getLogger("medseg.training.mil")
+
+__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "predict_bags", "stratified_folds", "cross_validate",
+           "save_mil", "load_mil", "attention_weights"]
+
+
+@dataclass
+class MILTrainConfig:
+    """Hyper-parameters of MIL training (YAML keys of the same names)."""
+
+    model: str = "gated_attention_mil"
+    embed_dim: int = 128
+    attn_dim: int = 128
+    embed_layers: int = 1
+    dropout: float = 0.25
+    lr: float = 5e-4
+    weight_decay: float = 1e-3
+    epochs: int = 40
+    batch_bags: int = 1
+    ensemble: int = 5
+    standardize: bool = True
+    threshold: float = 0.5
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "MILTrainConfig":
+        d = dict(d or {})
+        check_keys(d, [f.name for f in fields(cls)], where="mil")
+        cfg = cls(**d)
+        if cfg.epochs < 1 or cfg.ensemble < 1 or cfg.batch_bags < 1:
+            raise ConfigError("mil: epochs, ensemble and batch_bags must be >= 1")
+        return cfg
+
+    def model_kwargs(self, in_features: int) -> dict[str, Any]:
+        kw: dict[str, Any] = {"in_features": in_features, "embed_dim": self.embed_dim, "dropout": self.dropout,
+                              "embed_layers": self.embed_layers}
+        if "attention" in self.model:
+            kw["attn_dim"] = self.attn_dim
+        return kw
+
+
+@dataclass
+class MILEnsemble:
+    """Trained networks plus the feature standardisation they expect."""
+
+    models: list[torch.nn.Module]
+    mean: np.ndarray
+    std: np.ndarray
+    config: MILTrainConfig
+    in_features: int
+    history: list[float] = field(default_factory=list)  # mean training loss per epoch
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+
+def _stack(feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.concatenate(feats, 0))
+    idx = torch.from_numpy(np.repeat(np.arange(len(feats)), [f.shape[0] for f in feats]))
+    return x, idx
+
+
+@contextmanager
+def _few_threads(device: torch.device, n: int = 1) -> Iterator[None]:
+    """MIL heads are tiny: per-op overhead dominates and intra-op threads only add contention
+    (10x slower on a loaded 2-core machine), so CPU training runs single-threaded."""
+    if device.type != "cpu":
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _adam(params, cfg: MILTrainConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # fused kernels missing for this device/build
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit_mil(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0, device: torch.device | str = "cpu") -> MILEnsemble:
+    """Train ``cfg.ensemble`` aggregators on ``bags`` (binary labels); returns the ensemble."""
+    if len(bags) == 0:
+        raise InputError("no bags to train on", code="empty")
+    if len(np.unique(bags.labels)) < 2:
+        raise InputError("training bags hold only one class; MIL needs positive and negative bags",
+                         code="one_class")
+    allx = np.concatenate(bags.features, 0).astype(np.float64)
+    if cfg.standardize:
+        mean, std = allx.mean(0), allx.std(0)
+        std[std < 1e-8] = 1.0
+    else:
+        mean, std = np.zeros(allx.shape[1]), np.ones(allx.shape[1])
+    ens = MILEnsemble([], mean, std, cfg, int(allx.shape[1]))
+    feats = [ens.transform(f) for f in bags.features]
+    y = torch.as_tensor(bags.labels, dtype=torch.float32)
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    members = [create_model(cfg.model, **cfg.model_kwargs(ens.in_features)) for _ in range(cfg.ensemble)]
+    # All members train at once (one batched network; Adam is element-wise, so this equals
+    # training them one by one on the same bag order, with different initialisations).
+    stack = StackedMIL(members).to(dev)
+    opt = _adam(stack.parameters(), cfg)
+    stack.train()
+    with _few_threads(dev):
+        _train_epochs(stack, opt, feats, y, cfg, rng, dev, ens.history)
+    stack.eval()
+    ens.models = [m.eval() for m in stack.cpu().unstack(members)]
+    return ens
+
+
+def _train_epochs(stack, opt, feats, y, cfg, rng, dev, history) -> None:
+    lossf = torch.nn.BCEWithLogitsLoss(reduction="none")
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(feats))
+        tot = 0.0
+        for s in range(0, len(order), cfg.batch_bags):
+            sel = order[s:s + cfg.batch_bags]
+            x, idx = _stack([feats[i] for i in sel])
+            logits = stack(x.to(dev), idx.to(dev), len(sel))  # (E, b)
+            loss = lossf(logits, y[sel].to(dev).expand_as(logits)).mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(sel) / cfg.ensemble
+        history.append(tot / len(feats))
+
+
+@torch.no_grad()
+def predict_bags(ens: MILEnsemble, bags: Bags | list[np.ndarray], *, chunk: int = 256) -> np.ndarray:
+    """Mean ensemble probability ``(B,)`` of the positive class per bag."""
+    feats = bags.features if isinstance(bags, Bags) else bags
+    out = np.zeros(len(feats))
+    for s in range(0, len(feats), chunk):
+        x, idx = _stack([ens.transform(f) for f in feats[s:s + chunk]])
+        n = min(chunk, len(feats) - s)
+        probs = [torch.sigmoid(m(x, idx, n)).numpy() for m in ens.models]
+        out[s:s + n] = np.mean(probs, 0)
+    return out
+
+
+@torch.no_grad()
+def attention_weights(ens: MILEnsemble, bag: np.ndarray) -> np.ndarray:
+    """Mean ensemble attention ``(n,)`` over the instances of one bag (sums to 1)."""
+    x = torch.from_numpy(ens.transform(bag))
+    return np.mean([m.attention(x).numpy() for m in ens.models], 0)
+
+
+def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Split indices into ``k`` folds keeping the class ratio; returns the test indices per fold."""
+    labels = np.asarray(labels)
+    if k < 2:
+        raise ConfigError("folds must be >= 2")
+    if k > len(labels):
+        raise InputError(f"cannot make {k} folds from {len(labels)} bags", code="too_few_bags")
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        for j, i in enumerate(idx):
+            folds[(j + offset) % k].append(int(i))
+        offset += len(idx)
+    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
+
+
+def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats: int = 1, seed: int = 0,
+                   device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Repeated stratified k-fold CV; per-fold metrics plus mean, std and t-interval over folds."""
+    per_fold: list[dict[str, Any]] = []
+    oof = np.full((repeats, len(bags)), np.nan)
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        rng = np.random.default_rng(seed + 7919 * r)
+        for f, test in enumerate(stratified_folds(bags.labels, folds, rng)):
+            train = np.setdiff1d(np.arange(len(bags)), test)
+            ens = fit_mil(bags.subset(train), cfg, seed=seed + 100 * r + f, device=device)
+            prob = predict_bags(ens, bags.subset(test))
+            oof[r, test] = prob
+            m = binary_metrics(bags.labels[test], prob, threshold=cfg.threshold)
+            per_fold.append({"repeat": r, "fold": f, "n_test": int(len(test)), **m})
+        log.info("repeat %d/%d done (%.1f s)", r + 1, repeats, time.perf_counter() - t0)
+    summary: dict[str, Any] = {"n_bags": len(bags), "n_positive": int(bags.labels.sum()), "folds": folds,
+                               "repeats": repeats, "seed": seed, "config": asdict(cfg),
+                               "ci": "two-sided 95% Student-t interval of the mean over all folds"}
+    for key in ("accuracy", "auc", "balanced_accuracy", "f1"):
+        vals = [p[key] for p in per_fold]
+        arr = np.asarray([v for v in vals if not np.isnan(v)])
+        mean, lo, hi = t_interval(vals)
+        summary[f"{key}_mean"] = mean
+        summary[f"{key}_std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+        summary[f"{key}_ci95"] = [lo, hi]
+        # Spread of the per-repeat means (what Ilse et al. report as +- over 5 repeats).
+        rep = [np.nanmean([p[key] for p in per_fold if p["repeat"] == r]) for r in range(repeats)]
+        summary[f"{key}_repeat_means"] = [float(v) for v in rep]
+    pooled = [binary_metrics(bags.labels, oof[r], threshold=cfg.threshold)["auc"] for r in range(repeats)]
+    summary["pooled_auc_per_repeat"] = pooled
+    summary["per_fold"] = per_fold
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def save_mil(ens: MILEnsemble, path: str | Path) -> Path:
+    """Write an ensemble (weights, standardisation, config) to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    from medseg.fsutil import atomic_path
+
+    tensors = {f"m{i}.{k}": v.detach().cpu().contiguous() for i, m in enumerate(ens.models)
+               for k, v in m.state_dict().items()}
+    tensors["mean"] = torch.as_tensor(ens.mean, dtype=torch.float64)
+    tensors["std"] = torch.as_tensor(ens.std, dtype=torch.float64)
+    meta = {"config": json.dumps(asdict(ens.config)), "in_features": str(ens.in_features),
+            "n_models": str(len(ens.models))}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_mil(path: str | Path) -> MILEnsemble:
+    """Read an ensemble written by :func:`save_mil`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # corrupt files raise several types
+        raise InputError(f"cannot read MIL model: {exc}", path=path, code="bad_model") from None
+    cfg = MILTrainConfig.from_dict(json.loads(meta["config"]))
+    d = int(meta["in_features"])
+    models = []
+    for i in range(int(meta["n_models"])):
+        m = create_model(cfg.model, **cfg.model_kwargs(d))
+        m.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
+        models.append(m.eval())
+    return MILEnsemble(models, tensors["mean"].numpy(), tensors["std"].numpy(), cfg, d)

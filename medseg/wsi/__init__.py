@@ -1,0 +1,1 @@
+"""Whole-slide classification: tissue detection, tiling, tile features, MIL bags, heatmaps."""

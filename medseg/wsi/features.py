@@ -1,0 +1,167 @@
+"""Tile features: tiles read in parallel DataLoader workers, batched, encoded (AMP on CUDA).
+
+``extract_slide_features`` encodes the tiles of one slide (coordinates from ``tiles.h5``);
+``extract_features_batch`` does it for every slide of a tiling folder, writing
+``OUT/<slide>/features.h5`` (``features (N, C)``, ``coords (N, 2)``, metadata) atomically. A slide
+whose features file exists with the same encoder, weights and tile grid is skipped (resumable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.errors import InputError, MedsegError, status_of
+from medseg.fsutil import atomic_path, safe_join
+from medseg.io.wsi import open_slide
+from medseg.wsi.tiling import TileGrid, load_tiles
+
+log = logging.getLogger("medseg.wsi.features")
+
+__all__ = ["TileDataset", "EncoderSpec", "encode_tiles", "extract_slide_features", "extract_features_batch",
+           "load_features"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """Tiles of one slide as uint8 tensors ``(3, S, S)``; each worker opens its own slide handle."""
+
+    def __init__(self, slide_path: str, coords: np.ndarray, *, mpp: float, tile_size: int,
+                 slide_mpp: float | None = None):
+        self.slide_path, self.coords = slide_path, np.asarray(coords)
+        self.mpp, self.tile_size, self.slide_mpp = mpp, tile_size, slide_mpp
+        self._slide = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._slide is None:
+            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
+        x, y = self.coords[i]
+        tile = self._slide.read_mpp((int(x), int(y)), (self.tile_size, self.tile_size), mpp=self.mpp)
+        return torch.from_numpy(np.array(tile, dtype=np.uint8)).permute(2, 0, 1)
+
+
+@dataclass
+class EncoderSpec:
+    name: str = "tile_resnet18"
+    weights: str | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def fingerprint(self) -> str:
+        """Identifies encoder + weights content, for resuming."""
+        h = hashlib.sha256(self.name.encode())
+        if self.weights:
+            h.update(Path(self.weights).read_bytes())
+        h.update(json.dumps([list(self.mean), list(self.std)]).encode())
+        return h.hexdigest()[:16]
+
+    def build(self, device: torch.device) -> torch.nn.Module:
+        from medseg.models.encoders import create_encoder
+
+        return create_encoder(self.name, weights=self.weights).to(device).eval()
+
+
+def normalise(batch_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float, scaled to [0, 1] then standardised per channel."""
+    x = batch_u8.float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@torch.no_grad()
+def encode_tiles(encoder: torch.nn.Module, loader, *, device: torch.device, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD) -> np.ndarray:
+    """Encode every batch of uint8 tiles from ``loader``; returns ``(N, C)`` float32."""
+    out = []
+    amp = device.type == "cuda"
+    for batch in loader:
+        x = normalise(batch.to(device, non_blocking=True), mean, std)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            f = encoder(x)
+        out.append(f.float().cpu().numpy())
+    return np.concatenate(out, 0) if out else np.zeros((0, getattr(encoder, "feature_dim", 0)), np.float32)
+
+
+def extract_slide_features(slide_path: str, grid: TileGrid, encoder: torch.nn.Module, *, device: torch.device,
+                           spec: EncoderSpec, batch_size: int = 64, workers: int = 2,
+                           slide_mpp: float | None = None) -> np.ndarray:
+    """Features ``(N, C)`` of the tiles of ``grid`` read from ``slide_path``."""
+    ds = TileDataset(slide_path, grid.coords, mpp=grid.mpp, tile_size=grid.tile_size, slide_mpp=slide_mpp)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device.type == "cuda",
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    return encode_tiles(encoder, loader, device=device, mean=spec.mean, std=spec.std)
+
+
+def save_features(path: Path, feats: np.ndarray, coords: np.ndarray, meta: dict[str, Any]) -> None:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=feats.astype(np.float32))
+            f.create_dataset("coords", data=coords.astype(np.int64))
+            f.attrs["meta"] = json.dumps(meta)
+
+
+def load_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``features (N, C)``, ``coords (N, 2)`` and metadata of a features file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["features"]), np.asarray(f["coords"]), json.loads(f.attrs["meta"])
+    except (OSError, KeyError) as exc:
+        raise InputError(f"not a medseg features file: {exc}", path=path, code="bad_features") from None
+
+
+def extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, *, device: torch.device,
+                           batch_size: int = 64, workers: int = 2, slides: list[str] | None = None,
+                           slide_mpp: float | None = None) -> list[dict[str, Any]]:
+    """Encode every tiled slide under ``tile_root`` (``<slide>/tiles.h5``); resumable, per-slide errors."""
+    encoder = spec.build(device)
+    fp = spec.fingerprint()
+    rows = []
+    names = slides if slides is not None else sorted(p.parent.name for p in tile_root.glob("*/tiles.h5"))
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            grid, meta = load_tiles(safe_join(tile_root, name, "tiles.h5"))
+            out = safe_join(out_root, name, "features.h5")
+            grid_fp = hashlib.sha256(grid.coords.tobytes() + json.dumps(grid.meta()).encode()).hexdigest()[:16]
+            if out.is_file():
+                try:
+                    _, _, old = load_features(out)
+                    if old.get("encoder_fingerprint") == fp and old.get("grid_fingerprint") == grid_fp:
+                        rows.append({"slide": name, "status": "skipped", "n_tiles": len(grid)})
+                        continue
+                except InputError:
+                    pass
+            if meta.get("status") == "no_tissue" or len(grid) == 0:
+                rows.append({"slide": name, "status": "no_tissue", "n_tiles": 0})
+                continue
+            feats = extract_slide_features(meta["slide_path"], grid, encoder, device=device, spec=spec,
+                                           batch_size=batch_size, workers=workers, slide_mpp=slide_mpp)
+            fmeta = {**meta, **grid.meta(), "encoder": spec.name, "encoder_fingerprint": fp,
+                     "grid_fingerprint": grid_fp, "feature_dim": int(feats.shape[1])}
+            save_features(out, feats, grid.coords, fmeta)
+            dt = time.perf_counter() - t0
+            rows.append({"slide": name, "status": "ok", "n_tiles": len(grid), "seconds": round(dt, 2),
+                         "tiles_per_s": round(len(grid) / max(dt, 1e-9), 1)})
+        except MedsegError as exc:
+            log.error("%s", exc)
+            rows.append({"slide": name, "status": status_of(exc), "error": exc.problem})
+    return rows
