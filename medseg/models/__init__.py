@@ -32,8 +32,7 @@ register_model = MODELS.register
 
 # Modules whose import registers models.
 MODEL_MODULES: list[str] = ["medseg.models.unet", "medseg.models.transunet",
-                             "medseg.models.swin_unet"]
-MODEL_MODULES: list[str] = ["medseg.models.mil", "medseg.models.encoders"]
+                             "medseg.models.swin_unet", "medseg.models.mil", "medseg.models.encoders"]
 
 
 def _load_all() -> None:

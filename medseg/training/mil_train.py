@@ -1,7 +1,7 @@
 """Training and cross-validation of MIL aggregators on bags of feature vectors.
 
 The default configuration (:class:`MILTrainConfig`) is what a user gets on a new data set; it is
-the same for every benchmark in ``docs/benchmarks_wsi.md``. Features are standardised with the
+the same for every benchmark in ``docs/benchmarks.md``. Features are standardised with the
 mean and standard deviation of the *training* instances only; an ensemble of ``ensemble``
 networks with different seeds is averaged (probabilities).
 
