@@ -16,7 +16,7 @@ import pytest
 from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
 from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
 
-N_CASES = 5
+N_CASES = 8
 
 
 def _env():
@@ -48,7 +48,7 @@ def test_predict_killed_and_rerun_is_identical(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(N_CASES):
-        save_nifti(blob_image((24, 28, 20), seed=i), src / f"case_{i}.nii.gz", oblique_lps_affine(spacing=(1, 1, 1)))
+        save_nifti(blob_image((40, 48, 36), seed=i), src / f"case_{i}.nii.gz", oblique_lps_affine(spacing=(1, 1, 1)))
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     subprocess.run(_cmd(bundle, src, ref_dir), env=_env(), check=True, timeout=180, capture_output=True)
 
@@ -62,7 +62,9 @@ def test_predict_killed_and_rerun_is_identical(tmp_path):
             deadline = time.monotonic() + 90
             while proc.poll() is None and _done(run_dir) == before and time.monotonic() < deadline:
                 time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.3))
+        # odd rounds kill at a random moment; even rounds right after a case was recorded, so that
+        # at least one kill lands mid-run even when the cases are fast on a quiet machine
+        time.sleep(rng.uniform(0.0, 0.3) if it % 2 else 0.0)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
