@@ -51,7 +51,7 @@ def sliding_window(
     ----------
     model : callable
         Maps a ``(B, C, *roi_size)`` tensor to ``(B, K, *roi_size)`` logits. Put modules in
-        ``eval()`` mode first; the model is not modified.
+        evaluation mode (``model.train(False)``) first; the model is not modified.
     image : torch.Tensor
         ``(N, C, *spatial)``; any spatial size, also smaller than the window (it is padded with
         ``pad_value``, centred, and the output cropped back).
