@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kill_helpers import cases_recorded, tree_bytes
 
 from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
 
@@ -49,17 +50,6 @@ def _env():
     return env
 
 
-def _done(root: Path) -> int:
-    try:
-        return len(json.loads((root / MANIFEST).read_text())["cases"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_and_rerun_is_identical(tmp_path):
     script = tmp_path / "worker.py"
@@ -70,22 +60,22 @@ def test_sigkill_and_rerun_is_identical(tmp_path):
     rng = random.Random(7)
     partial = []  # cases done after each kill that landed mid-run
     for it in range(6):
-        before = _done(run_dir)
+        before = cases_recorded(run_dir)
         proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], env=_env())
         if it > 0:  # the first kill may hit start-up; the others wait for progress, then a random moment
             deadline = time.monotonic() + 60
-            while proc.poll() is None and _done(run_dir) == before and time.monotonic() < deadline:
+            while proc.poll() is None and cases_recorded(run_dir) == before and time.monotonic() < deadline:
                 time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.12))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        if proc.returncode == -signal.SIGKILL and 0 < _done(run_dir) < 12:
-            partial.append(_done(run_dir))
+        if proc.returncode == -signal.SIGKILL and 0 < cases_recorded(run_dir) < 12:
+            partial.append(cases_recorded(run_dir))
     subprocess.run([sys.executable, str(script), str(run_dir)], env=_env(), check=True, timeout=120)
     assert len(partial) >= 2, partial  # the kills really interrupted runs with work done and left
 
-    ref, got = _files(ref_dir), _files(run_dir)
+    ref, got = tree_bytes(ref_dir), tree_bytes(run_dir)
     assert sorted(got) == sorted(ref)  # same files, no temporary files left
     assert not [n for n in got if _TMP_NAME.match(Path(n).name)]
     for name in ref:

@@ -22,14 +22,6 @@ TINY = {
 ODD = {2: (37, 29), 3: (19, 27, 13)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a loaded 2-core machine OpenMP waits made these
-    tests 10-30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _aux_sizes(name: str, size: tuple[int, ...], kw: dict) -> list[tuple[int, ...]]:

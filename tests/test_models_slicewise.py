@@ -10,13 +10,6 @@ from medseg.models import create_model
 from medseg.models.slicewise import SliceWise, slicewise_model, slicing_axis
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads (and OpenMP waits slow them down on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("spacing,axis", [

@@ -12,13 +12,6 @@ from medseg.models.swin import (PatchExpand, PatchMerging, SwinBlock, effective_
                                 window_reverse)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads (and OpenMP waits slow them down on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_window_partition_by_hand_and_roundtrip():

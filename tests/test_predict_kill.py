@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kill_helpers import cases_recorded, tree_bytes
 
 from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
 from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
@@ -31,17 +32,6 @@ def _cmd(bundle: Path, src: Path, out: Path) -> list[str]:
             str(out), "--device", "cpu", "--workers", "1", "--save-probabilities", "--no-progress"]
 
 
-def _done(root: Path) -> int:
-    try:
-        return len(json.loads((root / MANIFEST).read_text())["cases"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_predict_killed_and_rerun_is_identical(tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
@@ -55,12 +45,12 @@ def test_predict_killed_and_rerun_is_identical(tmp_path):
     rng = random.Random(11)
     partial = []
     for it in range(4):
-        before = _done(run_dir)
+        before = cases_recorded(run_dir)
         proc = subprocess.Popen(_cmd(bundle, src, run_dir), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         if it > 0:  # the first kill may land in start-up; the others after a case was recorded
             deadline = time.monotonic() + 90
-            while proc.poll() is None and _done(run_dir) == before and time.monotonic() < deadline:
+            while proc.poll() is None and cases_recorded(run_dir) == before and time.monotonic() < deadline:
                 time.sleep(0.005)
         # odd rounds kill at a random moment; even rounds right after a case was recorded, so that
         # at least one kill lands mid-run even when the cases are fast on a quiet machine
@@ -68,12 +58,12 @@ def test_predict_killed_and_rerun_is_identical(tmp_path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        if proc.returncode == -signal.SIGKILL and 0 < _done(run_dir) < N_CASES:
-            partial.append(_done(run_dir))
+        if proc.returncode == -signal.SIGKILL and 0 < cases_recorded(run_dir) < N_CASES:
+            partial.append(cases_recorded(run_dir))
     subprocess.run(_cmd(bundle, src, run_dir), env=_env(), check=True, timeout=180, capture_output=True)
     assert partial, "no kill interrupted a run that had work done and left"
 
-    ref, got = _files(ref_dir), _files(run_dir)
+    ref, got = tree_bytes(ref_dir), tree_bytes(run_dir)
     assert sorted(got) == sorted(ref)          # same files, no temporary files left
     assert not [n for n in got if _TMP_NAME.match(Path(n).name)]
     for name in ref:
