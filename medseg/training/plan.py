@@ -64,23 +64,23 @@ def make_plan(cases: dict, plan_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Per-case intensity normalisation of ``image`` (C, z, y, x) -> float32, channel by channel."""
+    """Per-case intensity normalisation of ``image`` (C, z, y, x) -> float32, channel by channel
+    (:func:`medseg.preprocess.normalize.zscore_array`; ``zscore_nonzero`` keeps zeros at 0)."""
+    from medseg.preprocess.normalize import zscore_array
+
     out = np.empty(image.shape, dtype=np.float32)
     for c in range(image.shape[0]):
-        x = image[c].astype(np.float64)
+        x = image[c]
         if method == "none":
             out[c] = x
             continue
-        mask = x != 0 if method == "zscore_nonzero" else np.ones(x.shape, bool)
-        if not mask.any():
+        mask = x != 0 if method == "zscore_nonzero" else None
+        if mask is not None and not mask.any():
             out[c] = 0.0
             continue
-        vals = x[mask]
-        mean, std = float(vals.mean()), float(vals.std())
-        y = (x - mean) / max(std, 1e-8)
-        if method == "zscore_nonzero":
-            y[~mask] = 0.0
-        out[c] = y
+        out[c] = zscore_array(x, mask=mask)
+        if mask is not None:
+            out[c][~mask] = 0.0
     return out
 
 
