@@ -1,0 +1,176 @@
+"""Run per-case functions on a Ray cluster with Ray Data (imported only for ``--executor ray``).
+
+Cases stream through a Ray Data pipeline, one case per block::
+
+    read (CPU tasks) -> model (actor pool: one model load per actor, 1 GPU each when the
+    cluster has GPUs) -> write (CPU tasks) -> driver (manifest, checksums, progress)
+
+Every stage catches the case's own exception and passes it on as data (``{"code", "message"}``,
+exactly what the local executor records), so a bad case never fails the dataset. Tasks lost to a
+crashed worker or node are retried (``max_retries``; actors are restarted, ``max_restarts``).
+Payloads travel between stages as pickles made by this module (volumes, predictions): Ray
+pickles objects between its own workers anyway; nothing read from disk is unpickled.
+
+Outputs are written by the write tasks straight into the output folder, through the same writers
+(atomic temp file + rename) as locally, so on a multi-node cluster the output folder must be on a
+file system every node mounts at the same path (and the inputs too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from medseg.executors import ExecutorSpec, RemoteStages, error_of, require_ray
+
+log = logging.getLogger("medseg.ray")
+
+
+def connect(spec: ExecutorSpec) -> bool:
+    """Join ``spec.address`` (or start a one-machine cluster). Returns True when this call started Ray."""
+    ray = require_ray()
+    if ray.is_initialized():
+        _quiet_data()
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+                              "configure_logging": True}
+    if spec.address:
+        kwargs["address"] = spec.address
+    else:  # a private cluster: its workers import the same medseg as this process
+        import medseg
+
+        root = str(Path(medseg.__file__).resolve().parent.parent)
+        pp = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pp}}
+    ray.init(**kwargs)
+    _quiet_data()
+    return True
+
+
+def _quiet_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def disconnect(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+def _dump(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load(blob: bytes) -> Any:
+    return pickle.loads(blob)  # only blobs made by _dump in this pipeline
+
+
+# --- stages (module level so that they pickle by reference) -------------------------------------------
+
+def _read_row(row: dict, load: Callable[[Any], Any] | None) -> dict:
+    err = row["err"]
+    data = None
+    if not err:
+        try:
+            inp = _load(row["p"])
+            data = load(inp) if load is not None else inp
+        except Exception as exc:  # noqa: BLE001 - the case fails, not the dataset
+            err = _dump(error_of(exc))
+    return {"i": row["i"], "cid": row["cid"], "p": _dump(data), "err": err}
+
+
+class _ComputeActor:
+    """Holds one compute function (one model) for its whole life."""
+
+    def __init__(self, factory: Callable[[], Callable[[str, Any], Any]]):
+        self.compute = factory()
+
+    def __call__(self, row: dict) -> dict:
+        err, result = row["err"], None
+        if not err:
+            try:
+                result = self.compute(row["cid"], _load(row["p"]))
+            except Exception as exc:  # noqa: BLE001
+                err = _dump(error_of(exc))
+        return {"i": row["i"], "cid": row["cid"], "p": _dump(result), "err": err}
+
+
+def _write_row(row: dict, write: Callable[[str, Any, Path], Iterable], out_dir: str) -> dict:
+    err, paths = row["err"], []
+    if not err:
+        try:
+            paths = [str(p) for p in (write(row["cid"], _load(row["p"]), Path(out_dir)) or ())]
+        except Exception as exc:  # noqa: BLE001
+            err = _dump(error_of(exc))
+    return {"i": row["i"], "cid": row["cid"], "p": _dump(paths), "err": err}
+
+
+def _map_row(row: dict, fn: Callable[[Any], Any]) -> dict:
+    return {"i": row["i"], "cid": row["cid"], "p": _dump(fn(_load(row["p"]))), "err": b""}
+
+
+# --- pipelines -----------------------------------------------------------------------------------------
+
+def _dataset(items: list[tuple[str, Any]]):
+    import ray.data
+
+    rows = [{"i": i, "cid": str(cid), "p": _dump(inp), "err": b""} for i, (cid, inp) in enumerate(items)]
+    return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+
+
+def _actor_resources(spec: ExecutorSpec, gpu: bool) -> tuple[int, dict[str, Any]]:
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if gpu else 0
+    n = spec.actors or max(1, gpus)
+    res: dict[str, Any] = {"num_cpus": 1}
+    if gpus:
+        res["num_gpus"] = 1
+    return n, res
+
+
+def stream_cases(todo: list[tuple[str, Any]], *, stages: RemoteStages, out_dir: Path,
+                 spec: ExecutorSpec) -> Iterator[tuple[str, list[str] | None, dict[str, str] | None]]:
+    """Run read -> compute -> write for ``todo`` on Ray; yield ``(case_id, paths, error)`` as cases finish."""
+    import ray.data
+
+    started = connect(spec)
+    try:
+        n_actors, res = _actor_resources(spec, stages.gpu)
+        log.info("ray: %d cases, %d model actor(s) %s", len(todo), n_actors, res)
+        retry = {"max_retries": spec.max_retries}
+        ds = _dataset(todo)
+        ds = ds.map(_read_row, fn_kwargs={"load": stages.load}, num_cpus=1, **retry)
+        ds = ds.map(_ComputeActor, fn_constructor_kwargs={"factory": stages.compute_factory},
+                    compute=ray.data.ActorPoolStrategy(size=n_actors), max_restarts=spec.max_retries,
+                    max_task_retries=spec.max_retries, **res)
+        ds = ds.map(_write_row, fn_kwargs={"write": stages.write, "out_dir": str(out_dir)}, num_cpus=1, **retry)
+        for row in ds.iter_rows():
+            err = _load(row["err"]) if row["err"] else None
+            yield row["cid"], (None if err else _load(row["p"])), err
+    finally:
+        disconnect(started)
+
+
+def map_unordered(fn: Callable[[Any], Any], items: list[Any], *, spec: ExecutorSpec) -> Iterator[tuple[int, Any]]:
+    """``(index, fn(item))`` for every item, computed in Ray CPU tasks, yielded as they finish.
+
+    ``fn`` must catch the errors of its item itself (as :func:`medseg.metrics.cohort._score_one`
+    does): an exception escaping ``fn`` fails the run.
+    """
+    started = connect(spec)
+    try:
+        ds = _dataset([(str(i), it) for i, it in enumerate(items)])
+        ds = ds.map(_map_row, fn_kwargs={"fn": fn}, num_cpus=1, max_retries=spec.max_retries)
+        for row in ds.iter_rows():
+            yield int(row["i"]), _load(row["p"])
+    finally:
+        disconnect(started)
