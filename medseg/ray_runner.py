@@ -22,7 +22,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from medseg.executors import ExecutorSpec, RemoteStages, error_of, require_ray
 
@@ -103,11 +103,11 @@ class _ComputeActor:
         return {"i": row["i"], "cid": row["cid"], "p": _dump(result), "err": err}
 
 
-def _write_row(row: dict, write: Callable[[str, Any, Path], Iterable], out_dir: str) -> dict:
-    err, paths = row["err"], []
+def _write_row(row: dict, write: Callable[[str, Any, Path], Any], out_dir: str) -> dict:
+    err, paths = row["err"], None
     if not err:
         try:
-            paths = [str(p) for p in (write(row["cid"], _load(row["p"]), Path(out_dir)) or ())]
+            paths = write(row["cid"], _load(row["p"]), Path(out_dir))
         except Exception as exc:  # noqa: BLE001
             err = _dump(error_of(exc))
     return {"i": row["i"], "cid": row["cid"], "p": _dump(paths), "err": err}
@@ -138,8 +138,9 @@ def _actor_resources(spec: ExecutorSpec, gpu: bool) -> tuple[int, dict[str, Any]
 
 
 def stream_cases(todo: list[tuple[str, Any]], *, stages: RemoteStages, out_dir: Path,
-                 spec: ExecutorSpec) -> Iterator[tuple[str, list[str] | None, dict[str, str] | None]]:
-    """Run read -> compute -> write for ``todo`` on Ray; yield ``(case_id, paths, error)`` as cases finish."""
+                 spec: ExecutorSpec) -> Iterator[tuple[str, Any, dict[str, str] | None]]:
+    """Run read -> compute -> write for ``todo`` on Ray; yield ``(case_id, what write returned, error)``
+    as cases finish (in any order)."""
     import ray.data
 
     started = connect(spec)

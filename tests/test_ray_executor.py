@@ -125,3 +125,43 @@ def test_missing_ray_gives_the_install_hint(monkeypatch):
         executor_spec("dask")
     with pytest.raises(ConfigError, match="--ray-address"):
         executor_spec("local", address="auto")
+
+
+def test_wsi_features_on_ray_equal_local(cluster, tmp_path):
+    import torch
+    from PIL import Image
+
+    from medseg.models.encoders import create_encoder, save_weights
+    from medseg.wsi.features import EncoderSpec, extract_features_batch, load_features
+    from medseg.wsi.tile_slides import TilingParams, tile_slides
+
+    rng = np.random.default_rng(3)
+    slides = []
+    for k in range(2):
+        img = np.full((192, 192, 3), 240, np.uint8)
+        img[24:168, 24:168] = rng.integers(0, 255, (144, 144, 3)).astype(np.uint8) // 2 + (100, 0, 60)
+        Image.fromarray(img).save(tmp_path / f"s{k}.png")
+        slides.append(tmp_path / f"s{k}.png")
+    tile_slides(slides, tmp_path / "tiles", TilingParams(mpp=2.0, tile_size=32, slide_mpp=1.0, mask_mpp=8.0))
+    (tmp_path / "tiles" / "broken").mkdir()
+    (tmp_path / "tiles" / "broken" / "tiles.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # cut short
+    torch.manual_seed(0)
+    w = tmp_path / "enc.safetensors"
+    save_weights(create_encoder("tile_resnet_tiny"), w)
+    spec = EncoderSpec(name="tile_resnet_tiny", weights=str(w))
+    kw = dict(batch_size=4, workers=0, slide_mpp=1.0)
+    rows_l = extract_features_batch(tmp_path / "tiles", tmp_path / "f_local", spec, device="cpu", **kw)
+    rows_r = extract_features_batch(tmp_path / "tiles", tmp_path / "f_ray", spec, device="cpu", executor="ray", **kw)
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "tiles_per_s")} for r in rows_l]
+    assert strip == [{k: v for k, v in r.items() if k not in ("seconds", "tiles_per_s")} for r in rows_r]
+    assert [r["slide"] for r in rows_l] == ["broken", "s0", "s1"]
+    assert rows_l[0]["status"].startswith("error:") and [r["status"] for r in rows_l[1:]] == ["ok", "ok"]
+    for k in range(2):
+        fl, cl, ml = load_features(tmp_path / "f_local" / f"s{k}" / "features.h5")
+        fr, cr, mr = load_features(tmp_path / "f_ray" / f"s{k}" / "features.h5")
+        assert fl.shape[0] > 4
+        np.testing.assert_array_equal(fl, fr)
+        np.testing.assert_array_equal(cl, cr)
+        assert ml == mr
+    again = extract_features_batch(tmp_path / "tiles", tmp_path / "f_ray", spec, device="cpu", executor="ray", **kw)
+    assert [r["status"] for r in again[1:]] == ["skipped", "skipped"]
