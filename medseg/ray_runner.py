@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -147,13 +148,15 @@ def stream_cases(todo: list[tuple[str, Any]], *, stages: RemoteStages, out_dir: 
     try:
         n_actors, res = _actor_resources(spec, stages.gpu)
         log.info("ray: %d cases, %d model actor(s) %s", len(todo), n_actors, res)
-        retry = {"max_retries": spec.max_retries}
+        retry = partial(dict, max_retries=spec.max_retries)  # tasks lost with a worker or node run again
         ds = _dataset(todo)
-        ds = ds.map(_read_row, fn_kwargs={"load": stages.load}, num_cpus=1, **retry)
+        ds = ds.map(_read_row, fn_kwargs={"load": stages.load}, num_cpus=1, ray_remote_args_fn=retry)
         ds = ds.map(_ComputeActor, fn_constructor_kwargs={"factory": stages.compute_factory},
-                    compute=ray.data.ActorPoolStrategy(size=n_actors), max_restarts=spec.max_retries,
-                    max_task_retries=spec.max_retries, **res)
-        ds = ds.map(_write_row, fn_kwargs={"write": stages.write, "out_dir": str(out_dir)}, num_cpus=1, **retry)
+                    compute=ray.data.ActorPoolStrategy(size=n_actors),
+                    ray_remote_args_fn=partial(dict, max_restarts=spec.max_retries,
+                                               max_task_retries=spec.max_retries), **res)
+        ds = ds.map(_write_row, fn_kwargs={"write": stages.write, "out_dir": str(out_dir)}, num_cpus=1,
+                    ray_remote_args_fn=retry)
         for row in ds.iter_rows():
             err = _load(row["err"]) if row["err"] else None
             yield row["cid"], (None if err else _load(row["p"])), err
@@ -170,7 +173,8 @@ def map_unordered(fn: Callable[[Any], Any], items: list[Any], *, spec: ExecutorS
     started = connect(spec)
     try:
         ds = _dataset([(str(i), it) for i, it in enumerate(items)])
-        ds = ds.map(_map_row, fn_kwargs={"fn": fn}, num_cpus=1, max_retries=spec.max_retries)
+        ds = ds.map(_map_row, fn_kwargs={"fn": fn}, num_cpus=1,
+                    ray_remote_args_fn=partial(dict, max_retries=spec.max_retries))
         for row in ds.iter_rows():
             yield int(row["i"]), _load(row["p"])
     finally:
