@@ -18,10 +18,11 @@ file system every node mounts at the same path (and the inputs too).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
-from functools import partial
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -127,6 +128,17 @@ def _dataset(items: list[tuple[str, Any]]):
     return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
 
 
+@contextlib.contextmanager
+def _bounded_retries():
+    """Ray Data retries lost tasks and restarts actors without limit by default, so a case that kills
+    its worker every time (out of memory, a crashing library) would loop forever; medseg bounds them
+    with the ``max_retries``/``max_restarts`` remote args. Ray 2.60 marks passing those to ``map`` as
+    deprecated (removal announced for 2.64) without a replacement yet: its warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        yield
+
+
 def _actor_resources(spec: ExecutorSpec, gpu: bool) -> tuple[int, dict[str, Any]]:
     import ray
 
@@ -148,15 +160,14 @@ def stream_cases(todo: list[tuple[str, Any]], *, stages: RemoteStages, out_dir: 
     try:
         n_actors, res = _actor_resources(spec, stages.gpu)
         log.info("ray: %d cases, %d model actor(s) %s", len(todo), n_actors, res)
-        retry = partial(dict, max_retries=spec.max_retries)  # tasks lost with a worker or node run again
+        retry = {"max_retries": spec.max_retries}
         ds = _dataset(todo)
-        ds = ds.map(_read_row, fn_kwargs={"load": stages.load}, num_cpus=1, ray_remote_args_fn=retry)
-        ds = ds.map(_ComputeActor, fn_constructor_kwargs={"factory": stages.compute_factory},
-                    compute=ray.data.ActorPoolStrategy(size=n_actors),
-                    ray_remote_args_fn=partial(dict, max_restarts=spec.max_retries,
-                                               max_task_retries=spec.max_retries), **res)
-        ds = ds.map(_write_row, fn_kwargs={"write": stages.write, "out_dir": str(out_dir)}, num_cpus=1,
-                    ray_remote_args_fn=retry)
+        with _bounded_retries():
+            ds = ds.map(_read_row, fn_kwargs={"load": stages.load}, num_cpus=1, **retry)
+            ds = ds.map(_ComputeActor, fn_constructor_kwargs={"factory": stages.compute_factory},
+                        compute=ray.data.ActorPoolStrategy(size=n_actors), max_restarts=spec.max_retries,
+                        max_task_retries=spec.max_retries, **res)
+            ds = ds.map(_write_row, fn_kwargs={"write": stages.write, "out_dir": str(out_dir)}, num_cpus=1, **retry)
         for row in ds.iter_rows():
             err = _load(row["err"]) if row["err"] else None
             yield row["cid"], (None if err else _load(row["p"])), err
@@ -173,8 +184,8 @@ def map_unordered(fn: Callable[[Any], Any], items: list[Any], *, spec: ExecutorS
     started = connect(spec)
     try:
         ds = _dataset([(str(i), it) for i, it in enumerate(items)])
-        ds = ds.map(_map_row, fn_kwargs={"fn": fn}, num_cpus=1,
-                    ray_remote_args_fn=partial(dict, max_retries=spec.max_retries))
+        with _bounded_retries():
+            ds = ds.map(_map_row, fn_kwargs={"fn": fn}, num_cpus=1, max_retries=spec.max_retries)
         for row in ds.iter_rows():
             yield int(row["i"]), _load(row["p"])
     finally:
