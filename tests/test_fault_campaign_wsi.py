@@ -45,3 +45,22 @@ def test_damaged_slides_give_per_slide_errors_never_a_crash(tmp_path):
     # zeroed JPEG data in the full-resolution level of the SVS fails the slide (read_failed)
     assert all(errors.get(f"CMU_1_Small_Region_p0_zeros_{f}") == "error:read_failed" for f in (0.2, 0.4, 0.6, 0.8))
     assert {e.split(":")[1] for e in errors.values()} <= SLIDE_CODES
+
+
+def test_tile_read_error_keeps_its_code_across_dataloader_workers(tmp_path):
+    """A damaged pyramid level read by DataLoader worker processes (the CLI default, --workers 2) gives
+    the same per-slide ``error:read_failed`` and message as reading in the main process."""
+    import torch
+
+    from medseg.wsi.features import EncoderSpec, extract_features_batch
+    from medseg.wsi.tile_slides import TilingParams, tile_slides
+
+    slide = shared_path("wsi", SLIDES[1])
+    cases = make_slide_corpus(tmp_path / "c", [slide], select=lambda n: "_p1_zeros_0.2." in n)
+    assert [r["status"] for r in tile_slides([cases[0].path], tmp_path / "t", TilingParams(tile_size=512))] == ["ok"]
+    spec = EncoderSpec(name="tile_resnet_tiny")
+    rows = [extract_features_batch(tmp_path / "t", tmp_path / f"f{w}", spec, device=torch.device("cpu"), batch_size=8,
+                                   workers=w)[0] for w in (0, 2)]
+    assert rows[0]["status"] == rows[1]["status"] == "error:read_failed"
+    assert rows[0]["error"] == rows[1]["error"] and rows[1]["error"].startswith("cannot read region")
+    assert "Traceback" not in rows[1]["error"]

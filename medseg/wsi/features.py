@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class TileReadError(InputError):
+    """A tile that could not be read, raised in a DataLoader worker.
+
+    The DataLoader re-raises a worker's exception in the main process as ``type(exc)(traceback text)``,
+    which would lose the code and the file. This class writes them into its message in the worker
+    (``PATH: PROBLEM [code=CODE]``) and reads them back from the traceback text in the main process.
+    """
+
+    _TAIL = re.compile(r"TileReadError: (?P<msg>.*) \[code=(?P<code>[A-Za-z0-9_]+)\]\s*$", re.S)
+
+    def __init__(self, message: str, *, path: str | None = None, code: str | None = None):
+        m = self._TAIL.search(message) if path is None and code is None else None
+        if m:  # re-raised by the DataLoader: PATH: PROBLEM [code=CODE] is the traceback's last line
+            last = m["msg"].strip().splitlines()[-1]
+            path, _, message = last.partition(": ") if ": " in last else (None, "", last)
+            code = m["code"]
+        super().__init__(message, path=path, code=code)
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} [code={self.code}]"
+
+
 class TileDataset(torch.utils.data.Dataset):
     """Tiles of one slide as uint8 tensors ``(3, S, S)``; each worker opens its own slide handle."""
 
@@ -46,10 +69,15 @@ class TileDataset(torch.utils.data.Dataset):
         return len(self.coords)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        if self._slide is None:
-            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
-        x, y = self.coords[i]
-        tile = self._slide.read_mpp((int(x), int(y)), (self.tile_size, self.tile_size), mpp=self.mpp)
+        try:
+            if self._slide is None:
+                self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
+            x, y = self.coords[i]
+            tile = self._slide.read_mpp((int(x), int(y)), (self.tile_size, self.tile_size), mpp=self.mpp)
+        except TileReadError:
+            raise
+        except MedsegError as exc:  # keep the code and file across the DataLoader worker boundary
+            raise TileReadError(exc.problem, path=exc.path or self.slide_path, code=exc.code) from None
         return torch.from_numpy(np.array(tile, dtype=np.uint8)).permute(2, 0, 1)
 
 
