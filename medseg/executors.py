@@ -86,8 +86,12 @@ def add_executor_args(p) -> None:
 
 
 def spec_from_args(args) -> ExecutorSpec:
-    return executor_spec(getattr(args, "executor", "local"), getattr(args, "ray_address", None),
+    """The executor of a CLI run; with ``--executor ray`` fails at once (install hint) when Ray is missing."""
+    spec = executor_spec(getattr(args, "executor", "local"), getattr(args, "ray_address", None),
                          getattr(args, "ray_actors", None))
+    if not spec.is_local:
+        require_ray()
+    return spec
 
 
 def error_of(exc: BaseException) -> dict[str, str]:

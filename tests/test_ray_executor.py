@@ -114,13 +114,18 @@ def test_cli_default_path_never_imports_ray(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
-def test_missing_ray_gives_the_install_hint(monkeypatch):
+def test_missing_ray_gives_the_install_hint(monkeypatch, caplog):
     from medseg.errors import ConfigError
     from medseg.executors import executor_spec, require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match=r"pip install 'medseg\[distributed\]'"):
         require_ray()
+    from medseg.cli.main import main
+
+    # the CLI fails before reading any case, with the hint (exit code 1)
+    assert main(["evaluate", "--pred", "nowhere", "--ref", "nowhere", "--out", "x", "--executor", "ray"]) == 1
+    assert "pip install 'medseg[distributed]'" in caplog.text
     with pytest.raises(ConfigError, match="--executor"):
         executor_spec("dask")
     with pytest.raises(ConfigError, match="--ray-address"):
