@@ -8,8 +8,9 @@ Cases stream through a Ray Data pipeline, one case per block::
 Every stage catches the case's own exception and passes it on as data (``{"code", "message"}``,
 exactly what the local executor records), so a bad case never fails the dataset. Tasks lost to a
 crashed worker or node are retried (``max_retries``; actors are restarted, ``max_restarts``).
-Payloads travel between stages as pickles made by this module (volumes, predictions): Ray
-pickles objects between its own workers anyway; nothing read from disk is unpickled.
+Payloads (volumes, predictions) travel between stages as opaque Python objects that Ray
+serialises between its own workers; medseg never unpickles anything, and nothing read from disk
+is unpickled.
 
 Outputs are written by the write tasks straight into the output folder, through the same writers
 (atomic temp file + rename) as locally, so on a multi-node cluster the output folder must be on a
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -67,26 +67,32 @@ def disconnect(started: bool) -> None:
         ray.shutdown()
 
 
-def _dump(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+class _Box:
+    """An opaque holder for a row's payload (volumes, predictions, error dicts), so Ray Data keeps it as
+    one Python object column (Ray serialises it between its workers) instead of converting it to Arrow
+    types; medseg itself never unpickles anything."""
 
+    __slots__ = ("value",)
 
-def _load(blob: bytes) -> Any:
-    return pickle.loads(blob)  # only blobs made by _dump in this pipeline
+    def __init__(self, value: Any = None):
+        self.value = value
 
 
 # --- stages (module level so that they pickle by reference) -------------------------------------------
 
+def _row(row: dict, payload: Any, err: dict | None) -> dict:
+    return {"i": row["i"], "cid": row["cid"], "p": _Box(payload), "err": _Box(err)}
+
+
 def _read_row(row: dict, load: Callable[[Any], Any] | None) -> dict:
-    err = row["err"]
-    data = None
-    if not err:
+    err, data = row["err"].value, None
+    if err is None:
         try:
-            inp = _load(row["p"])
+            inp = row["p"].value
             data = load(inp) if load is not None else inp
         except Exception as exc:  # noqa: BLE001 - the case fails, not the dataset
-            err = _dump(error_of(exc))
-    return {"i": row["i"], "cid": row["cid"], "p": _dump(data), "err": err}
+            err = error_of(exc)
+    return _row(row, data, err)
 
 
 class _ComputeActor:
@@ -96,27 +102,27 @@ class _ComputeActor:
         self.compute = factory()
 
     def __call__(self, row: dict) -> dict:
-        err, result = row["err"], None
-        if not err:
+        err, result = row["err"].value, None
+        if err is None:
             try:
-                result = self.compute(row["cid"], _load(row["p"]))
+                result = self.compute(row["cid"], row["p"].value)
             except Exception as exc:  # noqa: BLE001
-                err = _dump(error_of(exc))
-        return {"i": row["i"], "cid": row["cid"], "p": _dump(result), "err": err}
+                err = error_of(exc)
+        return _row(row, result, err)
 
 
 def _write_row(row: dict, write: Callable[[str, Any, Path], Any], out_dir: str) -> dict:
-    err, paths = row["err"], None
-    if not err:
+    err, paths = row["err"].value, None
+    if err is None:
         try:
-            paths = write(row["cid"], _load(row["p"]), Path(out_dir))
+            paths = write(row["cid"], row["p"].value, Path(out_dir))
         except Exception as exc:  # noqa: BLE001
-            err = _dump(error_of(exc))
-    return {"i": row["i"], "cid": row["cid"], "p": _dump(paths), "err": err}
+            err = error_of(exc)
+    return _row(row, paths, err)
 
 
 def _map_row(row: dict, fn: Callable[[Any], Any]) -> dict:
-    return {"i": row["i"], "cid": row["cid"], "p": _dump(fn(_load(row["p"]))), "err": b""}
+    return _row(row, fn(row["p"].value), None)
 
 
 # --- pipelines -----------------------------------------------------------------------------------------
@@ -124,7 +130,7 @@ def _map_row(row: dict, fn: Callable[[Any], Any]) -> dict:
 def _dataset(items: list[tuple[str, Any]]):
     import ray.data
 
-    rows = [{"i": i, "cid": str(cid), "p": _dump(inp), "err": b""} for i, (cid, inp) in enumerate(items)]
+    rows = [{"i": i, "cid": str(cid), "p": _Box(inp), "err": _Box(None)} for i, (cid, inp) in enumerate(items)]
     return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
 
 
@@ -169,8 +175,8 @@ def stream_cases(todo: list[tuple[str, Any]], *, stages: RemoteStages, out_dir: 
                         max_task_retries=spec.max_retries, **res)
             ds = ds.map(_write_row, fn_kwargs={"write": stages.write, "out_dir": str(out_dir)}, num_cpus=1, **retry)
         for row in ds.iter_rows():
-            err = _load(row["err"]) if row["err"] else None
-            yield row["cid"], (None if err else _load(row["p"])), err
+            err = row["err"].value
+            yield row["cid"], (None if err is not None else row["p"].value), err
     finally:
         disconnect(started)
 
@@ -187,6 +193,6 @@ def map_unordered(fn: Callable[[Any], Any], items: list[Any], *, spec: ExecutorS
         with _bounded_retries():
             ds = ds.map(_map_row, fn_kwargs={"fn": fn}, num_cpus=1, max_retries=spec.max_retries)
         for row in ds.iter_rows():
-            yield int(row["i"]), _load(row["p"])
+            yield int(row["i"]), row["p"].value
     finally:
         disconnect(started)
