@@ -170,3 +170,15 @@ def test_wsi_features_on_ray_equal_local(cluster, tmp_path):
         assert ml == mr
     again = extract_features_batch(tmp_path / "tiles", tmp_path / "f_ray", spec, device="cpu", executor="ray", **kw)
     assert [r["status"] for r in again[1:]] == ["skipped", "skipped"]
+
+
+def test_actor_pool_takes_one_gpu_per_actor_when_the_cluster_has_gpus(monkeypatch):
+    from medseg.executors import executor_spec
+    from medseg.ray_runner import _actor_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 32.0, "GPU": 4.0})
+    assert _actor_resources(executor_spec("ray"), gpu=True) == (4, {"num_cpus": 1, "num_gpus": 1})
+    assert _actor_resources(executor_spec("ray", actors=2), gpu=True) == (2, {"num_cpus": 1, "num_gpus": 1})
+    assert _actor_resources(executor_spec("ray"), gpu=False) == (1, {"num_cpus": 1})  # --device cpu
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert _actor_resources(executor_spec("ray"), gpu=True) == (1, {"num_cpus": 1})

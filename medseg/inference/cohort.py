@@ -222,8 +222,10 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
 
             raise ConfigError("predicting on Ray needs a predictor_factory (the model is loaded on each actor)",
                               code="bad_params")
+        device = str(getattr(predictor_factory, "keywords", {}).get("device", "auto")).lower()
         remote = RemoteStages(load=load_channels, compute_factory=partial(_predict_fn, predictor_factory,
-                                                                          save_probabilities), write=write)
+                                                                          save_probabilities), write=write,
+                              gpu=device != "cpu")  # --device cpu: CPU actors even on a GPU cluster
 
     try:
         return run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=compute, write=write,

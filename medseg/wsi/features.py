@@ -254,7 +254,7 @@ def extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, *
 
         stages = RemoteStages(load=partial(plan_slide, tile_root=Path(tile_root), out_root=Path(out_root), fp=fp),
                               compute_factory=partial(_encoder_fn, spec, str(device), batch_size, workers, slide_mpp),
-                              write=partial(_save_remote, spec=spec, fp=fp))
+                              write=partial(_save_remote, spec=spec, fp=fp), gpu=str(device).lower() != "cpu")
         got: dict[str, dict[str, Any]] = {}
         for name, row, err in stream_cases([(n, n) for n in names], stages=stages, out_dir=Path(out_root), spec=ex):
             got[name] = row if err is None else {"slide": name, "status": f"error:{err['code']}",
