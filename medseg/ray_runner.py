@@ -58,6 +58,20 @@ def _quiet_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for name in ("ray.data._internal.tensor_extensions.arrow", "ray.data._internal.progress"):
+        lg = logging.getLogger(name)  # filters act on the logger a record is made on
+        if not any(isinstance(f, _ExpectedNotices) for f in lg.filters):
+            lg.addFilter(_ExpectedNotices())
+
+
+class _ExpectedNotices(logging.Filter):
+    """Drops Ray Data notices about what medseg does on purpose (payloads as Python objects, no bars)."""
+
+    EXPECTED = ("falling back to serialize as pickled python objects", "Progress bars disabled")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(e in msg for e in self.EXPECTED)
 
 
 def disconnect(started: bool) -> None:
