@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from medseg.errors import ConfigError, MedsegError
+from medseg.executors import as_spec, error_of
 from medseg.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,9 @@ def run_batch(
     params: Any = None,
     prefetch: int = 2,
     write_queue: int = 2,
+    executor: Any = None,
+    remote: Any = None,
+    on_result: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Run ``load -> compute -> write`` over ``cases``, resuming from and recording in the manifest.
 
@@ -151,6 +155,12 @@ def run_batch(
         are done again.
     prefetch, write_queue : int
         Queue bounds: cases loaded ahead, results waiting to be written.
+    executor : :class:`medseg.executors.ExecutorSpec` or "local"/"ray", optional
+        Where the cases run (default local). On Ray, ``remote`` (a
+        :class:`medseg.executors.RemoteStages` holding picklable versions of ``load``, ``compute``
+        and ``write``) runs on the cluster; the manifest, checksums and resume stay here.
+    on_result : callable, optional
+        ``on_result(case_id)`` in this process after each case is recorded on Ray (progress).
 
     Returns
     -------
@@ -180,7 +190,18 @@ def run_batch(
             else:
                 todo.append((cid, inp))
         log.info("batch: %d cases, %d already done, %d to run", len(ids), len(ids) - len(todo), len(todo))
-        if todo:
+        spec = as_spec(executor)
+        if todo and not spec.is_local:
+            if remote is None:
+                raise ConfigError("this batch cannot run on Ray (no remote stages given)", code="bad_params")
+            from medseg.ray_runner import stream_cases
+
+            rec = _Recorder(out, manifest, phash, outcomes)
+            for cid, paths, err in stream_cases(todo, stages=remote, out_dir=out, spec=spec):
+                rec.record(cid, paths, err)
+                if on_result is not None:
+                    on_result(cid)
+        elif todo:
             _Pipeline(todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes).run()
         else:
             _save(out, manifest)
@@ -189,9 +210,47 @@ def run_batch(
     return BatchReport([outcomes[i] for i in ids if i in outcomes], out / MANIFEST)
 
 
+class _Recorder:
+    """Records finished cases in the manifest (rewritten atomically after each) and in ``outcomes``."""
+
+    def __init__(self, out, manifest, phash, outcomes):
+        self.out, self.manifest, self.phash, self.outcomes = out, manifest, phash, outcomes
+
+    def record(self, cid: str, paths, error: dict[str, str] | None) -> None:
+        """``paths`` written for ``cid`` (checked and hashed here), or the case's ``error``."""
+        entry: dict[str, Any] = {"params_hash": self.phash}
+        if error is None:
+            try:
+                entry["outputs"] = self._hash_outputs(cid, paths)
+                entry["status"] = "done"
+            except Exception as e:
+                error = error_of(e)
+        if error is not None:
+            entry = {"params_hash": self.phash, "status": "failed", "error": dict(error)}
+            log.warning("batch: case %s failed: %s", cid, error["message"])
+        self.manifest["cases"][cid] = entry
+        _save(self.out, self.manifest)
+        self.outcomes[cid] = CaseOutcome(cid, entry["status"], entry.get("outputs", {}), entry.get("error"))
+
+    def _hash_outputs(self, cid: str, paths) -> dict[str, str]:
+        root = self.out.resolve()
+        outputs = {}
+        for p in paths or ():
+            full = (self.out / p).resolve() if not Path(p).is_absolute() else Path(p).resolve()
+            if root not in full.parents:
+                raise MedsegError(f"case {cid}: output {p} is outside the output folder {root}", code="unsafe_path")
+            if not full.is_file():
+                raise MedsegError(f"case {cid}: write() reported {p} but no such file exists", code="missing_output")
+            outputs[full.relative_to(root).as_posix()] = sha256_file(full)
+        if not outputs:
+            raise MedsegError(f"case {cid}: write() reported no output files", code="missing_output")
+        return dict(sorted(outputs.items()))
+
+
 class _Pipeline:
     def __init__(self, todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes):
         self.todo, self.out, self.manifest, self.phash = todo, out, manifest, phash
+        self.recorder = _Recorder(out, manifest, phash, outcomes)
         self.compute, self.write, self.load = compute, write, load or (lambda x: x)
         self.load_q: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
         self.write_q: queue.Queue = queue.Queue(maxsize=max(write_queue, 1))
@@ -284,34 +343,15 @@ class _Pipeline:
             self.stop.set()
 
     def _finish(self, cid: str, result, exc: BaseException | None) -> None:
-        entry: dict[str, Any] = {"params_hash": self.phash}
+        paths = None
         if exc is None:
             try:
-                entry["outputs"] = self._record(cid, self.write(cid, result, self.out))
-                entry["status"] = "done"
+                paths = self.write(cid, result, self.out)
             except Exception as e:
                 exc = e
         if exc is not None:
-            code = getattr(exc, "code", None) or type(exc).__name__
-            entry = {"params_hash": self.phash, "status": "failed", "error": {"code": str(code), "message": str(exc)}}
-            log.warning("batch: case %s failed: %s", cid, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        self.manifest["cases"][cid] = entry
-        _save(self.out, self.manifest)
-        self.outcomes[cid] = CaseOutcome(cid, entry["status"], entry.get("outputs", {}), entry.get("error"))
-
-    def _record(self, cid: str, paths) -> dict[str, str]:
-        root = self.out.resolve()
-        outputs = {}
-        for p in paths or ():
-            full = (self.out / p).resolve() if not Path(p).is_absolute() else Path(p).resolve()
-            if root not in full.parents:
-                raise MedsegError(f"case {cid}: output {p} is outside the output folder {root}", code="unsafe_path")
-            if not full.is_file():
-                raise MedsegError(f"case {cid}: write() reported {p} but no such file exists", code="missing_output")
-            outputs[full.relative_to(root).as_posix()] = sha256_file(full)
-        if not outputs:
-            raise MedsegError(f"case {cid}: write() reported no output files", code="missing_output")
-        return dict(sorted(outputs.items()))
+            log.debug("batch: case %s traceback", cid, exc_info=exc)
+        self.recorder.record(cid, paths, error_of(exc) if exc is not None else None)
 
 
 def _save(out: Path, manifest: dict) -> None:

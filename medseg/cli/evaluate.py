@@ -26,22 +26,27 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="HD95/NSD definition: surfel-based surface-distance (default) or MONAI voxel-based")
     p.add_argument("--workers", type=int, default=1, help="parallel processes over cases (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from medseg.executors import add_executor_args
+
+    add_executor_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.executors import spec_from_args
     from medseg.metrics.params import parse_label_names, parse_labels, parse_tolerances
     from medseg.report.evaluation import run_evaluation
 
     labels = parse_labels(args.labels)
     names = parse_label_names(args.label_names, labels)
     tol = parse_tolerances(args.nsd_tolerance_mm, labels)
+    spec = spec_from_args(args)
     if args.workers < 1:
         from medseg.errors import ConfigError
 
         raise ConfigError("--workers must be >= 1", code="bad_params")
     result, paths = run_evaluation(args.pred, args.ref, args.out, labels=labels, label_names=names,
                                    tolerance_mm=tol, mode=args.mode, workers=args.workers,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, executor=spec)
     print(f"{len(result.cases)} cases, {len(result.labels)} labels, {len(result.failed)} failed, "
           f"{len(result.pred_only)} predictions without reference")
     for c, st in sorted(result.failed.items()):

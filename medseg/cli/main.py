@@ -53,11 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from medseg.cli.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+
     try:
-        return int(args._run(args) or 0)
+        with sigterm_as_interrupt():  # a scheduler's SIGTERM stops cleanly, as Ctrl-C does
+            return int(args._run(args) or 0)
     except MedsegError as exc:
         logging.getLogger("medseg").error("%s", exc)
         return 1
+    except Terminated:
+        logging.getLogger("medseg").error("terminated (SIGTERM); finished outputs are kept, re-run to resume")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         logging.getLogger("medseg").error("interrupted")
         return 130

@@ -43,6 +43,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="model.safetensors (best, default) or last.safetensors")
     p.add_argument("--no-postprocess", action="store_true", help="skip the bundle's post-processing rules")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from medseg.executors import add_executor_args
+
+    add_executor_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,13 +58,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}", code="bad_params")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}", code="bad_params")
+    from medseg.executors import spec_from_args
     from medseg.inference.cohort import run_predict
+
+    spec = spec_from_args(args)
 
     report = run_predict(model=args.model, input_path=args.input, output=args.output, device=args.device,
                          tta_axes=tta, overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.workers, weights=args.weights, postprocess=not args.no_postprocess,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, executor=spec)
     print(summary_table(report))
     return 1 if report.failed else 0
 

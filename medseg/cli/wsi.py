@@ -100,6 +100,9 @@ def _add_ml_parsers(sub) -> None:
     f.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
     f.add_argument("--device", default="auto")
     f.add_argument("--slide-mpp", type=float, default=None)
+    from medseg.executors import add_executor_args
+
+    add_executor_args(f)
 
     t = sub.add_parser("train", help="tiling, features, MIL and BCL as pipeline stages from a YAML config")
     t.add_argument("--config", type=Path, required=True)
@@ -117,13 +120,17 @@ def _add_ml_parsers(sub) -> None:
 
 def _features(args: argparse.Namespace) -> int:
     from medseg.device import resolve_device
+    from medseg.executors import spec_from_args
     from medseg.wsi.features import EncoderSpec, extract_features_batch
 
+    ex = spec_from_args(args)
     spec = EncoderSpec(name=args.encoder, weights=str(args.weights) if args.weights else None)
     if spec.weights is None:
         print("note: no --weights given; the encoder is randomly initialised")
-    rows = extract_features_batch(args.tiles, args.out, spec, device=resolve_device(args.device),
-                                  batch_size=args.batch_size, workers=args.workers, slide_mpp=args.slide_mpp)
+    # on Ray each actor resolves --device itself (a CPU head node may drive GPU workers)
+    dev = resolve_device(args.device) if ex.is_local else args.device
+    rows = extract_features_batch(args.tiles, args.out, spec, device=dev, batch_size=args.batch_size,
+                                  workers=args.workers, slide_mpp=args.slide_mpp, executor=ex)
     for r in rows:
         print(json.dumps(r))
     return 1 if any(r["status"].startswith("error") for r in rows) else 0

@@ -25,6 +25,7 @@ import io
 import logging
 import re
 import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,14 +120,58 @@ def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -
             "probability_dtype": probability_dtype if save_probabilities else None}
 
 
+def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, label_values: list[int],
+                     probability_dtype: str) -> list[Path]:
+    """Write one case's outputs (label map, optional probabilities) atomically; returns their paths."""
+    from medseg.io import write_volume
+
+    paths = [write_volume(pred.label, root / f"{cid}.nii.gz")]
+    if save_probabilities and pred.probabilities is not None:
+        paths.append(write_probabilities(root / f"{cid}_probabilities.npz", pred.probabilities,
+                                         affine=pred.label.affine, labels=label_values, dtype=probability_dtype))
+    return paths
+
+
+def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "best", tta_axes=(),
+                    overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True, threads: int | None = None):
+    """Resolve the device and load the bundle into a :class:`Predictor` (also run once per Ray actor)."""
+    import torch
+
+    from medseg.device import resolve_device
+    from medseg.inference.predictor import Predictor
+
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    return Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, overlap=overlap,
+                                 batch_size=batch_size, postprocess=postprocess, threads=threads)
+
+
+def _predict_fn(factory: Callable[[], Any], save_probabilities: bool) -> Callable[[str, Any], Any]:
+    """On a Ray actor: load the model once, return the per-case compute function."""
+    predictor = factory()
+    return partial(_predict_case, predictor, save_probabilities)
+
+
+def _predict_case(predictor, save_probabilities: bool, cid: str, vols):
+    return predictor.predict_volume(vols, probabilities=save_probabilities)
+
+
 def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, save_probabilities: bool = False,
                    probability_dtype: str = "float16", progress: bool = False, prefetch: int = 2,
-                   on_case: Callable[[str], None] | None = None):
+                   on_case: Callable[[str], None] | None = None, executor=None,
+                   predictor_factory: Callable[[], Any] | None = None):
     """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a :class:`medseg.batch.BatchReport`.
 
     A bad case (unreadable, wrong dimensions or channels...) is recorded as failed in the
     manifest with its error code and message, and the others go on.
+
+    ``executor="ray"`` (or a :class:`medseg.executors.ExecutorSpec`) runs the cases on a Ray cluster:
+    ``predictor_factory`` (picklable, e.g. ``functools.partial(build_predictor, ...)``) loads the
+    model once per actor; ``predictor`` here gives the run's parameters (manifest hash).
     """
+    from medseg.executors import RemoteStages, as_spec
+
     from medseg.batch import is_complete, params_hash, read_manifest, run_batch
 
     out = Path(out_dir)
@@ -160,18 +205,32 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
             if on_case is not None:
                 on_case(cid)
 
-    def write(cid: str, pred, root: Path) -> list[Path]:
-        from medseg.io import write_volume
+    write = partial(write_prediction, save_probabilities=save_probabilities, label_values=label_values,
+                    probability_dtype=probability_dtype)
+    spec, remote = as_spec(executor), None
 
-        paths = [write_volume(pred.label, root / f"{cid}.nii.gz")]
-        if save_probabilities and pred.probabilities is not None:
-            paths.append(write_probabilities(root / f"{cid}_probabilities.npz", pred.probabilities,
-                                             affine=pred.label.affine, labels=label_values, dtype=probability_dtype))
-        return paths
+    def on_result(cid: str) -> None:  # progress on Ray, where compute runs elsewhere
+        if bar is not None:
+            bar.set_postfix_str(cid, refresh=False)
+            bar.update(1)
+        if on_case is not None:
+            on_case(cid)
+
+    if not spec.is_local:
+        if predictor_factory is None:
+            from medseg.errors import ConfigError
+
+            raise ConfigError("predicting on Ray needs a predictor_factory (the model is loaded on each actor)",
+                              code="bad_params")
+        device = str(getattr(predictor_factory, "keywords", {}).get("device", "auto")).lower()
+        remote = RemoteStages(load=load_channels, compute_factory=partial(_predict_fn, predictor_factory,
+                                                                          save_probabilities), write=write,
+                              gpu=device != "cpu")  # --device cpu: CPU actors even on a GPU cluster
 
     try:
         return run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=compute, write=write,
-                         load=load, params=params, prefetch=prefetch)
+                         load=load, params=params, prefetch=prefetch, executor=spec, remote=remote,
+                         on_result=on_result)
     finally:
         if bar is not None:
             bar.close()
@@ -180,21 +239,20 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
 def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path, device: str = "auto",
                 tta_axes=(), overlap: float = 0.5, batch_size: int = 4, save_probabilities: bool = False,
                 probability_dtype: str = "float16", workers: int | None = None, weights: str = "best",
-                postprocess: bool = True, progress: bool = False):
+                postprocess: bool = True, progress: bool = False, executor=None):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
 
     ``workers``: CPU threads for torch and resampling (None: leave torch's setting alone).
+    ``executor``: local (default) or ray (:mod:`medseg.executors`); on Ray the bundle is loaded here
+    on the CPU (to check it and hash the run's parameters) and once more on each model actor.
     """
-    import torch
+    from medseg.executors import as_spec
 
-    from medseg.device import resolve_device
-    from medseg.inference.predictor import Predictor
-
-    dev = resolve_device(device)
-    if workers:
-        torch.set_num_threads(int(workers))
-    predictor = Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, overlap=overlap,
-                                      batch_size=batch_size, postprocess=postprocess, threads=workers)
+    spec = as_spec(executor)
+    factory = partial(build_predictor, model, device=device, weights=weights, tta_axes=tuple(tta_axes),
+                      overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=workers)
+    predictor = factory() if spec.is_local else factory(device="cpu")
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
-                          probability_dtype=probability_dtype, progress=progress)
+                          probability_dtype=probability_dtype, progress=progress, executor=spec,
+                          predictor_factory=factory)

@@ -101,10 +101,12 @@ def evaluate_cohort(
     mode: str = "surface-distance",
     workers: int = 1,
     progress: bool = True,
+    executor=None,
 ) -> CohortResult:
     """Score every prediction under ``pred`` against the reference of the same name under ``ref``.
 
-    Results do not depend on ``workers`` (cases are scored independently, rows kept in case order).
+    Results do not depend on ``workers`` or ``executor`` (cases are scored independently, rows kept
+    in case order). ``executor="ray"`` scores the cases in Ray CPU tasks (:mod:`medseg.executors`).
     """
     pairs, pred_only, ref_only = pair_cases(pred, ref)
     for c in pred_only:
@@ -118,7 +120,7 @@ def evaluate_cohort(
         for k in fixed:
             tolerance_for(tolerance_mm, k)
     jobs = [(c, p, r, fixed, tolerance_mm, percent, mode) for c, p, r in pairs]
-    results = _run_jobs(jobs, workers=workers, progress=progress)
+    results = _run_jobs(jobs, workers=workers, progress=progress, executor=executor)
 
     all_labels = set(fixed or [])
     if fixed is None:
@@ -155,12 +157,24 @@ def _tol_or_nan(tolerance_mm, k: int) -> float:
         return float("nan")
 
 
-def _run_jobs(jobs: list, *, workers: int, progress: bool) -> list[tuple[str, list[LabelResult], str | None]]:
+def _run_jobs(jobs: list, *, workers: int, progress: bool,
+              executor=None) -> list[tuple[str, list[LabelResult], str | None]]:
     from tqdm import tqdm
 
+    from medseg.executors import as_spec
+
+    spec = as_spec(executor)
     workers = max(1, min(int(workers), len(jobs) or 1))
     bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress, leave=False)
     try:
+        if not spec.is_local and jobs:
+            from medseg.ray_runner import map_unordered
+
+            got: dict[int, Any] = {}
+            for i, res in map_unordered(_score_one, jobs, spec=spec):
+                got[i] = res
+                bar.update(1)
+            return [got[i] for i in range(len(jobs))]
         if workers == 1:
             out = []
             for job in jobs:

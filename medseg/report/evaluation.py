@@ -45,6 +45,7 @@ def run_evaluation(
     mode: str = "surface-distance",
     workers: int = 1,
     progress: bool = True,
+    executor=None,
 ) -> tuple[CohortResult, dict[str, Path]]:
     """:func:`medseg.metrics.cohort.evaluate_cohort` followed by :func:`write_evaluation`."""
     if mode not in MODES:
@@ -52,7 +53,7 @@ def run_evaluation(
 
         raise ConfigError(f"unknown metric mode '{mode}' (use one of {', '.join(MODES)})", code="bad_mode")
     result = evaluate_cohort(pred, ref, labels=labels, label_names=label_names, tolerance_mm=tolerance_mm,
-                             mode=mode, workers=workers, progress=progress)
+                             mode=mode, workers=workers, progress=progress, executor=executor)
     tol = {str(k): v for k, v in tolerance_mm.items()} if isinstance(tolerance_mm, Mapping) else tolerance_mm
     meta = {"pred": str(pred), "ref": str(ref), "mode": mode, "mode_description": MODES[mode],
             "hd_percentile": 95, "nsd_tolerance_mm": tol, "labels": result.labels,

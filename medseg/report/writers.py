@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from medseg.csvsafe import csv_text, csv_untext
 from medseg.fsutil import atomic_write_text
 
 CSV_COLUMNS = ("case", "label", "label_name", "dice", "iou", "hd95_mm", "nsd", "status",
@@ -22,12 +23,13 @@ def _fmt(v: Any) -> Any:
 
 
 def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """One row per case and label, columns ``CSV_COLUMNS`` (floats written exactly)."""
+    """One row per case and label, columns ``CSV_COLUMNS`` (floats written exactly; text cells that a
+    spreadsheet would run as a formula are quoted, :mod:`medseg.csvsafe`)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in rows:
-        w.writerow([_fmt(r.get(c, "")) for c in CSV_COLUMNS])
+        w.writerow([_fmt(csv_text(r.get(c, ""))) for c in CSV_COLUMNS])
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -36,7 +38,7 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
     out = []
     with open(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
-            d: dict[str, Any] = dict(r)
+            d: dict[str, Any] = {k: csv_untext(v) for k, v in r.items()}
             for c in ("dice", "iou", "hd95_mm", "nsd", "nsd_tolerance_mm"):
                 d[c] = float(d[c])
             for c in ("label", "n_ref_voxels", "n_pred_voxels"):

@@ -7,6 +7,7 @@ import io
 import math
 from pathlib import Path
 
+from medseg.csvsafe import csv_text
 from medseg.fsutil import atomic_path, atomic_write_text
 
 
@@ -19,7 +20,7 @@ def write_csv(history: list[dict], path: str | Path) -> Path:
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for row in history:
-        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        w.writerow({k: ("" if v is None else csv_text(v)) for k, v in row.items()})
     return atomic_write_text(path, buf.getvalue())
 
 

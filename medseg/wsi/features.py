@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class TileReadError(InputError):
+    """A tile that could not be read, raised in a DataLoader worker.
+
+    The DataLoader re-raises a worker's exception in the main process as ``type(exc)(traceback text)``,
+    which would lose the code and the file. This class writes them into its message in the worker
+    (``PATH: PROBLEM [code=CODE]``) and reads them back from the traceback text in the main process.
+    """
+
+    _TAIL = re.compile(r"TileReadError: (?P<msg>.*) \[code=(?P<code>[A-Za-z0-9_]+)\]\s*$", re.S)
+
+    def __init__(self, message: str, *, path: str | None = None, code: str | None = None):
+        m = self._TAIL.search(message) if path is None and code is None else None
+        if m:  # re-raised by the DataLoader: PATH: PROBLEM [code=CODE] is the traceback's last line
+            last = m["msg"].strip().splitlines()[-1]
+            path, _, message = last.partition(": ") if ": " in last else (None, "", last)
+            code = m["code"]
+        super().__init__(message, path=path, code=code)
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} [code={self.code}]"
+
+
 class TileDataset(torch.utils.data.Dataset):
     """Tiles of one slide as uint8 tensors ``(3, S, S)``; each worker opens its own slide handle."""
 
@@ -46,10 +69,15 @@ class TileDataset(torch.utils.data.Dataset):
         return len(self.coords)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        if self._slide is None:
-            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
-        x, y = self.coords[i]
-        tile = self._slide.read_mpp((int(x), int(y)), (self.tile_size, self.tile_size), mpp=self.mpp)
+        try:
+            if self._slide is None:
+                self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
+            x, y = self.coords[i]
+            tile = self._slide.read_mpp((int(x), int(y)), (self.tile_size, self.tile_size), mpp=self.mpp)
+        except TileReadError:
+            raise
+        except MedsegError as exc:  # keep the code and file across the DataLoader worker boundary
+            raise TileReadError(exc.problem, path=exc.path or self.slide_path, code=exc.code) from None
         return torch.from_numpy(np.array(tile, dtype=np.uint8)).permute(2, 0, 1)
 
 
@@ -128,40 +156,119 @@ def load_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, A
         raise InputError(f"not a medseg features file: {exc}", path=path, code="bad_features") from None
 
 
-def extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, *, device: torch.device,
+def _error_row(name: str, exc: MedsegError) -> dict[str, Any]:
+    log.error("%s", exc)
+    return {"slide": name, "status": status_of(exc), "error": exc.problem}
+
+
+def plan_slide(name: str, *, tile_root: Path, out_root: Path, fp: str) -> dict[str, Any]:
+    """Read one slide's tiling: ``{"row": ...}`` when nothing is to be done (already encoded with the
+    same encoder and grid, no tissue, or an error), else ``{"job": ...}`` for :func:`encode_slide`."""
+    try:
+        grid, meta = load_tiles(safe_join(tile_root, name, "tiles.h5"))
+        out = safe_join(out_root, name, "features.h5")
+        grid_fp = hashlib.sha256(grid.coords.tobytes() + json.dumps(grid.meta()).encode()).hexdigest()[:16]
+        if out.is_file():
+            try:
+                _, _, old = load_features(out)
+                if old.get("encoder_fingerprint") == fp and old.get("grid_fingerprint") == grid_fp:
+                    return {"row": {"slide": name, "status": "skipped", "n_tiles": len(grid)}}
+            except InputError:
+                pass
+        if meta.get("status") == "no_tissue" or len(grid) == 0:
+            return {"row": {"slide": name, "status": "no_tissue", "n_tiles": 0}}
+        return {"job": {"slide": name, "grid": grid, "meta": meta, "grid_fp": grid_fp}}
+    except MedsegError as exc:
+        return {"row": _error_row(name, exc)}
+
+
+def encode_slide(plan: dict[str, Any], encoder: torch.nn.Module, *, device: torch.device, spec: EncoderSpec,
+                 batch_size: int = 64, workers: int = 2, slide_mpp: float | None = None) -> dict[str, Any]:
+    """The features of a planned slide (tiles read by DataLoader workers), or the plan's row."""
+    if "row" in plan:
+        return plan
+    job = plan["job"]
+    t0 = time.perf_counter()
+    try:
+        feats = extract_slide_features(job["meta"]["slide_path"], job["grid"], encoder, device=device, spec=spec,
+                                       batch_size=batch_size, workers=workers, slide_mpp=slide_mpp)
+    except MedsegError as exc:
+        return {"row": _error_row(job["slide"], exc)}
+    return {"job": job, "features": feats, "seconds": time.perf_counter() - t0}
+
+
+def save_slide(encoded: dict[str, Any], out_root: Path, *, spec: EncoderSpec, fp: str) -> dict[str, Any]:
+    """Write ``out_root/<slide>/features.h5`` atomically; returns the slide's report row."""
+    if "row" in encoded:
+        return encoded["row"]
+    job, feats = encoded["job"], encoded["features"]
+    grid, name = job["grid"], job["slide"]
+    try:
+        fmeta = {**job["meta"], **grid.meta(), "encoder": spec.name, "encoder_fingerprint": fp,
+                 "grid_fingerprint": job["grid_fp"], "feature_dim": int(feats.shape[1])}
+        save_features(safe_join(out_root, name, "features.h5"), feats, grid.coords, fmeta)
+    except MedsegError as exc:
+        return _error_row(name, exc)
+    dt = encoded["seconds"]
+    return {"slide": name, "status": "ok", "n_tiles": len(grid), "seconds": round(dt, 2),
+            "tiles_per_s": round(len(grid) / max(dt, 1e-9), 1)}
+
+
+def _encoder_fn(spec: EncoderSpec, device: str, batch_size: int, workers: int, slide_mpp: float | None):
+    """On a Ray actor: build the encoder once; returns the per-slide compute function."""
+    from medseg.device import resolve_device
+
+    dev = resolve_device(device)
+    encoder = spec.build(dev)
+
+    def compute(_name: str, plan: dict[str, Any]) -> dict[str, Any]:
+        return encode_slide(plan, encoder, device=dev, spec=spec, batch_size=batch_size, workers=workers,
+                            slide_mpp=slide_mpp)
+
+    return compute
+
+
+def _save_remote(_name: str, encoded: dict[str, Any], out_root: Path, *, spec: EncoderSpec, fp: str):
+    return save_slide(encoded, out_root, spec=spec, fp=fp)
+
+
+def extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, *, device: torch.device | str,
                            batch_size: int = 64, workers: int = 2, slides: list[str] | None = None,
-                           slide_mpp: float | None = None) -> list[dict[str, Any]]:
-    """Encode every tiled slide under ``tile_root`` (``<slide>/tiles.h5``); resumable, per-slide errors."""
-    encoder = spec.build(device)
+                           slide_mpp: float | None = None, executor=None) -> list[dict[str, Any]]:
+    """Encode every tiled slide under ``tile_root`` (``<slide>/tiles.h5``); resumable, per-slide errors.
+
+    ``executor="ray"``: slides are planned (tiling read, resume check) in Ray CPU tasks, encoded by
+    an actor pool (one encoder per actor, a GPU each when the cluster has GPUs; tiles read by the
+    actor's DataLoader workers, so a slide's tiles never sit whole in the object store) and
+    written by CPU tasks. Rows come back in slide order, as locally.
+    """
+    from functools import partial
+
+    from medseg.executors import RemoteStages, as_spec
+
     fp = spec.fingerprint()
-    rows = []
     names = slides if slides is not None else sorted(p.parent.name for p in tile_root.glob("*/tiles.h5"))
+    ex = as_spec(executor)
+    if not ex.is_local:
+        from medseg.ray_runner import stream_cases
+
+        stages = RemoteStages(load=partial(plan_slide, tile_root=Path(tile_root), out_root=Path(out_root), fp=fp),
+                              compute_factory=partial(_encoder_fn, spec, str(device), batch_size, workers, slide_mpp),
+                              write=partial(_save_remote, spec=spec, fp=fp), gpu=str(device).lower() != "cpu")
+        got: dict[str, dict[str, Any]] = {}
+        for name, row, err in stream_cases([(n, n) for n in names], stages=stages, out_dir=Path(out_root), spec=ex):
+            got[name] = row if err is None else {"slide": name, "status": f"error:{err['code']}",
+                                                 "error": err["message"]}
+        return [got[n] for n in names]
+    if isinstance(device, str):
+        from medseg.device import resolve_device
+
+        device = resolve_device(device)
+    encoder = spec.build(device)
+    rows = []
     for name in names:
-        t0 = time.perf_counter()
-        try:
-            grid, meta = load_tiles(safe_join(tile_root, name, "tiles.h5"))
-            out = safe_join(out_root, name, "features.h5")
-            grid_fp = hashlib.sha256(grid.coords.tobytes() + json.dumps(grid.meta()).encode()).hexdigest()[:16]
-            if out.is_file():
-                try:
-                    _, _, old = load_features(out)
-                    if old.get("encoder_fingerprint") == fp and old.get("grid_fingerprint") == grid_fp:
-                        rows.append({"slide": name, "status": "skipped", "n_tiles": len(grid)})
-                        continue
-                except InputError:
-                    pass
-            if meta.get("status") == "no_tissue" or len(grid) == 0:
-                rows.append({"slide": name, "status": "no_tissue", "n_tiles": 0})
-                continue
-            feats = extract_slide_features(meta["slide_path"], grid, encoder, device=device, spec=spec,
-                                           batch_size=batch_size, workers=workers, slide_mpp=slide_mpp)
-            fmeta = {**meta, **grid.meta(), "encoder": spec.name, "encoder_fingerprint": fp,
-                     "grid_fingerprint": grid_fp, "feature_dim": int(feats.shape[1])}
-            save_features(out, feats, grid.coords, fmeta)
-            dt = time.perf_counter() - t0
-            rows.append({"slide": name, "status": "ok", "n_tiles": len(grid), "seconds": round(dt, 2),
-                         "tiles_per_s": round(len(grid) / max(dt, 1e-9), 1)})
-        except MedsegError as exc:
-            log.error("%s", exc)
-            rows.append({"slide": name, "status": status_of(exc), "error": exc.problem})
+        plan = plan_slide(name, tile_root=tile_root, out_root=out_root, fp=fp)
+        enc = encode_slide(plan, encoder, device=device, spec=spec, batch_size=batch_size, workers=workers,
+                           slide_mpp=slide_mpp)
+        rows.append(save_slide(enc, out_root, spec=spec, fp=fp))
     return rows

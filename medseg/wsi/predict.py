@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.csvsafe import csv_text
 from medseg.errors import MedsegError, status_of
 from medseg.fsutil import atomic_write_text, safe_join
 from medseg.io.wsi import open_slide, slide_id
@@ -67,13 +68,18 @@ def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch
             row["status"] = status_of(exc)
             row["error"] = exc.problem
         rows.append(row)
+    write_predictions_csv(rows, out / "predictions.csv")
+    return rows
+
+
+def write_predictions_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One row per slide, atomically; text a spreadsheet would run as a formula is quoted (:mod:`medseg.csvsafe`)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["slide", "probability", "label", "status", "n_tiles", "error"])
     w.writeheader()
     for r in rows:
-        w.writerow({k: r.get(k, "") for k in w.fieldnames})
-    atomic_write_text(out / "predictions.csv", buf.getvalue())
-    return rows
+        w.writerow({k: csv_text(r.get(k, "")) for k in w.fieldnames})
+    return atomic_write_text(path, buf.getvalue())
 
 
 def _write_slide_outputs(slide, sdir: Path, grid, att: np.ndarray, mask_mpp: float, top_k: int) -> None:
