@@ -169,7 +169,7 @@ def run_batch(
         recorded as ``failed`` with ``error = {"code", "message"}`` and the others go on; only
         failures of the manifest itself stop the run.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # write() gets, and returns, paths that do not depend on the cwd
     ids = [str(c[0]) for c in cases]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -167,3 +167,14 @@ def test_interrupt_in_compute_keeps_finished_cases(tmp_path):
     assert sorted(man["cases"]) == ["case_00", "case_01"]
     rep = run_batch(_cases(4), out_dir=tmp_path, compute=_compute, write=_write)
     assert [o.status for o in rep.outcomes] == ["skipped", "skipped", "done", "done"]
+
+
+def test_relative_output_folder(tmp_path, monkeypatch):
+    """A relative ``out_dir`` (as typed on a command line) works: outputs recorded once, resume skips."""
+    monkeypatch.chdir(tmp_path)
+    rep = run_batch(_cases(2), out_dir="rel/out", compute=_compute, write=_write)
+    assert [o.status for o in rep.outcomes] == ["done", "done"]
+    man = json.loads((tmp_path / "rel/out" / MANIFEST).read_text())
+    assert set(man["cases"]["case_01"]["outputs"]) == {"case_01.npy"}
+    rep2 = run_batch(_cases(2), out_dir="rel/out", compute=_compute, write=_write)
+    assert rep2.count("skipped") == 2
