@@ -60,6 +60,7 @@ class CaseOutcome:
 class BatchReport:
     outcomes: list[CaseOutcome]
     manifest_path: Path
+    timings: Any = None  # set by callers that time their cases (medseg.inference.cohort)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -130,6 +131,7 @@ def run_batch(
     params: Any = None,
     prefetch: int = 2,
     write_queue: int = 2,
+    on_finished: Callable[[CaseOutcome], None] | None = None,
 ) -> BatchReport:
     """Run ``load -> compute -> write`` over ``cases``, resuming from and recording in the manifest.
 
@@ -151,6 +153,9 @@ def run_batch(
         are done again.
     prefetch, write_queue : int
         Queue bounds: cases loaded ahead, results waiting to be written.
+    on_finished : callable, optional
+        ``on_finished(outcome)``, called in the writer thread once a case's outcome is in the
+        saved manifest (e.g. to time the recording); its exceptions are logged and ignored.
 
     Returns
     -------
@@ -181,7 +186,8 @@ def run_batch(
                 todo.append((cid, inp))
         log.info("batch: %d cases, %d already done, %d to run", len(ids), len(ids) - len(todo), len(todo))
         if todo:
-            _Pipeline(todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes).run()
+            _Pipeline(todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes,
+                      on_finished).run()
         else:
             _save(out, manifest)
     finally:
@@ -190,7 +196,8 @@ def run_batch(
 
 
 class _Pipeline:
-    def __init__(self, todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes):
+    def __init__(self, todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes,
+                 on_finished=None):
         self.todo, self.out, self.manifest, self.phash = todo, out, manifest, phash
         self.compute, self.write, self.load = compute, write, load or (lambda x: x)
         self.load_q: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
@@ -198,6 +205,7 @@ class _Pipeline:
         self.stop = threading.Event()
         self.writer_error: BaseException | None = None
         self.outcomes = outcomes
+        self.on_finished = on_finished
 
     def run(self) -> None:
         loader = threading.Thread(target=self._loader, name="medseg-batch-prefetch", daemon=True)
@@ -298,6 +306,11 @@ class _Pipeline:
         self.manifest["cases"][cid] = entry
         _save(self.out, self.manifest)
         self.outcomes[cid] = CaseOutcome(cid, entry["status"], entry.get("outputs", {}), entry.get("error"))
+        if self.on_finished is not None:
+            try:
+                self.on_finished(self.outcomes[cid])
+            except Exception:  # a bookkeeping hook must not fail the case or the run
+                log.warning("batch: on_finished hook failed for case %s", cid, exc_info=True)
 
     def _record(self, cid: str, paths) -> dict[str, str]:
         root = self.out.resolve()

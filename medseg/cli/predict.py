@@ -78,4 +78,7 @@ def summary_table(report) -> str:
             msg = " ".join(str(err.get("message", "")).split())
             lines.append(f"  {o.case_id.ljust(w)}  {err.get('code', 'error')}: {msg}")
     lines.append(f"manifest: {report.manifest_path}")
+    timings = getattr(report, "timings", None)
+    if timings is not None and timings.rows:
+        lines.append(f"{timings.summary()} (per case: {report.manifest_path.parent / 'timings.csv'})")
     return "\n".join(lines)

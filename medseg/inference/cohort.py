@@ -13,6 +13,10 @@ Outputs per case ``CASE``::
                                       (or float32), ``affine`` (4x4, (z, y, x) indices -> RAS mm),
                                       ``labels`` (K,) label values; ``numpy.load`` reads it
 
+and ``OUT/timings.csv``: seconds per case and phase (read, preprocess, forward, invert,
+post-process, write, record) of the latest run, see :mod:`medseg.inference.timings`; a log, not
+an output (not in the manifest, different on every run).
+
 Input cases: every volume file or DICOM series folder of the input folder (or the single file).
 Multi-channel models take nnU-Net-style names ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` ...;
 for one-channel models a ``_0000`` suffix present on every file is dropped from the case id.
@@ -122,13 +126,17 @@ def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -
 def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, save_probabilities: bool = False,
                    probability_dtype: str = "float16", progress: bool = False, prefetch: int = 2,
                    on_case: Callable[[str], None] | None = None):
-    """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a :class:`medseg.batch.BatchReport`.
+    """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a :class:`medseg.batch.BatchReport`
+    whose ``timings`` (:class:`medseg.inference.timings.RunTimings`) say where the time went; they are
+    also written to ``out_dir/timings.csv``.
 
     A bad case (unreadable, wrong dimensions or channels...) is recorded as failed in the
     manifest with its error code and message, and the others go on.
     """
     from medseg.batch import is_complete, params_hash, read_manifest, run_batch
+    from medseg.inference.timings import RunClock
 
+    clock = RunClock()
     out = Path(out_dir)
     cases = find_cases(input_path, channels=predictor.channels)
     params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype)
@@ -142,18 +150,26 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
         todo = sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
         bar = tqdm(total=todo, desc="predict", unit="case", leave=True)
 
-    def load(paths: list[Path]):
+    def load(item: tuple[str, list[Path]]):
+        cid, paths = item
+        t = clock.now()
         try:
-            return load_channels(paths)
+            data = load_channels(paths)
         except Exception as exc:  # handed to compute, which raises it: every case passes the progress bar
-            return _LoadFailure(exc)
+            data = _LoadFailure(exc)
+        clock.set(cid, read_at_s=t, read_s=clock.now() - t)
+        return data
 
     def compute(cid: str, vols):
+        start = clock.compute_started(cid)
         try:
             if isinstance(vols, _LoadFailure):
                 raise vols.exc
-            return predictor.predict_volume(vols, probabilities=save_probabilities)
+            pred = predictor.predict_volume(vols, probabilities=save_probabilities)
+            clock.set(cid, **{f"{k}_s": v for k, v in pred.timings.items()})
+            return pred
         finally:
+            clock.compute_ended(cid, start)
             if bar is not None:
                 bar.set_postfix_str(cid, refresh=False)
                 bar.update(1)
@@ -163,18 +179,40 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     def write(cid: str, pred, root: Path) -> list[Path]:
         from medseg.io import write_volume
 
+        t = clock.now()
         paths = [write_volume(pred.label, root / f"{cid}.nii.gz")]
         if save_probabilities and pred.probabilities is not None:
             paths.append(write_probabilities(root / f"{cid}_probabilities.npz", pred.probabilities,
                                              affine=pred.label.affine, labels=label_values, dtype=probability_dtype))
+        end = clock.now()
+        clock.set(cid, write_at_s=t, write_s=end - t)
         return paths
 
+    def finished(outcome) -> None:
+        t = clock.now()
+        written = clock.get(outcome.case_id, "write_at_s")
+        extra = {}
+        if outcome.status == "done" and written is not None:
+            extra["record_s"] = t - written - clock.get(outcome.case_id, "write_s", 0.0)
+        clock.set(outcome.case_id, status=outcome.status, done_at_s=t, **extra)
+
+    report = None
     try:
-        return run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=compute, write=write,
-                         load=load, params=params, prefetch=prefetch)
+        report = run_batch([(cid, (cid, paths)) for cid, paths in cases], out_dir=out, compute=compute, write=write,
+                           load=load, params=params, prefetch=prefetch, on_finished=finished)
+        return report
     finally:
         if bar is not None:
             bar.close()
+        timings = clock.finish()
+        if timings.rows:
+            try:
+                timings.write(out)
+            except OSError as exc:  # the timings are a log: never fail a run over them
+                log.warning("could not write %s/timings.csv: %s", out, exc)
+            log.debug("%s", timings.summary())  # medseg predict prints it; the predict stage logs it
+        if report is not None:
+            report.timings = timings
 
 
 def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path, device: str = "auto",

@@ -17,6 +17,7 @@ spacing, origin and direction.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,11 +37,14 @@ MAX_PROB_BYTES = 2 * 2 ** 30
 @dataclass
 class Prediction:
     """``label``: uint8/uint16 label Volume on the input grid. ``probabilities``: (K, z, y, x) float32
-    on the same grid, or None when not asked for. ``warnings``: messages about this case."""
+    on the same grid, or None when not asked for. ``warnings``: messages about this case.
+    ``timings``: seconds spent in ``preprocess``, ``forward``, ``invert`` and ``postprocess``
+    (see :mod:`medseg.inference.timings`)."""
 
     label: Volume
     probabilities: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def check_meta(meta: dict[str, Any], path: Any = None) -> None:
@@ -163,6 +167,7 @@ class Predictor:
         from medseg.inference.prepare import (labels_to_input_grid, preprocess, spacing_warning, stack_channels,
                                               to_input_grid)
 
+        t0 = time.perf_counter()
         chans = [image] if isinstance(image, Volume) else list(image)
         if not chans:
             raise InputError("no input volume given", code="channels")
@@ -175,7 +180,9 @@ class Predictor:
             log.warning("%s: %s", path or "input", msg)
             warnings.append(msg)
         prepared = preprocess(arr, target, self.plan)
+        t1 = time.perf_counter()
         probs = self._probabilities(prepared.image, prepared.grid.spacing_mm)   # (K, z', y', x') float32
+        t2 = time.perf_counter()
         n_cls = probs.shape[0]
         dtype = np.uint8 if n_cls <= 256 else np.uint16
         need = n_cls * int(np.prod(target.shape)) * 4
@@ -187,13 +194,16 @@ class Predictor:
                      path or "input", n_cls, target.shape)
             full = None
             label = labels_to_input_grid(np.argmax(probs, axis=0).astype(dtype), prepared, target, threads=self.threads)
+        t3 = time.perf_counter()
         if self.rules:
             from medseg.postprocess import apply_postprocess
 
             label = apply_postprocess(label, ref.spacing_mm, self.rules)
         out = Volume(label, ref.spacing_mm, ref.origin_mm, ref.direction, is_label=True,
                      meta={"path": path} if path else {})
-        return Prediction(out, full if probabilities else None, warnings)
+        t4 = time.perf_counter()
+        timings = {"preprocess": t1 - t0, "forward": t2 - t1, "invert": t3 - t2, "postprocess": t4 - t3}
+        return Prediction(out, full if probabilities else None, warnings, timings)
 
     def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
         """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x)."""
