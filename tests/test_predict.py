@@ -65,6 +65,30 @@ def _sitk_bspline_z2(img: np.ndarray) -> np.ndarray:
     return arr
 
 
+def test_per_window_tta_averages_logits_by_hand(tmp_path):
+    """tta_mode="window" on a patch-sized image (one window): softmax of the mean of the flipped-back logits;
+    the default mode averages the softmax of each flip instead. Different settings, different manifests."""
+    from medseg.inference.cohort import run_params
+
+    bundle = make_bundle(tmp_path / "b", patch=(16, 16, 16))
+    img = blob_image((16, 16, 16), seed=2)
+    vol = Volume(img, (1.0, 1.0, 1.0))
+    model, _ = load_bundle(bundle)
+    x = torch.from_numpy(((img.astype(np.float64) - img.mean()) / img.std()).astype(np.float32))[None, None]
+    with torch.no_grad():
+        logits = [model(x.flip(d)).flip(d) if d else model(x) for d in ((), (3,), (4,), (3, 4))]  # y, x flips
+    want_window = torch.softmax(sum(logits) / 4, 1)[0].numpy()
+    want_volume = (sum(torch.softmax(lg, 1) for lg in logits) / 4)[0].numpy()
+    win = Predictor.from_bundle(bundle, tta_axes=(1, 2), tta_mode="window")
+    vol_p = Predictor.from_bundle(bundle, tta_axes=(1, 2))
+    np.testing.assert_allclose(win.predict_volume(vol, probabilities=True).probabilities, want_window, atol=2e-5)
+    np.testing.assert_allclose(vol_p.predict_volume(vol, probabilities=True).probabilities, want_volume, atol=2e-5)
+    assert run_params(win, save_probabilities=False, probability_dtype="float16")["tta_mode"] == "window"
+    assert "tta_mode" not in run_params(vol_p, save_probabilities=False, probability_dtype="float16")
+    with pytest.raises(InputError, match="TTA mode"):
+        Predictor.from_bundle(bundle, tta_mode="slices")
+
+
 def test_training_resample_case_image_like_simpleitk_label_nearest_by_hand():
     """The training plan resamples with medseg's resampler: image as SimpleITK's B-spline, label
     nearest (2 mm -> 1 mm: output slice j samples input position j/2 - 0.25, i.e. each slice twice)."""

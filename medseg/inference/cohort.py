@@ -117,10 +117,13 @@ def file_sha256(path: str | Path) -> str:
 
 def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -> dict[str, Any]:
     """Everything that determines the outputs (hashed into the manifest): weights and settings, not the device."""
-    return {"format": PREDICT_FORMAT, "model": predictor.identity(), "tta_axes": list(predictor.tta_axes),
-            "overlap": predictor.overlap, "batch_size": predictor.batch_size, "blend": predictor.blend,
-            "postprocess": predictor.rules or None, "save_probabilities": bool(save_probabilities),
-            "probability_dtype": probability_dtype if save_probabilities else None}
+    params = {"format": PREDICT_FORMAT, "model": predictor.identity(), "tta_axes": list(predictor.tta_axes),
+              "overlap": predictor.overlap, "batch_size": predictor.batch_size, "blend": predictor.blend,
+              "postprocess": predictor.rules or None, "save_probabilities": bool(save_probabilities),
+              "probability_dtype": probability_dtype if save_probabilities else None}
+    if predictor.tta_axes and getattr(predictor, "tta_mode", "volume") != "volume":
+        params["tta_mode"] = predictor.tta_mode   # only when not the default: earlier manifests stay valid
+    return params
 
 
 def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, save_probabilities: bool = False,
@@ -216,8 +219,8 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
 
 
 def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path, device: str = "auto",
-                tta_axes=(), overlap: float = 0.5, batch_size: int = 4, save_probabilities: bool = False,
-                probability_dtype: str = "float16", workers: int | None = None, weights: str = "best",
+                tta_axes=(), tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4,
+                save_probabilities: bool = False, probability_dtype: str = "float16", workers: int | None = None, weights: str = "best",
                 postprocess: bool = True, progress: bool = False):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
@@ -232,7 +235,7 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
     dev = resolve_device(device)
     if workers:
         torch.set_num_threads(int(workers))
-    predictor = Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, overlap=overlap,
-                                      batch_size=batch_size, postprocess=postprocess, threads=workers)
+    predictor = Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
+                                      overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=workers)
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
                           probability_dtype=probability_dtype, progress=progress)

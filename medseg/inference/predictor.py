@@ -86,6 +86,12 @@ class Predictor:
     meta : the bundle's metadata (:func:`medseg.bundle.read_meta`).
     device : torch.device the model is on (resolve it once with :func:`medseg.device.resolve_device`).
     tta_axes : spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation; ``()`` = off.
+    tta_mode : ``"volume"`` (default): the whole volume is flipped and the softmax probabilities of the
+        flips averaged (:func:`medseg.inference.mirror_tta`); ``"window"``: each batch of windows is
+        flipped inside the sliding window and the logits averaged before blending (nnU-Net's way: no
+        flipped copies of the volume or extra probability volumes in memory). The two give the same
+        segmentation up to the difference between averaging logits and probabilities (and, where the
+        window grid is not mirror-symmetric, windows placed a few voxels apart).
     overlap : sliding-window overlap in [0, 1).
     batch_size : windows per forward pass.
     blend : "gaussian" or "constant" window weights.
@@ -94,7 +100,7 @@ class Predictor:
     """
 
     def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] = (),
-                 overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian", postprocess: bool = True,
+                 tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian", postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
                  weights_path: str | Path | None = None):
         import torch
@@ -112,6 +118,9 @@ class Predictor:
         for a in self.tta_axes:
             if a not in (0, 1, 2):
                 raise InputError(f"TTA axis {a} must be 0 (z), 1 (y) or 2 (x)", code="bad_params")
+        if tta_mode not in ("volume", "window"):
+            raise InputError(f"TTA mode {tta_mode!r} must be 'volume' or 'window'", code="bad_params")
+        self.tta_mode = tta_mode
         self.overlap, self.batch_size, self.blend = float(overlap), int(batch_size), blend
         self.rules = meta.get("postprocess") if postprocess else None
         self.threads = threads
@@ -219,11 +228,14 @@ class Predictor:
             axis = slicing_axis(spacing_mm)
             axes = tuple(a for a in axes if a != axis)   # flipping the slice order changes nothing for a 2D model
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def run(x: torch.Tensor, mirror_axes: Sequence[int] = ()) -> torch.Tensor:
             return sliding_window(self.model, x, self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
-                                  blend=self.blend, axis=axis, device=self.device)
+                                  blend=self.blend, axis=axis, device=self.device, mirror_axes=mirror_axes)
 
         x = torch.from_numpy(image)[None].to(self.device)
         with torch.inference_mode():
-            p = mirror_tta(run, x, axes=axes, activation="softmax")
+            if self.tta_mode == "window" and axes:
+                p = torch.softmax(run(x, axes), dim=1)
+            else:
+                p = mirror_tta(run, x, axes=axes, activation="softmax")
         return p[0].to("cpu", torch.float32).numpy()
