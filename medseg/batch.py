@@ -61,6 +61,7 @@ class CaseOutcome:
 class BatchReport:
     outcomes: list[CaseOutcome]
     manifest_path: Path
+    timings: Any = None  # set by callers that time their cases (medseg.inference.cohort)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -134,6 +135,7 @@ def run_batch(
     executor: Any = None,
     remote: Any = None,
     on_result: Callable[[str], None] | None = None,
+    on_finished: Callable[[CaseOutcome], None] | None = None,
 ) -> BatchReport:
     """Run ``load -> compute -> write`` over ``cases``, resuming from and recording in the manifest.
 
@@ -161,6 +163,9 @@ def run_batch(
         and ``write``) runs on the cluster; the manifest, checksums and resume stay here.
     on_result : callable, optional
         ``on_result(case_id)`` in this process after each case is recorded on Ray (progress).
+    on_finished : callable, optional
+        ``on_finished(outcome)``, called in the writer thread once a case's outcome is in the
+        saved manifest (e.g. to time the recording); its exceptions are logged and ignored.
 
     Returns
     -------
@@ -202,7 +207,8 @@ def run_batch(
                 if on_result is not None:
                     on_result(cid)
         elif todo:
-            _Pipeline(todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes).run()
+            _Pipeline(todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes,
+                      on_finished).run()
         else:
             _save(out, manifest)
     finally:
@@ -213,8 +219,9 @@ def run_batch(
 class _Recorder:
     """Records finished cases in the manifest (rewritten atomically after each) and in ``outcomes``."""
 
-    def __init__(self, out, manifest, phash, outcomes):
+    def __init__(self, out, manifest, phash, outcomes, on_finished=None):
         self.out, self.manifest, self.phash, self.outcomes = out, manifest, phash, outcomes
+        self.on_finished = on_finished
 
     def record(self, cid: str, paths, error: dict[str, str] | None) -> None:
         """``paths`` written for ``cid`` (checked and hashed here), or the case's ``error``."""
@@ -231,6 +238,11 @@ class _Recorder:
         self.manifest["cases"][cid] = entry
         _save(self.out, self.manifest)
         self.outcomes[cid] = CaseOutcome(cid, entry["status"], entry.get("outputs", {}), entry.get("error"))
+        if self.on_finished is not None:
+            try:
+                self.on_finished(self.outcomes[cid])
+            except Exception:  # a bookkeeping hook must not fail the case or the run
+                log.warning("batch: on_finished hook failed for case %s", cid, exc_info=True)
 
     def _hash_outputs(self, cid: str, paths) -> dict[str, str]:
         root = self.out.resolve()
@@ -248,9 +260,10 @@ class _Recorder:
 
 
 class _Pipeline:
-    def __init__(self, todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes):
+    def __init__(self, todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes,
+                 on_finished=None):
         self.todo, self.out, self.manifest, self.phash = todo, out, manifest, phash
-        self.recorder = _Recorder(out, manifest, phash, outcomes)
+        self.recorder = _Recorder(out, manifest, phash, outcomes, on_finished)
         self.compute, self.write, self.load = compute, write, load or (lambda x: x)
         self.load_q: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
         self.write_q: queue.Queue = queue.Queue(maxsize=max(write_queue, 1))

@@ -76,3 +76,62 @@ def test_ensemble_errors():
         ensemble([lambda t: t], x, weights=[-1])
     with pytest.raises(ConfigError, match="shape"):
         ensemble([lambda t: torch.zeros(1, 2, 2, 2), lambda t: torch.zeros(1, 3, 2, 2)], x)
+
+
+# ---------------------------------------------------------------- mirroring inside the window loop
+def test_per_window_mirroring_by_hand():
+    x = torch.randn(1, 1, 6, 5, 4, generator=torch.Generator().manual_seed(1))
+    # the ramp is the position inside the window the model sees; one window covering the image: flipping along y, predicting and flipping back gives x + (4 - y);
+    # the mean with the plain x + y is x + 2 everywhere
+    out = sliding_window(_ramp_predictor(1), x, (6, 5, 4), blend="constant", mirror_axes=(1,))
+    torch.testing.assert_close(out, torch.cat([x + 2.0, -x], 1))
+    # axes the predictor does not depend on change nothing
+    torch.testing.assert_close(sliding_window(_ramp_predictor(1), x, (6, 5, 4), mirror_axes=(0, 2)),
+                               _ramp_predictor(1)(x))
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_per_window_mirroring_equals_whole_volume_logit_mirroring_on_a_symmetric_grid(blend):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Tanh(),
+                              torch.nn.Conv3d(4, 3, 3, padding=1)).eval()
+    x = torch.randn(1, 1, 48, 40, 32)
+    # window 16, overlap 0.5: starts 0, 8, ..., size - 16 along every axis (mirror-symmetric grids)
+    per_window = sliding_window(net, x, 16, blend=blend, mirror_axes=(0, 1, 2))
+    whole = mirror_tta(lambda t: sliding_window(net, t, 16, blend=blend), x, axes=(0, 1, 2), activation="none")
+    torch.testing.assert_close(per_window, whole, atol=1e-5, rtol=1e-5)
+    assert float((per_window - sliding_window(net, x, 16, blend=blend)).abs().max()) > 1e-3  # TTA did something
+
+
+def test_per_window_mirroring_on_an_asymmetric_grid_differs_only_slightly():
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 44, 16, 16)
+    # along z the starts are 0, 8, 16, 24, 28: the flipped volume's windows sit elsewhere
+    per_window = sliding_window(net, x, 16, mirror_axes=(0,))
+    whole = mirror_tta(lambda t: sliding_window(net, t, 16), x, axes=(0,), activation="none")
+    diff = (per_window - whole).abs()
+    assert float(diff.max()) > 1e-6                  # not the same computation ...
+    assert float(diff.max()) < 0.2 * float(whole.abs().max())   # ... but the same prediction, blended differently
+
+
+def test_per_window_mirroring_slicewise_ignores_the_slice_axis():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 5, 32, 24)
+    got = sliding_window(net, x, (16, 16), axis=0, mirror_axes=(0, 1, 2))
+    want = mirror_tta(lambda t: sliding_window(net, t, (16, 16), axis=0), x, axes=(1, 2), activation="none")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_per_window_mirroring_leaves_the_models_output_alone_and_checks_axes():
+    canned = torch.randn(2, 2, 8, 8, 8)
+    before = canned.clone()
+    out = sliding_window(lambda t: canned[: t.shape[0]], torch.zeros(1, 1, 8, 8, 8), 8, mirror_axes=(0, 2))
+    torch.testing.assert_close(canned, before)
+    torch.testing.assert_close(out[0], (canned[0] + canned[0].flip(1) + canned[0].flip(3)
+                                        + canned[0].flip(1, 3)) / 4)
+    with pytest.raises(ConfigError, match="mirror_axes"):
+        sliding_window(lambda t: t, torch.zeros(1, 1, 8, 8, 8), 8, mirror_axes=(3,))
+    with pytest.raises(ConfigError, match="mirror_axes"):
+        sliding_window(lambda t: t, torch.zeros(1, 1, 8, 8, 8), 8, mirror_axes=(1, 1))

@@ -49,6 +49,62 @@ def test_native_spacing_equals_hand_computation_and_keeps_the_oblique_grid(tmp_p
     np.testing.assert_allclose(out.affine, aff, atol=1e-5)
 
 
+def _sitk_bspline_z2(img: np.ndarray) -> np.ndarray:
+    """(z, y, x) at 2 x 1 x 1 mm -> 1 mm by SimpleITK's cubic B-spline: 2 z slices per input slice, the
+    field of view kept, so the first output centre lies 0.25 input voxels before the first input centre."""
+    import SimpleITK as sitk
+
+    src = sitk.GetImageFromArray(img.astype(np.float32))   # sitk axes (x, y, z)
+    src.SetSpacing((1.0, 1.0, 2.0))
+    ref = sitk.Image(img.shape[2], img.shape[1], 2 * img.shape[0], sitk.sitkFloat32)
+    ref.SetSpacing((1.0, 1.0, 1.0))
+    ref.SetOrigin((0.0, 0.0, -0.5))
+    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkBSpline, float("nan"), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(out)
+    assert np.isfinite(arr).all()   # every output centre is inside the input's field of view
+    return arr
+
+
+def test_per_window_tta_averages_logits_by_hand(tmp_path):
+    """tta_mode="window" on a patch-sized image (one window): softmax of the mean of the flipped-back logits;
+    the default mode averages the softmax of each flip instead. Different settings, different manifests."""
+    from medseg.inference.cohort import run_params
+
+    bundle = make_bundle(tmp_path / "b", patch=(16, 16, 16))
+    img = blob_image((16, 16, 16), seed=2)
+    vol = Volume(img, (1.0, 1.0, 1.0))
+    model, _ = load_bundle(bundle)
+    x = torch.from_numpy(((img.astype(np.float64) - img.mean()) / img.std()).astype(np.float32))[None, None]
+    with torch.no_grad():
+        logits = [model(x.flip(d)).flip(d) if d else model(x) for d in ((), (3,), (4,), (3, 4))]  # y, x flips
+    want_window = torch.softmax(sum(logits) / 4, 1)[0].numpy()
+    want_volume = (sum(torch.softmax(lg, 1) for lg in logits) / 4)[0].numpy()
+    win = Predictor.from_bundle(bundle, tta_axes=(1, 2), tta_mode="window")
+    vol_p = Predictor.from_bundle(bundle, tta_axes=(1, 2))
+    np.testing.assert_allclose(win.predict_volume(vol, probabilities=True).probabilities, want_window, atol=2e-5)
+    np.testing.assert_allclose(vol_p.predict_volume(vol, probabilities=True).probabilities, want_volume, atol=2e-5)
+    assert run_params(win, save_probabilities=False, probability_dtype="float16")["tta_mode"] == "window"
+    assert "tta_mode" not in run_params(vol_p, save_probabilities=False, probability_dtype="float16")
+    with pytest.raises(InputError, match="TTA mode"):
+        Predictor.from_bundle(bundle, tta_mode="slices")
+
+
+def test_training_resample_case_image_like_simpleitk_label_nearest_by_hand():
+    """The training plan resamples with medseg's resampler: image as SimpleITK's B-spline, label
+    nearest (2 mm -> 1 mm: output slice j samples input position j/2 - 0.25, i.e. each slice twice)."""
+    from medseg.training.plan import resample_case
+
+    img = blob_image((10, 16, 16), seed=5)
+    lab = (np.arange(10)[:, None, None] % 3 * np.ones((1, 16, 16))).astype(np.uint8)
+    got_img, got_lab = resample_case(img[None], lab, (2.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    assert got_img.shape == (1, 20, 16, 16) and got_img.dtype == np.float32
+    np.testing.assert_allclose(got_img[0], _sitk_bspline_z2(img), atol=1e-4 * np.abs(img).max())
+    np.testing.assert_array_equal(got_lab, np.repeat(lab, 2, axis=0))
+    same_img, same_lab = resample_case(img[None], lab, (1.005, 1.0, 1.0), (1.0, 1.0, 1.0))  # within 1 %: untouched
+    assert np.shares_memory(same_img, img)
+    assert same_lab is lab
+
+
 def test_far_spacing_warns_resamples_like_training_and_comes_back(tmp_path, caplog):
     bundle = make_bundle(tmp_path / "b", patch=(20, 16, 16))
     img = blob_image((10, 16, 16), seed=3)
@@ -59,8 +115,9 @@ def test_far_spacing_warns_resamples_like_training_and_comes_back(tmp_path, capl
         pred = Predictor.from_bundle(bundle).predict_volume(vol, probabilities=True)
     assert any("far from the model's training spacing" in r.getMessage() for r in caplog.records)
     assert pred.warnings and "resampled" in pred.warnings[0]
-    # by hand: training's resampling (cubic, grid_mode zoom to 1 mm), one pass, linear zoom back
-    up = ndimage.zoom(img, (2.0, 1.0, 1.0), order=3, mode="nearest", grid_mode=True)
+    # by hand: training's resampling to 1 mm computed by SimpleITK (cubic B-spline onto a grid built
+    # here: 20 slices of 1 mm covering the same field of view), one pass, linear zoom back
+    up = _sitk_bspline_z2(img)
     probs_1mm = _reference_probs(bundle, up)
     back = np.stack([ndimage.zoom(p, (0.5, 1.0, 1.0), order=1, mode="nearest", grid_mode=True) for p in probs_1mm])
     np.testing.assert_allclose(pred.probabilities, back, atol=1e-4)

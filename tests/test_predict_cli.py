@@ -189,3 +189,15 @@ def test_multichannel_model_with_a_missing_channel_file(tmp_path):
     assert got == {"a": ("done", None), "b": ("failed", "channels")}
     assert "expects 2 input channel(s)" in rep.failed[0].error["message"]
     assert read_volume(tmp_path / "out" / "a.nii.gz").shape == (16, 16, 16)
+
+
+def test_tta_per_window_flag_reaches_the_manifest(tmp_path, capsys):
+    src = _cohort(tmp_path / "in", n=1)
+    bundle = make_bundle(tmp_path / "b")
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(bundle), "--input", str(src), "--output", str(out), "--device", "cpu",
+            "--tta", "1,2", "--tta-per-window", "--no-progress"]
+    assert main(argv) == 0
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert params["tta_axes"] == [1, 2] and params["tta_mode"] == "window"
+    assert main(argv) == 0 and "1 already done" in capsys.readouterr().out   # same settings: resumed

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kill_helpers import cases_recorded, tree_bytes
+from kill_helpers import cases_recorded, output_bytes
 
 from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
 from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
@@ -63,7 +63,7 @@ def test_predict_killed_and_rerun_is_identical(tmp_path):
     subprocess.run(_cmd(bundle, src, run_dir), env=_env(), check=True, timeout=180, capture_output=True)
     assert partial, "no kill interrupted a run that had work done and left"
 
-    ref, got = tree_bytes(ref_dir), tree_bytes(run_dir)
+    ref, got = output_bytes(ref_dir), output_bytes(run_dir)
     assert sorted(got) == sorted(ref)          # same files, no temporary files left
     assert not [n for n in got if _TMP_NAME.match(Path(n).name)]
     for name in ref:

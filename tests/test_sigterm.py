@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kill_helpers import cases_recorded, tree_bytes
+from kill_helpers import cases_recorded, output_bytes, tree_bytes
 
 from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
 from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
@@ -81,7 +81,7 @@ def _assert_resumes_to_reference(cohort, out: Path, done_before: int) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"{done_before} already done" in r.stdout
-    ref, got = tree_bytes(root / "ref"), tree_bytes(out)
+    ref, got = output_bytes(root / "ref"), output_bytes(out)
     assert sorted(got) == sorted(ref)
     for name in ref:
         assert got[name] == ref[name], name

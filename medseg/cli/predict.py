@@ -32,6 +32,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--tta", nargs="?", const="0,1,2", default="", metavar="AXES",
                    help="mirroring test-time augmentation; alone: all axes (8 passes), or axes e.g. 1,2")
+    p.add_argument("--tta-per-window", action="store_true",
+                   help="with --tta: flip each batch of windows and average logits (nnU-Net's way, less memory) "
+                        "instead of flipping the whole volume and averaging probabilities")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--save-probabilities", action="store_true",
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
 
     report = run_predict(model=args.model, input_path=args.input, output=args.output, device=args.device,
-                         tta_axes=tta, overlap=args.overlap, batch_size=args.batch_size,
+                         tta_axes=tta, tta_mode="window" if args.tta_per_window else "volume",
+                         overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.workers, weights=args.weights, postprocess=not args.no_postprocess,
                          progress=not args.no_progress, executor=spec)
@@ -84,4 +88,7 @@ def summary_table(report) -> str:
             msg = " ".join(str(err.get("message", "")).split())
             lines.append(f"  {o.case_id.ljust(w)}  {err.get('code', 'error')}: {msg}")
     lines.append(f"manifest: {report.manifest_path}")
+    timings = getattr(report, "timings", None)
+    if timings is not None and timings.rows:
+        lines.append(f"{timings.summary()} (per case: {report.manifest_path.parent / 'timings.csv'})")
     return "\n".join(lines)

@@ -13,6 +13,10 @@ Outputs per case ``CASE``::
                                       (or float32), ``affine`` (4x4, (z, y, x) indices -> RAS mm),
                                       ``labels`` (K,) label values; ``numpy.load`` reads it
 
+and ``OUT/timings.csv``: seconds per case and phase (read, preprocess, forward, invert,
+post-process, write, record) of the latest run, see :mod:`medseg.inference.timings`; a log, not
+an output (not in the manifest, different on every run).
+
 Input cases: every volume file or DICOM series folder of the input folder (or the single file).
 Multi-channel models take nnU-Net-style names ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` ...;
 for one-channel models a ``_0000`` suffix present on every file is dropped from the case id.
@@ -114,10 +118,13 @@ def file_sha256(path: str | Path) -> str:
 
 def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -> dict[str, Any]:
     """Everything that determines the outputs (hashed into the manifest): weights and settings, not the device."""
-    return {"format": PREDICT_FORMAT, "model": predictor.identity(), "tta_axes": list(predictor.tta_axes),
-            "overlap": predictor.overlap, "batch_size": predictor.batch_size, "blend": predictor.blend,
-            "postprocess": predictor.rules or None, "save_probabilities": bool(save_probabilities),
-            "probability_dtype": probability_dtype if save_probabilities else None}
+    params = {"format": PREDICT_FORMAT, "model": predictor.identity(), "tta_axes": list(predictor.tta_axes),
+              "overlap": predictor.overlap, "batch_size": predictor.batch_size, "blend": predictor.blend,
+              "postprocess": predictor.rules or None, "save_probabilities": bool(save_probabilities),
+              "probability_dtype": probability_dtype if save_probabilities else None}
+    if predictor.tta_axes and getattr(predictor, "tta_mode", "volume") != "volume":
+        params["tta_mode"] = predictor.tta_mode   # only when not the default: earlier manifests stay valid
+    return params
 
 
 def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, label_values: list[int],
@@ -133,7 +140,8 @@ def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, la
 
 
 def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "best", tta_axes=(),
-                    overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True, threads: int | None = None):
+                    tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True,
+                    threads: int | None = None):
     """Resolve the device and load the bundle into a :class:`Predictor` (also run once per Ray actor)."""
     import torch
 
@@ -143,8 +151,8 @@ def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(int(threads))
-    return Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, overlap=overlap,
-                                 batch_size=batch_size, postprocess=postprocess, threads=threads)
+    return Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
+                                 overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=threads)
 
 
 def _predict_fn(factory: Callable[[], Any], save_probabilities: bool) -> Callable[[str, Any], Any]:
@@ -161,7 +169,9 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
                    probability_dtype: str = "float16", progress: bool = False, prefetch: int = 2,
                    on_case: Callable[[str], None] | None = None, executor=None,
                    predictor_factory: Callable[[], Any] | None = None):
-    """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a :class:`medseg.batch.BatchReport`.
+    """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a :class:`medseg.batch.BatchReport`
+    whose ``timings`` (:class:`medseg.inference.timings.RunTimings`) say where the time went; they are
+    also written to ``out_dir/timings.csv`` (local executor only).
 
     A bad case (unreadable, wrong dimensions or channels...) is recorded as failed in the
     manifest with its error code and message, and the others go on.
@@ -173,7 +183,9 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     from medseg.executors import RemoteStages, as_spec
 
     from medseg.batch import is_complete, params_hash, read_manifest, run_batch
+    from medseg.inference.timings import RunClock
 
+    clock = RunClock()
     out = Path(out_dir)
     cases = find_cases(input_path, channels=predictor.channels)
     params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype)
@@ -187,18 +199,26 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
         todo = sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
         bar = tqdm(total=todo, desc="predict", unit="case", leave=True)
 
-    def load(paths: list[Path]):
+    def load(item: tuple[str, list[Path]]):
+        cid, paths = item
+        t = clock.now()
         try:
-            return load_channels(paths)
+            data = load_channels(paths)
         except Exception as exc:  # handed to compute, which raises it: every case passes the progress bar
-            return _LoadFailure(exc)
+            data = _LoadFailure(exc)
+        clock.set(cid, read_at_s=t, read_s=clock.now() - t)
+        return data
 
     def compute(cid: str, vols):
+        start = clock.compute_started(cid)
         try:
             if isinstance(vols, _LoadFailure):
                 raise vols.exc
-            return predictor.predict_volume(vols, probabilities=save_probabilities)
+            pred = predictor.predict_volume(vols, probabilities=save_probabilities)
+            clock.set(cid, **{f"{k}_s": v for k, v in pred.timings.items()})
+            return pred
         finally:
+            clock.compute_ended(cid, start)
             if bar is not None:
                 bar.set_postfix_str(cid, refresh=False)
                 bar.update(1)
@@ -208,6 +228,12 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     write = partial(write_prediction, save_probabilities=save_probabilities, label_values=label_values,
                     probability_dtype=probability_dtype)
     spec, remote = as_spec(executor), None
+
+    def timed_write(cid: str, pred, root: Path) -> list[Path]:
+        t = clock.now()
+        paths = write(cid, pred, root)
+        clock.set(cid, write_at_s=t, write_s=clock.now() - t)
+        return paths
 
     def on_result(cid: str) -> None:  # progress on Ray, where compute runs elsewhere
         if bar is not None:
@@ -227,19 +253,42 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
                                                                           save_probabilities), write=write,
                               gpu=device != "cpu")  # --device cpu: CPU actors even on a GPU cluster
 
+    def finished(outcome) -> None:
+        t = clock.now()
+        written = clock.get(outcome.case_id, "write_at_s")
+        extra = {}
+        if outcome.status == "done" and written is not None:
+            extra["record_s"] = t - written - clock.get(outcome.case_id, "write_s", 0.0)
+        clock.set(outcome.case_id, status=outcome.status, done_at_s=t, **extra)
+
+    report = None
     try:
-        return run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=compute, write=write,
-                         load=load, params=params, prefetch=prefetch, executor=spec, remote=remote,
-                         on_result=on_result)
+        if spec.is_local:
+            report = run_batch([(cid, (cid, paths)) for cid, paths in cases], out_dir=out, compute=compute,
+                               write=timed_write, load=load, params=params, prefetch=prefetch, on_finished=finished)
+        else:
+            report = run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=compute, write=write,
+                               load=load, params=params, prefetch=prefetch, executor=spec, remote=remote,
+                               on_result=on_result)
+        return report
     finally:
         if bar is not None:
             bar.close()
+        timings = clock.finish()
+        if timings.rows:
+            try:
+                timings.write(out)
+            except OSError as exc:  # the timings are a log: never fail a run over them
+                log.warning("could not write %s/timings.csv: %s", out, exc)
+            log.debug("%s", timings.summary())  # medseg predict prints it; the predict stage logs it
+        if report is not None:
+            report.timings = timings
 
 
 def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path, device: str = "auto",
-                tta_axes=(), overlap: float = 0.5, batch_size: int = 4, save_probabilities: bool = False,
-                probability_dtype: str = "float16", workers: int | None = None, weights: str = "best",
-                postprocess: bool = True, progress: bool = False, executor=None):
+                tta_axes=(), tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4,
+                save_probabilities: bool = False, probability_dtype: str = "float16", workers: int | None = None,
+                weights: str = "best", postprocess: bool = True, progress: bool = False, executor=None):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
 
@@ -251,7 +300,8 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
 
     spec = as_spec(executor)
     factory = partial(build_predictor, model, device=device, weights=weights, tta_axes=tuple(tta_axes),
-                      overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=workers)
+                      tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
+                      threads=workers)
     predictor = factory() if spec.is_local else factory(device="cpu")
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
                           probability_dtype=probability_dtype, progress=progress, executor=spec,

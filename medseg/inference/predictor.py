@@ -17,6 +17,7 @@ spacing, origin and direction.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,11 +37,14 @@ MAX_PROB_BYTES = 2 * 2 ** 30
 @dataclass
 class Prediction:
     """``label``: uint8/uint16 label Volume on the input grid. ``probabilities``: (K, z, y, x) float32
-    on the same grid, or None when not asked for. ``warnings``: messages about this case."""
+    on the same grid, or None when not asked for. ``warnings``: messages about this case.
+    ``timings``: seconds spent in ``preprocess``, ``forward``, ``invert`` and ``postprocess``
+    (see :mod:`medseg.inference.timings`)."""
 
     label: Volume
     probabilities: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def check_meta(meta: dict[str, Any], path: Any = None) -> None:
@@ -82,6 +86,12 @@ class Predictor:
     meta : the bundle's metadata (:func:`medseg.bundle.read_meta`).
     device : torch.device the model is on (resolve it once with :func:`medseg.device.resolve_device`).
     tta_axes : spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation; ``()`` = off.
+    tta_mode : ``"volume"`` (default): the whole volume is flipped and the softmax probabilities of the
+        flips averaged (:func:`medseg.inference.mirror_tta`); ``"window"``: each batch of windows is
+        flipped inside the sliding window and the logits averaged before blending (nnU-Net's way: no
+        flipped copies of the volume or extra probability volumes in memory). The two give the same
+        segmentation up to the difference between averaging logits and probabilities (and, where the
+        window grid is not mirror-symmetric, windows placed a few voxels apart).
     overlap : sliding-window overlap in [0, 1).
     batch_size : windows per forward pass.
     blend : "gaussian" or "constant" window weights.
@@ -90,7 +100,7 @@ class Predictor:
     """
 
     def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] = (),
-                 overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian", postprocess: bool = True,
+                 tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian", postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
                  weights_path: str | Path | None = None):
         import torch
@@ -108,6 +118,9 @@ class Predictor:
         for a in self.tta_axes:
             if a not in (0, 1, 2):
                 raise InputError(f"TTA axis {a} must be 0 (z), 1 (y) or 2 (x)", code="bad_params")
+        if tta_mode not in ("volume", "window"):
+            raise InputError(f"TTA mode {tta_mode!r} must be 'volume' or 'window'", code="bad_params")
+        self.tta_mode = tta_mode
         self.overlap, self.batch_size, self.blend = float(overlap), int(batch_size), blend
         self.rules = meta.get("postprocess") if postprocess else None
         self.threads = threads
@@ -163,6 +176,7 @@ class Predictor:
         from medseg.inference.prepare import (labels_to_input_grid, preprocess, spacing_warning, stack_channels,
                                               to_input_grid)
 
+        t0 = time.perf_counter()
         chans = [image] if isinstance(image, Volume) else list(image)
         if not chans:
             raise InputError("no input volume given", code="channels")
@@ -175,7 +189,9 @@ class Predictor:
             log.warning("%s: %s", path or "input", msg)
             warnings.append(msg)
         prepared = preprocess(arr, target, self.plan)
+        t1 = time.perf_counter()
         probs = self._probabilities(prepared.image, prepared.grid.spacing_mm)   # (K, z', y', x') float32
+        t2 = time.perf_counter()
         n_cls = probs.shape[0]
         dtype = np.uint8 if n_cls <= 256 else np.uint16
         need = n_cls * int(np.prod(target.shape)) * 4
@@ -187,13 +203,16 @@ class Predictor:
                      path or "input", n_cls, target.shape)
             full = None
             label = labels_to_input_grid(np.argmax(probs, axis=0).astype(dtype), prepared, target, threads=self.threads)
+        t3 = time.perf_counter()
         if self.rules:
             from medseg.postprocess import apply_postprocess
 
             label = apply_postprocess(label, ref.spacing_mm, self.rules)
         out = Volume(label, ref.spacing_mm, ref.origin_mm, ref.direction, is_label=True,
                      meta={"path": path} if path else {})
-        return Prediction(out, full if probabilities else None, warnings)
+        t4 = time.perf_counter()
+        timings = {"preprocess": t1 - t0, "forward": t2 - t1, "invert": t3 - t2, "postprocess": t4 - t3}
+        return Prediction(out, full if probabilities else None, warnings, timings)
 
     def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
         """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x)."""
@@ -209,11 +228,14 @@ class Predictor:
             axis = slicing_axis(spacing_mm)
             axes = tuple(a for a in axes if a != axis)   # flipping the slice order changes nothing for a 2D model
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def run(x: torch.Tensor, mirror_axes: Sequence[int] = ()) -> torch.Tensor:
             return sliding_window(self.model, x, self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
-                                  blend=self.blend, axis=axis, device=self.device)
+                                  blend=self.blend, axis=axis, device=self.device, mirror_axes=mirror_axes)
 
         x = torch.from_numpy(image)[None].to(self.device)
         with torch.inference_mode():
-            p = mirror_tta(run, x, axes=axes, activation="softmax")
+            if self.tta_mode == "window" and axes:
+                p = torch.softmax(run(x, axes), dim=1)
+            else:
+                p = mirror_tta(run, x, axes=axes, activation="softmax")
         return p[0].to("cpu", torch.float32).numpy()

@@ -7,8 +7,9 @@ Two plan formats are understood:
       {spacing_mm: [z, y, x], normalization: zscore | zscore_nonzero | none, patch_size, divisor}
 
   applied with the very function training used (:func:`medseg.training.plan.apply_plan`: cubic
-  resampling with ``scipy.ndimage.zoom(grid_mode=True)`` when an axis is more than 1 % off the
-  plan spacing, then per-case z-score), so inference sees exactly what the network was trained on;
+  B-spline resampling with :func:`medseg.preprocess.resample_to_spacing` when an axis is more than
+  1 % off the plan spacing, then per-case z-score), so inference sees exactly what the network was
+  trained on;
 * a preprocessing plan of :mod:`medseg.preprocess.plan` (``target_spacing_mm``, ``crop``,
   ``normalization: {scheme: ...}``, ``resample``): crop to non-zero, normalise, resample, with
   the crop box remembered so it can be undone.

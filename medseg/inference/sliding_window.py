@@ -44,6 +44,7 @@ def sliding_window(
     output_device: torch.device | str | None = None,
     amp: bool = True,
     pad_value: float = 0.0,
+    mirror_axes: Sequence[int] = (),
 ) -> torch.Tensor:
     """Run ``model`` over ``image`` window by window and blend the window outputs.
 
@@ -73,6 +74,17 @@ def sliding_window(
         the volume size). Default: ``device``.
     amp : bool
         Autocast to float16 on CUDA (ignored on CPU). Accumulation is always float32.
+    mirror_axes : sequence of int
+        Mirroring test-time augmentation inside the window loop (nnU-Net's way): each batch of
+        windows also goes through the model flipped along every non-empty subset of these
+        spatial axes (0 = first spatial axis of ``image``), and the flipped-back outputs are
+        averaged before blending: ``2**len(mirror_axes)`` forward passes per batch, no extra
+        memory of the volume's size. The result is the mean of the *outputs* (logits), so it
+        equals whole-volume mirroring with ``mirror_tta(..., activation="none")`` whenever the
+        window grid is symmetric along those axes (the window starts mirror onto window starts
+        and any padding is even); otherwise windows sit a few voxels apart and the two differ
+        slightly. For a 2D model the slicing ``axis`` is ignored here (flipping the slice order
+        changes nothing).
 
     Returns
     -------
@@ -93,18 +105,31 @@ def sliding_window(
     out_dev = dev if output_device is None else torch.device(output_device)
     if isinstance(model, torch.nn.Module) and model.training:
         log.warning("sliding_window: model is in training mode; call model.eval() for inference")
+    mirror = tuple(int(a) for a in mirror_axes)
+    if len(set(mirror)) != len(mirror) or any(not 0 <= a < n_spatial for a in mirror):
+        raise ConfigError(f"mirror_axes {mirror} must be distinct spatial axes in 0..{n_spatial - 1}")
     opts = dict(batch_size=batch_size, blend=blend, sigma_scale=sigma_scale, device=dev,
                 output_device=out_dev, amp=amp, pad_value=pad_value)
 
     if len(roi) == n_spatial - 1:
         if not -n_spatial <= axis < n_spatial:
             raise ConfigError(f"slice axis {axis} out of range for {n_spatial} spatial dimensions")
-        return _slicewise(model, image, roi, overlap, axis % n_spatial, opts)
+        axis %= n_spatial
+        opts["flips"] = _flip_dims(tuple(a - (a > axis) for a in mirror if a != axis))
+        return _slicewise(model, image, roi, overlap, axis, opts)
+    opts["flips"] = _flip_dims(mirror)
     if len(roi) != n_spatial:
         raise ConfigError(f"roi_size {roi} has {len(roi)} dimensions but the image has {n_spatial} spatial "
                           f"dimensions (shape {tuple(image.shape)}); give {n_spatial} sizes, or "
                           f"{n_spatial - 1} for a slice-wise 2D model")
     return _sliding(model, image, roi, overlap, **opts)
+
+
+def _flip_dims(axes: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Tensor dims to flip for every subset of spatial ``axes`` (the empty one, no flip, first)."""
+    from medseg.inference.tta import mirror_subsets
+
+    return tuple(tuple(2 + a for a in sub) for sub in mirror_subsets(axes))
 
 
 def _model_device(model: Model, image: torch.Tensor) -> torch.device:
@@ -126,7 +151,8 @@ def _slicewise(model: Model, image: torch.Tensor, roi: tuple[int, ...], overlap,
     return out.contiguous()
 
 
-def _sliding(model, image, roi, overlap, *, batch_size, blend, sigma_scale, device, output_device, amp, pad_value):
+def _sliding(model, image, roi, overlap, *, batch_size, blend, sigma_scale, device, output_device, amp, pad_value,
+             flips=((),)):
     n_spatial = len(roi)
     ov = (float(overlap),) * n_spatial if isinstance(overlap, (int, float)) else tuple(float(o) for o in overlap)
     if len(ov) != n_spatial or any(not 0.0 <= o < 1.0 for o in ov):
@@ -145,7 +171,7 @@ def _sliding(model, image, roi, overlap, *, batch_size, blend, sigma_scale, devi
         log.debug("sliding_window: %d windows of %s over %s", len(jobs), roi, padded)
         weight = None if blend == "constant" else importance_map(roi, blend=blend, sigma_scale=sigma_scale,
                                                                  device=device)
-        acc = _accumulate(model, image, roi, jobs, weight, batch_size, device, output_device, amp)
+        acc = _accumulate(model, image, roi, jobs, weight, batch_size, device, output_device, amp, flips)
         norm = normaliser(padded, roi, ov, blend=blend, sigma_scale=sigma_scale, device=acc.device)
         acc.div_(norm)
         if any(a or b for a, b in pads):
@@ -154,7 +180,7 @@ def _sliding(model, image, roi, overlap, *, batch_size, blend, sigma_scale, devi
     return acc
 
 
-def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, amp) -> torch.Tensor:
+def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, amp, flips) -> torch.Tensor:
     """Weighted sum of window outputs; retries a batch with fewer windows, then on the CPU, on OOM.
 
     Windows are cut into one reused buffer and, when the output stays on the compute device, the
@@ -176,7 +202,7 @@ def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, am
             x = xbuf[:len(chunk)]
             for j, (b, start) in enumerate(chunk):
                 x[j].copy_(image[(b, slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))])
-            pred = _forward(model, x.to(device), roi, amp)
+            pred = _forward(model, x.to(device), roi, amp, flips)
             if pred.device != out_dev:
                 pred = (pred if weight is None else pred * weight).to(out_dev)
                 fused = False
@@ -210,7 +236,26 @@ def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, am
     return acc
 
 
-def _forward(model, x, roi, amp) -> torch.Tensor:
+def _forward(model, x, roi, amp, flips=((),)) -> torch.Tensor:
+    """The model's float32 output for a batch of windows; with several ``flips``, the mean of the
+    outputs for the flipped batches, each flipped back (the model's own output is never modified)."""
+    total, owned = None, False
+    for dims in flips:
+        y = _call(model, torch.flip(x, dims) if dims else x, roi, amp)
+        if dims:
+            y = torch.flip(y, dims)   # a new tensor
+        if total is None:
+            total, owned = y, bool(dims)
+        elif owned:
+            total.add_(y)
+        else:
+            total, owned = total + y, True
+    if len(flips) > 1:
+        total.div_(len(flips))
+    return total
+
+
+def _call(model, x, roi, amp) -> torch.Tensor:
     if amp and x.device.type == "cuda":
         with torch.autocast(device_type="cuda", dtype=torch.float16):
             y = model(x)

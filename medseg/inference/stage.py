@@ -40,8 +40,12 @@ def _tta_axes(tta: Any) -> tuple[int, ...]:
 @register_stage("predict")
 def predict_stage(ctx: Context, model: str | None = None, input: str | None = None, overlap: float = 0.5,
                   tta: Any = False, batch_size: int = 4, device: str = "auto", save_probabilities: bool = False,
-                  workers: int | None = None, weights: str = "best", postprocess: bool = True) -> dict[str, Any]:
-    """Segment every case of ``input`` with the bundle ``model`` (a registered name or a bundle folder)."""
+                  workers: int | None = None, weights: str = "best", postprocess: bool = True,
+                  tta_mode: str = "volume") -> dict[str, Any]:
+    """Segment every case of ``input`` with the bundle ``model`` (a registered name or a bundle folder).
+
+    ``tta_mode``: "volume" (flip the whole volume, average probabilities) or "window" (flip windows
+    inside the sliding window, average logits; see :class:`medseg.inference.predictor.Predictor`)."""
     from medseg.inference.cohort import run_predict
 
     if not model or not input:
@@ -56,12 +60,14 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
         model_spec = str(as_path)
     out_dir = ctx.out(ctx.stage_name or "predict")
     report = run_predict(model=model_spec, input_path=ctx.resolve_input(input), output=out_dir, device=str(device),
-                             tta_axes=_tta_axes(tta), overlap=float(overlap), batch_size=int(batch_size),
+                             tta_axes=_tta_axes(tta), tta_mode=str(tta_mode), overlap=float(overlap), batch_size=int(batch_size),
                              save_probabilities=bool(save_probabilities), workers=workers, weights=weights,
                              postprocess=bool(postprocess), progress=False)
     failed = {o.case_id: f"error:{(o.error or {}).get('code', 'error')}" for o in report.failed}
     for cid, st in failed.items():
         log.error("predict: case %s failed (%s)", cid, st)
+    if report.timings is not None and report.timings.rows:
+        log.info("predict: %s", report.timings.summary())
     ctx.results["_last_volume_dir"] = out_dir
     return {"output": str(out_dir), "manifest": str(report.manifest_path),
             "done": [o.case_id for o in report.outcomes if o.status == "done"],

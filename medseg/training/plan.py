@@ -1,4 +1,4 @@
-"""Preprocessing plan for training (local, minimal; to be swapped for ``medseg.preprocess``).
+"""Preprocessing plan for training (minimal; built on ``medseg.preprocess``).
 
 A plan is a plain dict saved in the model bundle, so inference applies exactly the same steps::
 
@@ -6,7 +6,8 @@ A plan is a plain dict saved in the model bundle, so inference applies exactly t
      "divisor": 8, "median_shape": [36, 50, 35]}
 
 * spacing: the median spacing of the data set unless the config names one; cases whose spacing
-  differs by more than 1 % are resampled (cubic image, nearest label).
+  differs by more than 1 % are resampled (cubic image, nearest label) with
+  :func:`medseg.preprocess.resample_to_spacing`.
 * normalization: per-case z-score over all voxels, or over non-zero voxels (``zscore_nonzero``,
   zeros stay zero) when ``auto`` finds that more than a quarter of the voxels are exactly 0.
 * patch size: the median shape rounded up to a multiple of ``divisor``, shrunk until it has at
@@ -84,21 +85,29 @@ def normalize(image: np.ndarray, method: str) -> np.ndarray:
     return out
 
 
-def resample_case(image: np.ndarray, label: np.ndarray | None, spacing_mm, target_mm):
-    """Resample (C, z, y, x) image (cubic) and (z, y, x) label (nearest) to ``target_mm``.
+def resample_case(image: np.ndarray, label: np.ndarray | None, spacing_mm, target_mm, *,
+                  threads: int | None = None):
+    """Resample (C, z, y, x) image (cubic B-spline) and (z, y, x) label (nearest) to ``target_mm``.
 
-    Returns the inputs unchanged when every axis is within 1 % of the target.
+    Uses :func:`medseg.preprocess.resample_to_spacing` (field of view preserved, output shape
+    ``round(n * spacing / target)``, the grid of :func:`medseg.preprocess.grid.spacing_grid`;
+    on strongly anisotropic data the low-resolution axis is interpolated with nearest neighbour,
+    nnU-Net's rule), so training, ``medseg predict`` and ``medseg.preprocess`` plans resample
+    with one implementation. Returns the inputs unchanged when every axis is within 1 % of the target.
     """
-    from scipy import ndimage
+    from medseg.preprocess.resample import resample_to_spacing
+    from medseg.volume import Volume
 
     sp, tg = np.asarray(spacing_mm, float), np.asarray(target_mm, float)
     if np.all(np.abs(sp / tg - 1) < 0.01):
         return image, label
-    new_shape = np.maximum(np.round(np.array(image.shape[1:]) * sp / tg).astype(int), 1)
-    zoom = new_shape / np.array(image.shape[1:])
-    img = np.stack([ndimage.zoom(ch, zoom, order=3, mode="nearest", grid_mode=True) for ch in image])
-    lab = None if label is None else ndimage.zoom(label, zoom, order=0, mode="nearest", grid_mode=True)
-    return img.astype(np.float32), lab
+    img = np.stack([resample_to_spacing(Volume(np.asarray(ch, dtype=np.float32), tuple(sp)), tuple(tg),
+                                        order="cubic", threads=threads).array for ch in image])
+    lab = None
+    if label is not None:
+        lab = resample_to_spacing(Volume(label, tuple(sp), is_label=True), tuple(tg), label_order="nearest",
+                                  threads=threads).array
+    return img.astype(np.float32, copy=False), lab
 
 
 def apply_plan(image: np.ndarray, label: np.ndarray | None, spacing_mm, plan: dict[str, Any]):
