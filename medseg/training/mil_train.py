@@ -49,7 +49,7 @@ class MILTrainConfig:
     weight_decay: float = 1e-3
     epochs: int = 40
     batch_bags: int = 1
-    ensemble: int = 5
+    ensemble: int = 1  # Ilse et al. train one network per fold; raise for a seed ensemble
     standardize: bool = True
     threshold: float = 0.5
 
