@@ -5,7 +5,7 @@
 OUT=${1:-out/mil}
 D=${MIL_DATA:-../shared/data/mil}
 run() {  # model suffix
-  for ds in musk1.csv musk2.csv elephant.csv andrews_mat/fox_100x100_matlab.mat; do
+  for ds in musk1.csv andrews_mat/fox_100x100_matlab.mat elephant.csv musk2.csv; do
     name=$(basename "$ds" | sed 's/[._].*//')
     PYTHONPATH=. python -m medseg mil cv --data "$D/$ds" --folds 10 --repeats 5 --seed 0 \
       --model "$1" --out "$OUT/${name}_$2" || echo "FAILED $ds $1"

@@ -161,7 +161,10 @@ def stage_bcl(ctx: Context, **params: Any) -> dict[str, Any]:
     grids = [load_tiles(ctx.out("tiles", i, "tiles.h5"))[0] for i in ids]
     src = SlidePatchSource([st["slides"][i] for i in ids], grids, [st["labels"][i] for i in ids], ids=ids,
                            slide_mpp=st["tiling"].slide_mpp, mean=spec.mean, std=spec.std)
-    hist = run_bcl(src, cfg, ctx.out("bcl"), device=st["device"])
+    try:
+        hist = run_bcl(src, cfg, ctx.out("bcl"), device=st["device"])
+    finally:
+        src.close()
     model, ens = load_round(ctx.out("bcl"), cfg.rounds, cfg.encoder)
     enc_path = save_weights(model.encoder, ctx.out("bcl", "encoder_final.safetensors"))
     new_spec = EncoderSpec(name=spec.name, weights=str(enc_path), mean=spec.mean, std=spec.std)
