@@ -246,10 +246,13 @@ class StackedMIL(nn.Module):
                 a = a * torch.sigmoid(torch.baddbmm(bu, h, u))
             w, bw = self.parts["attn_w"]
             s = torch.baddbmm(bw, a, w).squeeze(-1)  # (E, N)
-            peak = s.new_full((e, n), float("-inf")).scatter_reduce(1, idx.expand(e, -1), s, "amax")
-            ex = torch.exp(s - peak[:, idx])
-            att = ex / ex.new_zeros((e, n)).index_add(1, idx, ex)[:, idx]
-            z = h.new_zeros((e, n, h.shape[-1])).index_add(1, idx, h * att.unsqueeze(-1))
+            if n == 1:  # one bag (the training default): a plain softmax, fewer operations
+                z = torch.bmm(torch.softmax(s, 1).unsqueeze(1), h)  # (E, 1, H)
+            else:
+                peak = s.new_full((e, n), float("-inf")).scatter_reduce(1, idx.expand(e, -1), s, "amax")
+                ex = torch.exp(s - peak[:, idx])
+                att = ex / ex.new_zeros((e, n)).index_add(1, idx, ex)[:, idx]
+                z = h.new_zeros((e, n, h.shape[-1])).index_add(1, idx, h * att.unsqueeze(-1))
         elif self.kind == "max":
             z = h.new_full((e, n, h.shape[-1]), float("-inf")).scatter_reduce(
                 1, idx.view(1, -1, 1).expand_as(h), h, "amax")
