@@ -19,11 +19,16 @@ $(VENV)/.dev: $(VENV)/.base pyproject.toml
 	$(PIP) install -q $(TORCH) -e '.[dev]'
 	touch $@
 
+$(VENV)/.wsi: $(VENV)/.base
+	$(PIP) install -q $(TORCH) -e '.[wsi]'
+	touch $@
+
 venv: $(VENV)/.base
 venv-dev: $(VENV)/.dev
 
-demo: $(VENV)/.base
+demo: $(VENV)/.wsi
 	$(VENV)/bin/medseg run configs/demo.yaml --set output=out/demo
+	$(VENV)/bin/medseg wsi predict --model data_samples/wsi/demo_bundle --input data_samples/wsi --output out/demo_wsi
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -n 2 --dist loadfile tests

@@ -11,7 +11,7 @@ import torch
 from medseg.errors import ConfigError
 from medseg.training.bcl import BCLConfig, pseudo_labels, run_bcl
 from medseg.wsi.metrics import binary_metrics
-from medseg.wsi.patches import ArrayPatchSource
+from medseg.wsi.patches import ArrayPatchSource, read_pairs
 
 
 def test_pseudo_labels_by_hand():
@@ -77,3 +77,91 @@ def test_run_bcl_tiny_writes_rounds_and_resumes(tmp_path, rng):
     again = run_bcl(train, cfg, tmp_path, device=torch.device("cpu"), test=test, evaluate=ev)
     assert json.dumps(again, sort_keys=True) == json.dumps(hist, sort_keys=True)
     assert (tmp_path / "round_1" / "patch_model.safetensors").stat().st_mtime_ns == mtime
+
+
+class _Counting(ArrayPatchSource):
+    """Records every read call's (bag, indices)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls = []
+
+    def read(self, bag, idx):
+        self.calls.append((bag, np.asarray(idx).tolist()))
+        return super().read(bag, idx)
+
+
+def test_read_pairs_groups_per_bag(rng):
+    src = _Counting([rng.normal(size=(4, 3, 2, 2)), rng.normal(size=(5, 3, 2, 2))], [0, 1])
+    x = read_pairs(src, np.array([1, 0, 1, 1]), np.array([3, 2, 3, 0]))
+    assert src.calls == [(0, [2]), (1, [0, 3])]  # one call per bag, each index once, sorted
+    ref = torch.stack([src.images[1][3], src.images[0][2], src.images[1][3], src.images[1][0]])
+    assert torch.equal(x, ref)
+
+
+def _finetune_one_by_one(model, source, plabels, cfg, rng):
+    """The M-step as first written: each patch read on its own; the reference for bitwise equality."""
+    pos = [(b, i) for b, lab in enumerate(plabels) for i in np.flatnonzero(lab == 1)]
+    neg = [(b, i) for b, lab in enumerate(plabels) for i in np.flatnonzero(lab == 0)]
+    opt = torch.optim.Adam([{"params": model.encoder.parameters(), "lr": cfg.encoder_lr},
+                            {"params": model.head.parameters(), "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    half = cfg.batch_size // 2
+    model.train()
+    for _ in range(cfg.finetune_epochs):
+        for _ in range(max(1, 2 * max(len(pos), len(neg)) // cfg.batch_size)):
+            items = [pos[i] for i in rng.integers(0, len(pos), half)] + [neg[i] for i in rng.integers(0, len(neg), half)]
+            y = torch.tensor([1.0] * half + [0.0] * half)
+            x = torch.cat([source.read(b, np.array([i])) for b, i in items])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def test_mstep_batched_reads_same_weights(rng):
+    from medseg.models.encoders import create_encoder
+    from medseg.training.bcl import PatchClassifier, _finetune
+
+    torch.set_num_threads(1)
+    src = _Counting(_toy_source(rng, 8).images, [b % 2 for b in range(8)])
+    plabels = [np.array([0, 0, 0, 0, 0]) if b % 2 == 0 else np.array([1, -1, -1, -1, 0]) for b in range(8)]
+    cfg = BCLConfig.from_dict({"encoder": "tile_resnet_tiny", "finetune_epochs": 2, "batch_size": 8})
+    torch.manual_seed(3)
+    a = PatchClassifier(create_encoder("tile_resnet_tiny"))
+    b = PatchClassifier(create_encoder("tile_resnet_tiny"))
+    b.load_state_dict(a.state_dict())
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    torch.manual_seed(4)
+    _finetune(a, src, plabels, cfg, device=torch.device("cpu"), rng=r1)
+    n_batched = len(src.calls)
+    src.calls.clear()
+    torch.manual_seed(4)
+    _finetune_one_by_one(b, src, plabels, cfg, r2)
+    # 4 positive and 24 negative patches: 2 epochs x (48 // 8) steps x 8 patches, one read each
+    assert len(src.calls) == 2 * 6 * 8
+    assert n_batched < 2 * 6 * 8  # grouped: one read per distinct bag of a batch
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert r1.integers(1 << 30) == r2.integers(1 << 30)  # same number of draws
+
+
+def test_slide_source_threads_read_same_tiles(tmp_path, rng):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from medseg.wsi.patches import SlidePatchSource
+
+    img = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "s.png")
+    grid = SimpleNamespace(coords=np.array([[0, 0], [32, 16], [64, 32], [16, 48]]), tile_size=16, mpp=1.0)
+    kw = dict(ids=["s"], slide_mpp=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    one = SlidePatchSource([str(tmp_path / "s.png")], [grid], [1], threads=1, **kw)
+    many = SlidePatchSource([str(tmp_path / "s.png")], [grid], [1], threads=3, **kw)
+    x1, x3 = one.read(0, np.array([3, 0, 2, 1])), many.read(0, np.array([3, 0, 2, 1]))
+    assert torch.equal(x1, x3)
+    # tile 1 (x=32, y=16) by hand: pixels / 255, channels first
+    ref = torch.from_numpy(img[16:32, 32:48].astype(np.float32) / 255).permute(2, 0, 1)
+    assert torch.allclose(x3[3], ref)
+    one.close(); many.close()

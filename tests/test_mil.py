@@ -181,6 +181,8 @@ def test_fit_learns_witness_and_cli(tmp_path, rng):
     for k in ("accuracy_mean", "accuracy_std", "auc_mean", "auc_std"):
         assert 0.0 <= s[k] <= 1.0
     assert len(s["per_fold"]) == 6
+    part = json.loads((tmp_path / "cv" / "summary.partial.json").read_text())  # after repeat 1 of 2
+    assert part["repeats"] == 1 and part["per_fold"] == s["per_fold"][:3]
     assert s["accuracy_mean"] == pytest.approx(np.mean([f["accuracy"] for f in s["per_fold"]]))
 
 

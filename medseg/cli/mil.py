@@ -54,9 +54,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
     bags = load_bags(args.data)
     dev = resolve_device(args.device)
-    summary = cross_validate(bags, cfg, folds=args.folds, repeats=args.repeats, seed=args.seed, device=dev)
-    summary["data"] = str(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
+
+    def partial(s: dict) -> None:  # repeats done so far, in case the run is stopped
+        atomic_write_text(args.out / "summary.partial.json", json.dumps({**s, "data": str(args.data)}, indent=1))
+
+    summary = cross_validate(bags, cfg, folds=args.folds, repeats=args.repeats, seed=args.seed, device=dev,
+                             on_repeat=partial)
+    summary["data"] = str(args.data)
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
     cfgmod.save_yaml({"mil": summary["config"]}, args.out / "config.resolved.yaml")
     lo, hi = summary["accuracy_ci95"]

@@ -159,10 +159,17 @@ def _predict(args: argparse.Namespace) -> int:
     slides: list[Path] = []
     for p in args.input:
         slides += sorted(q for q in p.iterdir() if q.suffix.lower() in SLIDE_EXTENSIONS) if p.is_dir() else [p]
+    from medseg.wsi.bundle import bundle_note
+
+    note = bundle_note(args.model)
+    if note:
+        print(f"model note: {note}")
     rows = predict_slides(args.model, slides, args.output, device=resolve_device(args.device),
                           workers=args.workers, top_k=args.top_k, slide_mpp=args.slide_mpp)
     for r in rows:
         extra = f" ({r['error']})" if r.get("error") else ""
         print(f"{r['slide']}: {r['status']} p={r['probability']} label={r['label']} tiles={r['n_tiles']}{extra}")
+        if r["status"] == "ok":
+            print(f"  attention heatmap: {args.output / r['slide'] / 'heatmap.png'}")
     print(f"predictions: {args.output / 'predictions.csv'}")
     return 1 if any(str(r["status"]).startswith("error") for r in rows) else 0

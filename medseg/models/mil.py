@@ -204,6 +204,31 @@ class StackedMIL(nn.Module):
                     getattr(mm, n).bias.copy_(b[e, 0])
         return members
 
+    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One bag per member: ``x`` ``(E, N, D)`` padded instances, ``mask`` ``(E, N)`` True on real
+        ones; returns logits ``(E,)`` (member e sees only its own bag)."""
+        h = x
+        for j in range(0, len(self.embed), 2):
+            h = torch.relu(torch.baddbmm(self.embed[j + 1], h, self.embed[j]))
+            if self.dropout > 0:
+                h = nn.functional.dropout(h, self.dropout, self.training)
+        m = mask.unsqueeze(-1)
+        if self.kind in ("attention", "gated"):
+            v, bv = self.parts["attn_v"]
+            a = torch.tanh(torch.baddbmm(bv, h, v))
+            if self.kind == "gated":
+                u, bu = self.parts["attn_u"]
+                a = a * torch.sigmoid(torch.baddbmm(bu, h, u))
+            w, bw = self.parts["attn_w"]
+            s = torch.baddbmm(bw, a, w).squeeze(-1).masked_fill(~mask, float("-inf"))
+            z = (h * torch.softmax(s, 1).unsqueeze(-1)).sum(1)
+        elif self.kind == "max":
+            z = h.masked_fill(~m, float("-inf")).amax(1)
+        else:
+            z = (h * m).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        hw, hb = self.parts["head"]
+        return torch.baddbmm(hb, z.unsqueeze(1), hw).reshape(-1)
+
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                 n_bags: int | None = None) -> torch.Tensor:
         idx, n = _index(x, bag_index, n_bags)
@@ -221,10 +246,13 @@ class StackedMIL(nn.Module):
                 a = a * torch.sigmoid(torch.baddbmm(bu, h, u))
             w, bw = self.parts["attn_w"]
             s = torch.baddbmm(bw, a, w).squeeze(-1)  # (E, N)
-            peak = s.new_full((e, n), float("-inf")).scatter_reduce(1, idx.expand(e, -1), s, "amax")
-            ex = torch.exp(s - peak[:, idx])
-            att = ex / ex.new_zeros((e, n)).index_add(1, idx, ex)[:, idx]
-            z = h.new_zeros((e, n, h.shape[-1])).index_add(1, idx, h * att.unsqueeze(-1))
+            if n == 1:  # one bag (the training default): a plain softmax, fewer operations
+                z = torch.bmm(torch.softmax(s, 1).unsqueeze(1), h)  # (E, 1, H)
+            else:
+                peak = s.new_full((e, n), float("-inf")).scatter_reduce(1, idx.expand(e, -1), s, "amax")
+                ex = torch.exp(s - peak[:, idx])
+                att = ex / ex.new_zeros((e, n)).index_add(1, idx, ex)[:, idx]
+                z = h.new_zeros((e, n, h.shape[-1])).index_add(1, idx, h * att.unsqueeze(-1))
         elif self.kind == "max":
             z = h.new_full((e, n, h.shape[-1]), float("-inf")).scatter_reduce(
                 1, idx.view(1, -1, 1).expand_as(h), h, "amax")

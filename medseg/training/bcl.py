@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,7 @@ from medseg.models.encoders import create_encoder, load_weights, save_weights
 from medseg.training.mil_train import (MILTrainConfig, attention_weights, fit_mil, load_mil, predict_bags,
                                        save_mil)
 from medseg.wsi.bags import Bags
+from medseg.wsi.patches import read_pairs
 
 log = logging.getLogger("medseg.training.bcl")
 
@@ -135,20 +137,30 @@ def _finetune(model: PatchClassifier, source, plabels: list[np.ndarray], cfg: BC
     lossf = nn.BCEWithLogitsLoss()
     n_per_epoch = 2 * max(len(pos), len(neg))
     half = cfg.batch_size // 2
+    steps_per_epoch = max(1, n_per_epoch // cfg.batch_size)
+    # Every batch's (bag, patch) pairs are drawn up front (the same draws, in the same order, as
+    # drawing them step by step); a background thread reads batch s+1, grouped per bag (see
+    # read_pairs), while batch s trains.
+    pos_a, neg_a = np.asarray(pos, np.int64), np.asarray(neg, np.int64)
+    batches = [np.concatenate([pos_a[rng.integers(0, len(pos), half)], neg_a[rng.integers(0, len(neg), half)]])
+               for _ in range(cfg.finetune_epochs * steps_per_epoch)]
+    y = torch.tensor([1.0] * half + [0.0] * half, device=device)
     last = float("nan")
     model.train()
-    for _ in range(cfg.finetune_epochs):
+    with ThreadPoolExecutor(1, thread_name_prefix="medseg-bcl-read") as pool:
+        nxt = pool.submit(read_pairs, source, batches[0][:, 0], batches[0][:, 1])
         tot, steps = 0.0, 0
-        for _ in range(max(1, n_per_epoch // cfg.batch_size)):
-            items = [pos[i] for i in rng.integers(0, len(pos), half)] + [neg[i] for i in rng.integers(0, len(neg), half)]
-            y = torch.tensor([1.0] * half + [0.0] * half, device=device)
-            x = torch.cat([source.read(b, np.array([i])) for b, i in items]).to(device)
+        for s in range(len(batches)):
+            x = nxt.result().to(device)
+            if s + 1 < len(batches):
+                nxt = pool.submit(read_pairs, source, batches[s + 1][:, 0], batches[s + 1][:, 1])
             loss = lossf(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot += float(loss.detach()); steps += 1
-        last = tot / steps
+            if steps == steps_per_epoch:
+                last, tot, steps = tot / steps, 0.0, 0
     model.eval()
     return last
 

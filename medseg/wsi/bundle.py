@@ -18,7 +18,7 @@ from medseg.training.mil_train import MILEnsemble, load_mil, save_mil
 from medseg.wsi.features import EncoderSpec
 from medseg.wsi.tile_slides import TilingParams
 
-__all__ = ["save_bundle", "load_bundle"]
+__all__ = ["save_bundle", "load_bundle", "bundle_note"]
 
 
 def save_bundle(out: Path, *, tiling: TilingParams, spec: EncoderSpec, ens: MILEnsemble,
@@ -52,3 +52,12 @@ def load_bundle(path: Path) -> tuple[TilingParams, EncoderSpec, MILEnsemble, dic
     spec = EncoderSpec(name=e["name"], weights=str(root / e["weights"]) if e.get("weights") else None,
                        mean=tuple(e["mean"]), std=tuple(e["std"]))
     return tiling, spec, load_mil(root / doc["aggregator"]), doc
+
+
+def bundle_note(path: Path) -> str:
+    """The bundle's free-text ``note`` (e.g. that it was trained on made-up labels), or ``""``."""
+    f = path / "bundle.json" if path.is_dir() else path
+    try:
+        return str(json.loads(f.read_text()).get("note", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""  # load_bundle reports unreadable bundles

@@ -8,7 +8,7 @@ import numpy as np
 
 from medseg.fsutil import atomic_path
 
-__all__ = ["mask_grid_overlay", "heatmap_overlay", "save_png"]
+__all__ = ["mask_grid_overlay", "heatmap_overlay", "draw_colour_bar", "save_png"]
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
@@ -57,11 +57,37 @@ def _colormap(v: np.ndarray) -> np.ndarray:
     return np.where(v < 0.5, lo, yellow + (red - yellow) * np.clip(v * 2 - 1, 0, 1)).astype(np.uint8)
 
 
+def draw_colour_bar(img: np.ndarray, label: str = "attention") -> np.ndarray:
+    """Draw the heatmap's colour ramp with ``low``/``high`` and ``label`` in the bottom-left
+    corner of ``img`` (in place, on a white box); the image keeps its size. Skipped on images
+    too small to hold it (under 120 x 60 px)."""
+    from PIL import Image, ImageDraw
+
+    h, w = img.shape[:2]
+    if w < 120 or h < 60:
+        return img
+    bw, bh, pad = min(200, w // 3), 10, 4
+    box_h = bh + 2 * 12 + 2 * pad
+    y0 = h - box_h - pad
+    x0 = pad
+    img[y0:y0 + box_h, x0:x0 + bw + 2 * pad] = 255
+    ramp = _colormap(np.linspace(0, 1, bw))
+    img[y0 + pad + 12:y0 + pad + 12 + bh, x0 + pad:x0 + pad + bw] = ramp[None]
+    pil = Image.fromarray(img)
+    d = ImageDraw.Draw(pil)
+    d.text((x0 + pad, y0 + pad), label, fill=(0, 0, 0))
+    d.text((x0 + pad, y0 + pad + 12 + bh + 1), "low", fill=(0, 0, 0))
+    d.text((x0 + pad + bw - 24, y0 + pad + 12 + bh + 1), "high", fill=(0, 0, 0))
+    img[...] = np.asarray(pil)
+    return img
+
+
 def heatmap_overlay(thumb: np.ndarray, coords: np.ndarray, scores: np.ndarray, *, extent_level0: float,
-                    scale: float, alpha: float = 0.5) -> np.ndarray:
+                    scale: float, alpha: float = 0.5, legend: str | None = None) -> np.ndarray:
     """Thumbnail with each tile coloured by its score (min-max normalised over the slide).
 
-    Overlapping tiles are averaged; untiled areas keep the thumbnail.
+    Overlapping tiles are averaged; untiled areas keep the thumbnail. With ``legend`` (a label,
+    e.g. ``"attention"``) a colour bar is drawn in the bottom-left corner; the size is unchanged.
     """
     h, w = thumb.shape[:2]
     acc = np.zeros((h, w), np.float64)
@@ -77,4 +103,5 @@ def heatmap_overlay(thumb: np.ndarray, coords: np.ndarray, scores: np.ndarray, *
     heat = _colormap(np.divide(acc, cnt, out=np.zeros_like(acc), where=covered)).astype(np.float32)
     out = thumb.astype(np.float32).copy()
     out[covered] = (1 - alpha) * out[covered] + alpha * heat[covered]
-    return out.round().astype(np.uint8)
+    out = out.round().astype(np.uint8)
+    return draw_colour_bar(out, legend) if legend else out

@@ -30,7 +30,8 @@ from medseg.wsi.tiling import load_tiles
 
 log = logging.getLogger("medseg.wsi.predict")
 
-__all__ = ["predict_slides"]
+__all__ = ["predict_slides", "heatmap_mpp"]
+HEATMAP_SIDE = 1024  # px, long side of the heatmap PNG (coarser slides: the mask's resolution)
 
 
 def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch.device, workers: int = 2,
@@ -82,11 +83,17 @@ def write_predictions_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
+def heatmap_mpp(slide, mask_mpp: float, long_side: int = HEATMAP_SIDE) -> float:
+    """Resolution of the heatmap's thumbnail: its long side about ``long_side`` px, but never
+    finer than the slide nor coarser than the tissue mask."""
+    return max(slide.mpp, min(mask_mpp, max(slide.dimensions) * slide.mpp / long_side))
+
+
 def _write_slide_outputs(slide, sdir: Path, grid, att: np.ndarray, mask_mpp: float, top_k: int) -> None:
-    mmpp = max(mask_mpp, slide.mpp)
+    mmpp = heatmap_mpp(slide, mask_mpp)
     thumb = slide.thumbnail(mpp=mmpp)
     save_png(sdir / "heatmap.png", heatmap_overlay(thumb, grid.coords, att, extent_level0=grid.extent_level0,
-                                                  scale=slide.mpp / mmpp))
+                                                  scale=slide.mpp / mmpp, legend="attention"))
     order = np.argsort(-att, kind="stable")
     lines = ["rank,x,y,attention"] + [f"{r + 1},{grid.coords[i][0]},{grid.coords[i][1]},{att[i]:.6g}"
                                       for r, i in enumerate(order)]

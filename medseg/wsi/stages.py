@@ -88,8 +88,10 @@ def _state(ctx: Context) -> dict[str, Any]:
 @register_stage("wsi_mil")
 def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
               mil: dict[str, Any] | None = None, seed: int = 0, cv_folds: int = 0,
-              cv_repeats: int = 1) -> dict[str, Any]:
+              cv_repeats: int = 1, note: str | None = None) -> dict[str, Any]:
     """Train the aggregator on the labelled slides' features; writes the bundle to ``model/``.
+
+    ``note`` is stored in ``bundle.json`` and printed by ``medseg wsi predict`` (e.g. "made-up labels").
 
     With ``cv_folds >= 2`` it first runs stratified k-fold CV over the slides and writes
     ``mil_cv.json`` (AUC, accuracy, balanced accuracy, F1: mean, sd, 95 % t-interval over folds)."""
@@ -131,9 +133,9 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
             cv_note = {"skipped": exc.problem}
             log.warning("cross-validation skipped: %s", exc.problem)
     ens = fit_mil(bags, cfg, seed=seed)
-    st.update(labels=dict(zip(ids, ys)), classes=classes, mil_cfg=cfg, ens=ens)
+    st.update(labels=dict(zip(ids, ys)), classes=classes, mil_cfg=cfg, ens=ens, note=note)
     save_bundle(ctx.out("model"), tiling=st["tiling"], spec=st["spec"], ens=ens, classes=classes,
-                extra={"trained_on": ids, "stage": "wsi_mil"})
+                extra={"trained_on": ids, "stage": "wsi_mil", **({"note": note} if note else {})})
     train_prob = predict_bags(ens, bags)
     return {"slides": ids, "problems": problems, "model": str(ctx.out("model")), "cv": cv_note,
             "train_probabilities": {i: round(float(p), 4) for i, p in zip(ids, train_prob)}}
@@ -159,10 +161,14 @@ def stage_bcl(ctx: Context, **params: Any) -> dict[str, Any]:
     grids = [load_tiles(ctx.out("tiles", i, "tiles.h5"))[0] for i in ids]
     src = SlidePatchSource([st["slides"][i] for i in ids], grids, [st["labels"][i] for i in ids], ids=ids,
                            slide_mpp=st["tiling"].slide_mpp, mean=spec.mean, std=spec.std)
-    hist = run_bcl(src, cfg, ctx.out("bcl"), device=st["device"])
+    try:
+        hist = run_bcl(src, cfg, ctx.out("bcl"), device=st["device"])
+    finally:
+        src.close()
     model, ens = load_round(ctx.out("bcl"), cfg.rounds, cfg.encoder)
     enc_path = save_weights(model.encoder, ctx.out("bcl", "encoder_final.safetensors"))
     new_spec = EncoderSpec(name=spec.name, weights=str(enc_path), mean=spec.mean, std=spec.std)
     save_bundle(ctx.out("model"), tiling=st["tiling"], spec=new_spec, ens=ens, classes=st["classes"],
-                extra={"trained_on": ids, "stage": "wsi_bcl", "bcl_rounds": cfg.rounds})
+                extra={"trained_on": ids, "stage": "wsi_bcl", "bcl_rounds": cfg.rounds,
+                       **({"note": st["note"]} if st.get("note") else {})})
     return {"rounds": [{k: v for k, v in h.items() if k != "config"} for h in hist], "model": str(ctx.out("model"))}
