@@ -7,7 +7,7 @@
 set -euo pipefail
 name=$1; config=$2; shift 2
 py=${PYTHON:-python}
-out=out/arch/$name
+out=$PWD/out/arch/$name   # absolute: medseg predict with a relative --output fails (batch._record joins it twice)
 data=../shared/data/hippocampus
 mkdir -p "$out"
 $py -m medseg train --config "$config" --set training.epochs=24 --set output.dir="$out/bundle" \
