@@ -66,6 +66,8 @@ def check_meta(meta: dict[str, Any], path: Any = None) -> None:
     patch = meta.get("patch_size", plan.get("patch_size"))
     if not isinstance(patch, (list, tuple)) or len(patch) != dims or any(int(p) < 1 for p in patch):
         raise bad(f"patch_size {patch!r} must hold {dims} positive sizes for a {dims}D model")
+    if dims == 2 and meta.get("slice_axis") not in (None, 0, 1, 2):
+        raise bad(f"slice_axis {meta['slice_axis']!r} must be 0 (z), 1 (y) or 2 (x)")
     labels = meta.get("labels")
     if not isinstance(labels, dict) or 0 not in labels:
         raise bad("'labels' must map label values (0 = background) to names")
@@ -223,9 +225,14 @@ class Predictor:
 
         axis, axes = 0, self.tta_axes
         if self.spatial_dims == 2:
+            from medseg.inference.prepare import plan_spacing
             from medseg.models.slicewise import slicing_axis
 
-            axis = slicing_axis(spacing_mm)
+            # the axis the 2D model was trained along (bundle.yaml slice_axis, written by medseg train), else
+            # the coarsest axis of the plan's spacing; the case's own grid spacing only for plans without one
+            # (a near-isotropic case kept on its own grid must not flip the axis by a 0.1 % spacing difference)
+            axis = self.meta.get("slice_axis")
+            axis = int(axis) if axis is not None else slicing_axis(plan_spacing(self.plan) or spacing_mm)
             axes = tuple(a for a in axes if a != axis)   # flipping the slice order changes nothing for a 2D model
 
         def run(x: torch.Tensor, mirror_axes: Sequence[int] = ()) -> torch.Tensor:

@@ -4,11 +4,15 @@ A training config has six sections; every key has a default so a config only nam
 changes. Unknown keys raise :class:`~medseg.errors.ConfigError` naming the key::
 
     data:     {root: ../shared/data/hippocampus, fold: 0, num_folds: 5, seed: 12345}
-    model:    {name: unet, ...kwargs passed to create_model}
+    model:    {name: unet, spatial_dims: 3, ...kwargs passed to create_model}
     plan:     {spacing_mm: auto, patch_size: auto, normalization: auto, divisor: 8}
     augment:  {flip: true, p_spatial: 0.3, rotate_deg: 15, ...}
     training: {epochs: 50, iters_per_epoch: 100, batch_size: 2, optimizer: adamw, lr: 1e-3, ...}
     output:   {dir: runs/hippocampus_unet}
+
+``model.spatial_dims: 2`` trains the 2D variant of the model slice by slice (see
+:func:`spatial_dims`); the bundle then holds the 2D network, which ``medseg predict`` runs
+slice-wise along the same axis.
 
 >>> cfg = resolve_config({"data": {"root": "x"}, "output": {"dir": "y"}})
 >>> cfg["training"]["optimizer"], cfg["plan"]["patch_size"]
@@ -33,7 +37,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_cases": None,       # use only the first N cases (sorted) - for smoke tests
         "labels": None,          # {index: name}; overrides dataset.json (background 0 is implied)
     },
-    "model": {"name": "unet"},
+    "model": {"name": "unet"},   # + spatial_dims: 2 | 3 (default 3; not a default key, so older runs resume)
     "plan": {
         "spacing_mm": "auto",    # target spacing (z, y, x); auto = median spacing of the data
         "patch_size": "auto",    # (z, y, x) voxels; auto = median shape rounded up to `divisor`
@@ -122,6 +126,10 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("output.dir is required (the model bundle folder)")
     if not isinstance(cfg["model"].get("name"), str):
         raise ConfigError("model.name must name a registered model (e.g. unet)")
+    dims = cfg["model"].get("spatial_dims", 3)
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise ConfigError(f"model.spatial_dims must be 2 (a 2D model trained on slices along the coarsest axis) "
+                          f"or 3, got {dims!r}")
     for (section, key), allowed in _CHOICES.items():
         val = cfg[section][key]
         if val not in allowed:
@@ -164,10 +172,21 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"augment.{key} must be a range [low, high], got {v!r}")
 
 
+def spatial_dims(cfg: dict[str, Any]) -> int:
+    """2 or 3: ``model.spatial_dims`` of a resolved config (3 when absent).
+
+    A 2D model is trained on the 3D patches wrapped in :class:`medseg.models.slicewise.SliceWise`,
+    sliced along :func:`medseg.models.slicewise.slicing_axis` of the plan spacing - the axis the
+    predictor slices along for 2D bundles.
+    """
+    return int(cfg["model"].get("spatial_dims", 3))
+
+
 def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for ``create_model`` from the model section (everything but ``name``)."""
-    kw = {k: v for k, v in cfg["model"].items() if k != "name"}
-    for reserved in ("spatial_dims", "in_channels", "out_channels"):
+    """Keyword arguments for ``create_model`` from the model section (everything but ``name`` and
+    ``spatial_dims``, which the trainer passes itself)."""
+    kw = {k: v for k, v in cfg["model"].items() if k not in ("name", "spatial_dims")}
+    for reserved in ("in_channels", "out_channels"):
         if reserved in kw:
             raise ConfigError(f"model.{reserved} is set by the trainer from the data set; remove it from the "
                               "config")

@@ -40,16 +40,23 @@ class AuxOutputs(nn.Module):
 
 
 def build_model(name: str, kwargs: dict[str, Any], *, patch: Sequence[int], device: torch.device,
-                deep_supervision: bool | str) -> tuple[nn.Module, bool]:
+                deep_supervision: bool | str, slice_axis: int | None = None) -> tuple[nn.Module, bool]:
     """Create the model and run one patch through it, so a patch size the architecture cannot take
-    or wrong kwargs fail now with a clear message. Returns ``(model on device, deep_supervision)``."""
+    or wrong kwargs fail now with a clear message. Returns ``(model on device, deep_supervision)``.
+
+    With ``slice_axis`` (``kwargs["spatial_dims"] == 2``) the 2D model is wrapped in
+    :class:`~medseg.models.slicewise.SliceWise` along that axis, so it takes the same 3D patches;
+    the 2D network itself is the wrapper's ``.model``."""
     from medseg.models import create_model
+    from medseg.models.slicewise import SliceWise
 
     try:
         net = create_model(name, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model '{name}' does not accept these model.* keys: {exc}") from None
     has_aux = callable(getattr(net, "forward_with_aux", None))
+    if slice_axis is not None:
+        net = SliceWise(net, axis=slice_axis, chunk_size=None)   # all slices of a batch in one 2D forward pass
     if deep_supervision == "auto":
         deep_supervision = has_aux
     elif deep_supervision and not has_aux:

@@ -26,7 +26,7 @@ from medseg.bundle import write_meta
 from medseg.device import resolve_device
 from medseg.errors import ConfigError, MedsegError
 from medseg.training.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, state_digest
-from medseg.training.config import model_kwargs, resolve_config
+from medseg.training.config import model_kwargs, resolve_config, spatial_dims
 from medseg.training.curves import plot_curves, write_csv
 from medseg.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from medseg.training.losses import deep_supervision_loss, seg_loss
@@ -111,10 +111,20 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
     num_classes = data.info.num_classes
     patch = data.plan["patch_size"]
 
+    dims = spatial_dims(cfg)
+    slice_axis = None
+    if dims == 2:   # a 2D net on the 3D patches, slice by slice along the axis the predictor uses too
+        from medseg.models.slicewise import slicing_axis
+
+        slice_axis = slicing_axis(data.plan["spacing_mm"])
+        t_wrap = {**t, "channels_last": False}     # channels_last_3d does not apply to 2D weights
+    else:
+        t_wrap = t
     torch.manual_seed(t["seed"])
-    arch_kwargs = {"spatial_dims": 3, "in_channels": data.info.channels, "out_channels": num_classes, **kwargs}
+    arch_kwargs = {"spatial_dims": dims, "in_channels": data.info.channels, "out_channels": num_classes, **kwargs}
     net, deep_sup = build_model(cfg["model"]["name"], arch_kwargs, patch=patch, device=device,
-                                deep_supervision=t["deep_supervision"])
+                                deep_supervision=t["deep_supervision"], slice_axis=slice_axis)
+    core = net.model if slice_axis is not None else net    # what the bundle saves: the 2D net itself
     optimizer = make_optimizer(net, t)
     amp_dtype = _amp_dtype(t["amp"], device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -122,7 +132,7 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
 
     start_epoch, history, best = 0, [], {"epoch": 0, "val_dice_mean": -1.0}
     if resume and has_state:
-        state = load_checkpoint(out_dir, model=net, architecture=cfg["model"]["name"], optimizer=optimizer,
+        state = load_checkpoint(out_dir, model=core, architecture=cfg["model"]["name"], optimizer=optimizer,
                                 scaler=scaler)
         if state.get("config_digest") != digest:
             changed = _config_changes(out_dir / "config.resolved.yaml", cfg)
@@ -133,19 +143,19 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
     elif resume:
         log.warning("--resume: no checkpoint in %s, starting a new run", out_dir)
 
-    meta = _bundle_meta(cfg, data, arch_kwargs, patch)
+    meta = _bundle_meta(cfg, data, arch_kwargs, patch, slice_axis)
     if dinfo.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfgmod.save_yaml(cfg, out_dir / "config.resolved.yaml")
         write_meta(out_dir, {**meta, "training": _training_meta(cfg, history, best)})
 
-    train_module = wrap_for_training(net, deep_supervision=deep_sup, t=t, device=device, dinfo=dinfo)
+    train_module = wrap_for_training(net, deep_supervision=deep_sup, t=t_wrap, device=device, dinfo=dinfo)
     dataset = PatchDataset(data.train, patch=patch, augment=cfg["augment"], seed=t["seed"],
                            foreground_fraction=t["foreground_fraction"])
     sampler = EpochSampler(iters_per_epoch=t["iters_per_epoch"], batch_size=t["batch_size"], rank=dinfo.rank,
                            world_size=dinfo.world_size)
     loader = make_loader(dataset, sampler, t, device)
-    channels_last = _channels_last(t, device)
+    channels_last = _channels_last(t_wrap, device)
     total_steps = t["epochs"] * t["iters_per_epoch"]
     warmup = int(round(t["warmup_epochs"] * t["iters_per_epoch"]))
     val_cases = data.val[dinfo.rank::dinfo.world_size]
@@ -219,7 +229,7 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
         if is_best:
             best = {"epoch": epoch + 1, "val_dice_mean": float(score) if score is not None else -1.0}
         if dinfo.is_main:
-            save_checkpoint(out_dir, model_state=net.state_dict(), architecture=cfg["model"]["name"],
+            save_checkpoint(out_dir, model_state=core.state_dict(), architecture=cfg["model"]["name"],
                             optimizer=optimizer, scaler=scaler, epoch=epoch + 1, history=history, best=best,
                             is_best=is_best, config_digest=digest)
             write_meta(out_dir, {**meta, "training": _training_meta(cfg, history, best)})
@@ -231,7 +241,7 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
         barrier(dinfo)
     return {"bundle": str(out_dir), "epochs": len(history), "best": best,
             "last": history[-1] if history else {}, "rank": dinfo.rank, "world_size": dinfo.world_size,
-            "weights_digest": state_digest(net.state_dict())}
+            "weights_digest": state_digest(core.state_dict())}
 
 
 def _amp_dtype(amp: str, device: torch.device):
@@ -263,13 +273,18 @@ def _summary_line(row: dict, epochs: int, labels: dict[int, str], label_ids: lis
     return s + f"  lr {row['lr']:.2e}  {row['epoch_s']:.1f} s"
 
 
-def _bundle_meta(cfg: dict, data: PreparedData, arch_kwargs: dict, patch) -> dict[str, Any]:
+def _bundle_meta(cfg: dict, data: PreparedData, arch_kwargs: dict, patch, slice_axis: int | None) -> dict[str, Any]:
+    """bundle.yaml content. A 2D bundle's ``patch_size`` is the in-plane window (the training patch
+    without the slicing axis), which the predictor slides over every slice along the same axis."""
+    in_plane = [int(p) for k, p in enumerate(patch) if k != slice_axis]
+    extra = {} if slice_axis is None else {"slice_axis": int(slice_axis)}
     return {
         "model": {"name": cfg["model"]["name"], "kwargs": arch_kwargs},
         "labels": {int(k): v for k, v in data.labels.items()},
         "channels": data.info.channels,
         "plan": json.loads(json.dumps(data.plan)),
-        "patch_size": [int(p) for p in patch],
+        "patch_size": in_plane,
+        **extra,
         "spacing_mm": list(data.plan["spacing_mm"]),
         "data": {"root": str(cfg["data"]["root"]), "fold": cfg["data"]["fold"],
                  "num_folds": cfg["data"]["num_folds"], "split_seed": cfg["data"]["seed"],
