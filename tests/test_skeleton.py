@@ -44,6 +44,14 @@ def test_yaml_no_python_objects():
         cfgmod.loads("x: !!python/object/apply:os.system ['echo hi']")
 
 
+def test_yaml_exponent_floats_are_numbers():
+    # YAML 1.1 (PyYAML) alone reads 5e-4 as a string; medseg reads it as YAML 1.2 does
+    assert cfgmod.loads("lr: 5e-4\nb: -1.5E+2\nc: 1e3\nd: 1_0e1") == {"lr": 0.0005, "b": -150.0, "c": 1000.0,
+                                                                   "d": 100.0}
+    assert cfgmod.loads("a: 5e\nb: e5\nc: 1e-\nd: '5e-4'") == {"a": "5e", "b": "e5", "c": "1e-", "d": "5e-4"}
+    assert cfgmod.apply_overrides({"t": {"lr": 1.0}}, ["t.lr=5e-4"]) == {"t": {"lr": 0.0005}}
+
+
 def test_overrides():
     cfg = {"stages": [{"stage": "a", "params": {"k": 1}}], "output": "o"}
     out = cfgmod.apply_overrides(cfg, ["stages.0.params.k=2.5", "output=x/y", "new.deep=true"])
