@@ -204,23 +204,31 @@ class StackedMIL(nn.Module):
                     getattr(mm, n).bias.copy_(b[e, 0])
         return members
 
-    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One bag per member: ``x`` ``(E, N, D)`` padded instances, ``mask`` ``(E, N)`` True on real
-        ones; returns logits ``(E,)`` (member e sees only its own bag)."""
-        h = x
+    def _embed(self, h: torch.Tensor) -> torch.Tensor:
+        """Each member's embedding layers on its own copy of the instances: ``(E, N, D) -> (E, N, H)``."""
         for j in range(0, len(self.embed), 2):
             h = torch.relu(torch.baddbmm(self.embed[j + 1], h, self.embed[j]))
             if self.dropout > 0:
                 h = nn.functional.dropout(h, self.dropout, self.training)
+        return h
+
+    def _scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Attention logits ``(E, N)`` (gated: tanh branch times sigmoid branch, Ilse et al.)."""
+        v, bv = self.parts["attn_v"]
+        a = torch.tanh(torch.baddbmm(bv, h, v))
+        if self.kind == "gated":
+            u, bu = self.parts["attn_u"]
+            a = a * torch.sigmoid(torch.baddbmm(bu, h, u))
+        w, bw = self.parts["attn_w"]
+        return torch.baddbmm(bw, a, w).squeeze(-1)
+
+    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One bag per member: ``x`` ``(E, N, D)`` padded instances, ``mask`` ``(E, N)`` True on real
+        ones; returns logits ``(E,)`` (member e sees only its own bag)."""
+        h = self._embed(x)
         m = mask.unsqueeze(-1)
         if self.kind in ("attention", "gated"):
-            v, bv = self.parts["attn_v"]
-            a = torch.tanh(torch.baddbmm(bv, h, v))
-            if self.kind == "gated":
-                u, bu = self.parts["attn_u"]
-                a = a * torch.sigmoid(torch.baddbmm(bu, h, u))
-            w, bw = self.parts["attn_w"]
-            s = torch.baddbmm(bw, a, w).squeeze(-1).masked_fill(~mask, float("-inf"))
+            s = self._scores(h).masked_fill(~mask, float("-inf"))
             z = (h * torch.softmax(s, 1).unsqueeze(-1)).sum(1)
         elif self.kind == "max":
             z = h.masked_fill(~m, float("-inf")).amax(1)
@@ -233,19 +241,9 @@ class StackedMIL(nn.Module):
                 n_bags: int | None = None) -> torch.Tensor:
         idx, n = _index(x, bag_index, n_bags)
         e = self.embed[0].shape[0] if len(self.embed) else self.parts["head"][0].shape[0]
-        h = x.unsqueeze(0).expand(e, *x.shape)
-        for j in range(0, len(self.embed), 2):
-            h = torch.relu(torch.baddbmm(self.embed[j + 1], h, self.embed[j]))
-            if self.dropout > 0:
-                h = nn.functional.dropout(h, self.dropout, self.training)
+        h = self._embed(x.unsqueeze(0).expand(e, *x.shape))
         if self.kind in ("attention", "gated"):
-            v, bv = self.parts["attn_v"]
-            a = torch.tanh(torch.baddbmm(bv, h, v))
-            if self.kind == "gated":
-                u, bu = self.parts["attn_u"]
-                a = a * torch.sigmoid(torch.baddbmm(bu, h, u))
-            w, bw = self.parts["attn_w"]
-            s = torch.baddbmm(bw, a, w).squeeze(-1)  # (E, N)
+            s = self._scores(h)  # (E, N)
             if n == 1:  # one bag (the training default): a plain softmax, fewer operations
                 z = torch.bmm(torch.softmax(s, 1).unsqueeze(1), h)  # (E, 1, H)
             else:

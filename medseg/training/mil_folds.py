@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medseg.errors import InputError
 from medseg.models import create_model
 from medseg.models.mil import StackedMIL
 
@@ -68,20 +67,14 @@ class MaskedAdam:
 def fit_mil_many(sets: list, cfg, seeds: list[int], *, device: torch.device | str = "cpu") -> list:
     """One :class:`~medseg.training.mil_train.MILEnsemble` per bag set (``cfg.batch_bags`` must be 1),
     trained side by side; ``seeds[i]`` plays the role of ``fit_mil``'s ``seed`` for ``sets[i]``."""
-    from medseg.training.mil_train import MILEnsemble, _few_threads, _standardisation
+    from medseg.training.mil_train import _empty_ensemble, _few_threads
 
     if cfg.batch_bags != 1:
         raise ValueError("fit_mil_many trains one bag per step (batch_bags=1)")
     dev = torch.device(device)
     ens_list, feats, labels, members, rngs = [], [], [], [], []
     for bags, seed in zip(sets, seeds):
-        if len(bags) == 0:
-            raise InputError("no bags to train on", code="empty")
-        if len(np.unique(bags.labels)) < 2:
-            raise InputError("training bags hold only one class; MIL needs positive and negative bags",
-                             code="one_class")
-        mean, std = _standardisation(bags, cfg)
-        ens = MILEnsemble([], mean, std, cfg, int(mean.shape[0]))
+        ens = _empty_ensemble(bags, cfg)
         ens_list.append(ens)
         feats.append([ens.transform(f) for f in bags.features])
         labels.append(np.asarray(bags.labels, np.float32))

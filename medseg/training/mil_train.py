@@ -124,15 +124,21 @@ def _standardisation(bags: Bags, cfg: MILTrainConfig) -> tuple[np.ndarray, np.nd
     return mean, std
 
 
-def fit_mil(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0, device: torch.device | str = "cpu") -> MILEnsemble:
-    """Train ``cfg.ensemble`` aggregators on ``bags`` (binary labels); returns the ensemble."""
+def _empty_ensemble(bags: Bags, cfg: MILTrainConfig) -> "MILEnsemble":
+    """Checks ``bags`` are trainable (non-empty, both classes) and returns an ensemble with no members
+    yet, holding the standardisation fitted on these (training) bags."""
     if len(bags) == 0:
         raise InputError("no bags to train on", code="empty")
     if len(np.unique(bags.labels)) < 2:
         raise InputError("training bags hold only one class; MIL needs positive and negative bags",
                          code="one_class")
     mean, std = _standardisation(bags, cfg)
-    ens = MILEnsemble([], mean, std, cfg, int(mean.shape[0]))
+    return MILEnsemble([], mean, std, cfg, int(mean.shape[0]))
+
+
+def fit_mil(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0, device: torch.device | str = "cpu") -> MILEnsemble:
+    """Train ``cfg.ensemble`` aggregators on ``bags`` (binary labels); returns the ensemble."""
+    ens = _empty_ensemble(bags, cfg)
     feats = [ens.transform(f) for f in bags.features]
     y = torch.as_tensor(bags.labels, dtype=torch.float32)
     dev = torch.device(device)
