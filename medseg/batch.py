@@ -22,39 +22,30 @@ makes the second one fail with code ``busy``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import queue
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.executors import as_spec, error_of
-from medseg.fsutil import atomic_write_text
+from medseg.manifest import (FORMAT, MANIFEST, CaseOutcome, Recorder, is_complete, params_hash, read_manifest,
+                             save_manifest, sha256_file)
+
+# the manifest helpers are re-exported: callers of the batch API import them from here
+__all__ = ["run_batch", "BatchReport", "CaseOutcome", "MANIFEST", "LOCK", "FORMAT", "params_hash", "sha256_file",
+           "read_manifest", "is_complete"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 LOCK = ".medseg-batch.lock"
-FORMAT = "medseg-batch-manifest/1"
 # Names fsutil.atomic_path gives its temporary files: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
 _END = object()
-
-
-@dataclass(frozen=True)
-class CaseOutcome:
-    """What happened to one case in this run: ``status`` is ``done``, ``skipped`` or ``failed``."""
-
-    case_id: str
-    status: str
-    outputs: dict[str, str] = field(default_factory=dict)
-    error: dict[str, str] | None = None
 
 
 @dataclass
@@ -69,57 +60,6 @@ class BatchReport:
     @property
     def failed(self) -> list[CaseOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
-
-
-def params_hash(params: Any) -> str:
-    """SHA-256 of the canonical JSON of ``params`` (sorted keys)."""
-    try:
-        text = json.dumps(params, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"batch params must be plain JSON values (str, numbers, lists, dicts): {exc}") from None
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(out_dir: str | os.PathLike) -> dict:
-    """The manifest of ``out_dir``, or an empty one when missing or unreadable (then all cases rerun)."""
-    path = Path(out_dir) / MANIFEST
-    empty = {"format": FORMAT, "cases": {}}
-    if not path.exists():
-        return empty
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable manifest (%s); every case will be run again", path, exc)
-        return empty
-    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
-        log.warning("%s: not a medseg batch manifest; every case will be run again", path)
-        return empty
-    return data
-
-
-def is_complete(entry: dict | None, out_dir: Path, phash: str) -> bool:
-    """True if ``entry`` is done with params hash ``phash`` and all its outputs match their checksums."""
-    if not entry or entry.get("status") != "done" or entry.get("params_hash") != phash:
-        return False
-    outputs = entry.get("outputs")
-    if not isinstance(outputs, dict) or not outputs:
-        return False
-    for rel, digest in outputs.items():
-        p = out_dir / rel
-        try:
-            if not p.is_file() or sha256_file(p) != digest:
-                return False
-        except OSError:
-            return False
-    return True
 
 
 def run_batch(
@@ -201,7 +141,7 @@ def run_batch(
                 raise ConfigError("this batch cannot run on Ray (no remote stages given)", code="bad_params")
             from medseg.ray_runner import stream_cases
 
-            rec = _Recorder(out, manifest, phash, outcomes)
+            rec = Recorder(out, manifest, phash, outcomes)
             for cid, paths, err in stream_cases(todo, stages=remote, out_dir=out, spec=spec):
                 rec.record(cid, paths, err)
                 if on_result is not None:
@@ -210,60 +150,17 @@ def run_batch(
             _Pipeline(todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes,
                       on_finished).run()
         else:
-            _save(out, manifest)
+            save_manifest(out, manifest)
     finally:
         _unlock(lock)
     return BatchReport([outcomes[i] for i in ids if i in outcomes], out / MANIFEST)
-
-
-class _Recorder:
-    """Records finished cases in the manifest (rewritten atomically after each) and in ``outcomes``."""
-
-    def __init__(self, out, manifest, phash, outcomes, on_finished=None):
-        self.out, self.manifest, self.phash, self.outcomes = out, manifest, phash, outcomes
-        self.on_finished = on_finished
-
-    def record(self, cid: str, paths, error: dict[str, str] | None) -> None:
-        """``paths`` written for ``cid`` (checked and hashed here), or the case's ``error``."""
-        entry: dict[str, Any] = {"params_hash": self.phash}
-        if error is None:
-            try:
-                entry["outputs"] = self._hash_outputs(cid, paths)
-                entry["status"] = "done"
-            except Exception as e:
-                error = error_of(e)
-        if error is not None:
-            entry = {"params_hash": self.phash, "status": "failed", "error": dict(error)}
-            log.warning("batch: case %s failed: %s", cid, error["message"])
-        self.manifest["cases"][cid] = entry
-        _save(self.out, self.manifest)
-        self.outcomes[cid] = CaseOutcome(cid, entry["status"], entry.get("outputs", {}), entry.get("error"))
-        if self.on_finished is not None:
-            try:
-                self.on_finished(self.outcomes[cid])
-            except Exception:  # a bookkeeping hook must not fail the case or the run
-                log.warning("batch: on_finished hook failed for case %s", cid, exc_info=True)
-
-    def _hash_outputs(self, cid: str, paths) -> dict[str, str]:
-        root = self.out.resolve()
-        outputs = {}
-        for p in paths or ():
-            full = (self.out / p).resolve() if not Path(p).is_absolute() else Path(p).resolve()
-            if root not in full.parents:
-                raise MedsegError(f"case {cid}: output {p} is outside the output folder {root}", code="unsafe_path")
-            if not full.is_file():
-                raise MedsegError(f"case {cid}: write() reported {p} but no such file exists", code="missing_output")
-            outputs[full.relative_to(root).as_posix()] = sha256_file(full)
-        if not outputs:
-            raise MedsegError(f"case {cid}: write() reported no output files", code="missing_output")
-        return dict(sorted(outputs.items()))
 
 
 class _Pipeline:
     def __init__(self, todo, out, manifest, phash, compute, write, load, prefetch, write_queue, outcomes,
                  on_finished=None):
         self.todo, self.out, self.manifest, self.phash = todo, out, manifest, phash
-        self.recorder = _Recorder(out, manifest, phash, outcomes, on_finished)
+        self.recorder = Recorder(out, manifest, phash, outcomes, on_finished)
         self.compute, self.write, self.load = compute, write, load or (lambda x: x)
         self.load_q: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
         self.write_q: queue.Queue = queue.Queue(maxsize=max(write_queue, 1))
@@ -365,11 +262,6 @@ class _Pipeline:
         if exc is not None:
             log.debug("batch: case %s traceback", cid, exc_info=exc)
         self.recorder.record(cid, paths, error_of(exc) if exc is not None else None)
-
-
-def _save(out: Path, manifest: dict) -> None:
-    manifest["cases"] = dict(sorted(manifest["cases"].items()))
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _remove_stale_tmp(out: Path) -> None:
