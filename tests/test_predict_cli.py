@@ -12,15 +12,11 @@ from conftest import shared_path
 from medseg.cli.main import main
 from medseg.inference.cohort import find_cases, run_predict
 from medseg.io import read_volume
-from test_predict_helpers import blob_image, make_bundle, oblique_lps_affine, save_nifti
+from test_predict_helpers import blob_cohort, blob_image, make_bundle, save_nifti
 
 
 def _cohort(root, n=3):
-    root.mkdir(parents=True, exist_ok=True)
-    aff = oblique_lps_affine(spacing=(1.0, 1.0, 1.0))
-    for i in range(n):
-        save_nifti(blob_image((16, 16, 16), seed=i), root / f"case_{i}.nii.gz", aff)
-    return root
+    return blob_cohort(root, n, (16, 16, 16))
 
 
 def _bad_cases(root):

@@ -69,3 +69,12 @@ def blob_image(shape=(20, 24, 18), seed: int = 0) -> np.ndarray:
     c = np.array(shape) / 2
     r2 = ((zz - c[0]) / 5) ** 2 + ((yy - c[1]) / 6) ** 2 + ((xx - c[2]) / 4) ** 2
     return (100 + 50 * (r2 < 1) + rng.normal(0, 5, shape)).astype(np.float32)
+
+
+def blob_cohort(root: Path, n: int, shape=(16, 16, 16)) -> Path:
+    """``root/case_0..n-1.nii.gz``: blob images (seeds 0..n-1) on a 1 mm oblique LPS grid."""
+    root.mkdir(parents=True, exist_ok=True)
+    aff = oblique_lps_affine(spacing=(1.0, 1.0, 1.0))
+    for i in range(n):
+        save_nifti(blob_image(shape, seed=i), root / f"case_{i}.nii.gz", aff)
+    return root

@@ -15,7 +15,7 @@ import pytest
 from kill_helpers import cases_recorded, output_bytes
 
 from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
-from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
+from test_predict_helpers import REPO_ROOT, blob_cohort, make_bundle
 
 N_CASES = 8
 
@@ -35,10 +35,7 @@ def _cmd(bundle: Path, src: Path, out: Path) -> list[str]:
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_predict_killed_and_rerun_is_identical(tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(N_CASES):
-        save_nifti(blob_image((40, 48, 36), seed=i), src / f"case_{i}.nii.gz", oblique_lps_affine(spacing=(1, 1, 1)))
+    src = blob_cohort(tmp_path / "in", N_CASES, (40, 48, 36))
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     subprocess.run(_cmd(bundle, src, ref_dir), env=_env(), check=True, timeout=180, capture_output=True)
 

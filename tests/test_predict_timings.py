@@ -14,17 +14,13 @@ import pytest
 from medseg.cli.main import main
 from medseg.inference.cohort import run_predict
 from medseg.inference.timings import COLUMNS, MODEL_PHASES, PHASES, TIMINGS, RunTimings, read_timings
-from test_predict_helpers import blob_image, make_bundle, oblique_lps_affine, save_nifti
+from test_predict_helpers import blob_cohort, make_bundle
 
 EPS = 1e-5  # the CSV keeps 6 decimals
 
 
 def _cohort(root, n=4):
-    root.mkdir(parents=True, exist_ok=True)
-    aff = oblique_lps_affine(spacing=(1.0, 1.0, 1.0))
-    for i in range(n):
-        save_nifti(blob_image((18, 20, 16), seed=i), root / f"case_{i}.nii.gz", aff)
-    return root
+    return blob_cohort(root, n, (18, 20, 16))
 
 
 def test_timings_file_has_every_phase_non_negative_and_consistent(tmp_path, capsys):

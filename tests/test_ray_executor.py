@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from kill_helpers import tree_bytes
 
-from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
+from test_predict_helpers import blob_cohort, REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
 
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'medseg[distributed]'")
 pytest.importorskip("ray.data")
@@ -36,10 +36,7 @@ def cluster(tmp_path_factory):
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray_cohort")
     bundle = make_bundle(root / "bundle")
-    src = root / "in"
-    src.mkdir()
-    for i in range(4):
-        save_nifti(blob_image((24, 28, 20), seed=i), src / f"case_{i}.nii.gz", oblique_lps_affine(spacing=(1, 1, 1)))
+    src = blob_cohort(root / "in", 4, (24, 28, 20))
     good = (src / "case_0.nii.gz").read_bytes()
     (src / "case_bad.nii.gz").write_bytes(good[: len(good) // 2])  # truncated gzip stream
     return root, bundle, src

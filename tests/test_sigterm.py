@@ -19,7 +19,7 @@ import pytest
 from kill_helpers import cases_recorded, output_bytes, tree_bytes
 
 from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
-from test_predict_helpers import REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
+from test_predict_helpers import REPO_ROOT, blob_cohort, make_bundle
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
 
@@ -51,10 +51,7 @@ def _env():
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("sigterm")
     bundle = make_bundle(root / "bundle")
-    src = root / "in"
-    src.mkdir()
-    for i in range(N_CASES):
-        save_nifti(blob_image((40, 48, 36), seed=i), src / f"case_{i}.nii.gz", oblique_lps_affine(spacing=(1, 1, 1)))
+    src = blob_cohort(root / "in", N_CASES, (40, 48, 36))
     args = ["predict", "--model", str(bundle), "--input", str(src), "--device", "cpu", "--workers", "1",
             "--save-probabilities", "--no-progress"]
     subprocess.run([sys.executable, "-m", "medseg", *args, "--output", str(root / "ref")], env=_env(), check=True,
