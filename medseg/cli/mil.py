@@ -27,6 +27,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                     help="aggregator: attention_mil, gated_attention_mil, mean_mil or max_mil")
     cv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a training key, e.g. --set epochs=20")
+    cv.add_argument("--select-epochs", type=int, nargs="+", default=None, metavar="E",
+                    help="choose the epoch count among these by an inner CV inside each training fold")
+    cv.add_argument("--inner-folds", type=int, default=None, help="folds of that inner CV (default 3)")
     cv.add_argument("--device", default="cpu", help="cpu (default), auto, cuda[:N]")
 
 
@@ -41,6 +44,10 @@ def _load_cfg(args: argparse.Namespace):
     raw = cfgmod.apply_overrides(raw, args.overrides)
     if args.model:
         raw["model"] = args.model
+    if args.select_epochs:
+        raw["select_epochs"] = list(args.select_epochs)
+    if args.inner_folds is not None:
+        raw["inner_folds"] = args.inner_folds
     return MILTrainConfig.from_dict(raw)
 
 
@@ -70,5 +77,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.folds}-fold x {args.repeats}")
     print(f"accuracy {summary['accuracy_mean']:.3f} +- {summary['accuracy_std']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
     print(f"AUC      {summary['auc_mean']:.3f} +- {summary['auc_std']:.3f} (95% CI {alo:.3f}-{ahi:.3f})")
+    if cfg.select_epochs:
+        print(f"epochs chosen by inner {cfg.inner_folds}-fold CV (count of outer folds): {summary['epochs_chosen']}")
     print(f"summary: {args.out / 'summary.json'}")
     return 0

@@ -12,13 +12,14 @@ networks with different seeds is averaged (probabilities).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from medseg.wsi.metrics import binary_metrics, t_interval
 
 log = logging.getLogger("medseg.training.mil")
 
-__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "predict_bags", "stratified_folds", "cross_validate",
+__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags", "stratified_folds", "cross_validate",
            "save_mil", "load_mil", "attention_weights"]
 
 
@@ -48,6 +49,8 @@ class MILTrainConfig:
     lr: float = 5e-4
     weight_decay: float = 1e-3
     epochs: int = 40
+    select_epochs: list[int] = field(default_factory=list)  # candidates chosen by inner CV; [] = `epochs`
+    inner_folds: int = 3  # folds of that inner CV (inside the training bags only)
     batch_bags: int = 1
     ensemble: int = 1  # Ilse et al. train one network per fold; raise for a seed ensemble
     standardize: bool = True
@@ -60,6 +63,12 @@ class MILTrainConfig:
         cfg = cls(**d)
         if cfg.epochs < 1 or cfg.ensemble < 1 or cfg.batch_bags < 1:
             raise ConfigError("mil: epochs, ensemble and batch_bags must be >= 1")
+        sel = cfg.select_epochs
+        if not isinstance(sel, list) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
+                                                 for e in sel):
+            raise ConfigError(f"mil: select_epochs must be a list of epoch counts >= 1, got {sel!r}")
+        if sel and cfg.inner_folds < 2:
+            raise ConfigError("mil: inner_folds must be >= 2 when select_epochs is set")
         return cfg
 
     def model_kwargs(self, in_features: int) -> dict[str, Any]:
@@ -138,6 +147,17 @@ def _empty_ensemble(bags: Bags, cfg: MILTrainConfig) -> "MILEnsemble":
 
 def fit_mil(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0, device: torch.device | str = "cpu") -> MILEnsemble:
     """Train ``cfg.ensemble`` aggregators on ``bags`` (binary labels); returns the ensemble."""
+    return fit_mil_path(bags, cfg, [cfg.epochs], seed=seed, device=device)[cfg.epochs]
+
+
+def fit_mil_path(bags: Bags, cfg: MILTrainConfig, epochs: Sequence[int], *, seed: int = 0,
+                 device: torch.device | str = "cpu") -> dict[int, MILEnsemble]:
+    """One training run to ``max(epochs)`` epochs, returning a snapshot ensemble after each epoch
+    count in ``epochs``; the snapshot at ``e`` equals ``fit_mil`` with ``cfg.epochs = e`` (same
+    random draws in the same order)."""
+    marks = sorted({int(e) for e in epochs})
+    if not marks or marks[0] < 1:
+        raise ConfigError("mil: epoch counts must be >= 1")
     ens = _empty_ensemble(bags, cfg)
     feats = [ens.transform(f) for f in bags.features]
     y = torch.as_tensor(bags.labels, dtype=torch.float32)
@@ -149,19 +169,26 @@ def fit_mil(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0, device: torch.dev
     # training them one by one on the same bag order, with different initialisations).
     stack = StackedMIL(members).to(dev)
     opt = _adam(stack.parameters(), cfg)
+    out: dict[int, MILEnsemble] = {}
+
+    def snapshot(epoch: int) -> None:
+        if epoch in marks:
+            snap = [copy.deepcopy(m) for m in members]
+            stack.unstack(snap)
+            out[epoch] = replace(ens, models=[m.eval() for m in snap], config=replace(cfg, epochs=epoch),
+                                 history=list(ens.history))
+
     stack.train()
     with _few_threads(dev):
-        _train_epochs(stack, opt, feats, y, cfg, rng, dev, ens.history)
-    stack.eval()
-    ens.models = [m.eval() for m in stack.cpu().unstack(members)]
-    return ens
+        _train_epochs(stack, opt, feats, y, cfg, rng, dev, ens.history, marks[-1], snapshot)
+    return out
 
 
-def _train_epochs(stack, opt, feats, y, cfg, rng, dev, history) -> None:
+def _train_epochs(stack, opt, feats, y, cfg, rng, dev, history, epochs, on_epoch) -> None:
     lossf = torch.nn.BCEWithLogitsLoss(reduction="none")
     single = [(torch.from_numpy(f).to(dev), torch.zeros(len(f), dtype=torch.long, device=dev))
               for f in feats] if cfg.batch_bags == 1 else []
-    for _ in range(cfg.epochs):
+    for epoch in range(1, epochs + 1):
         order = rng.permutation(len(feats))
         tot = 0.0
         for s in range(0, len(order), cfg.batch_bags):
@@ -174,6 +201,7 @@ def _train_epochs(stack, opt, feats, y, cfg, rng, dev, history) -> None:
             opt.step()
             tot += float(loss.detach()) * len(sel) / cfg.ensemble
         history.append(tot / len(feats))
+        on_epoch(epoch)
 
 
 @torch.no_grad()
@@ -222,15 +250,18 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
     With ``parallel_folds`` (and ``batch_bags == 1``) the folds of a repeat train side by side
     (:func:`medseg.training.mil_folds.fit_mil_many`: same seeds, orders and updates as one by one).
     Default: on for CUDA (one kernel launch serves 10 folds); off on the CPU, where it measured no
-    faster (MUSK1, ELEPHANT) or slower (MUSK2: padding bags of 1-1,044 instances)."""
+    faster (MUSK1, ELEPHANT) or slower (MUSK2: padding bags of 1-1,044 instances). Off as well when
+    ``cfg.select_epochs`` asks for the epoch count to be chosen by an inner CV inside each training
+    fold (:mod:`medseg.training.mil_select`); the choice per fold is in ``per_fold[i]["epochs"]``."""
     from medseg.training.mil_folds import fit_mil_many
+    from medseg.training.mil_select import fit_mil_selected
 
     per_fold: list[dict[str, Any]] = []
     oof = np.full((repeats, len(bags)), np.nan)
     t0 = time.perf_counter()
     if parallel_folds is None:
         parallel_folds = torch.device(device).type == "cuda"
-    parallel = parallel_folds and cfg.batch_bags == 1
+    parallel = parallel_folds and cfg.batch_bags == 1 and not cfg.select_epochs
     head = {"n_bags": len(bags), "n_positive": int(bags.labels.sum()), "folds": folds, "seed": seed,
             "config": asdict(cfg), "parallel_folds": parallel}
     for r in range(repeats):
@@ -241,11 +272,14 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
         if parallel:
             models = fit_mil_many([bags.subset(t) for t in trains], cfg, seeds, device=device)
         for f, test in enumerate(tests):
-            ens = models[f] if parallel else fit_mil(bags.subset(trains[f]), cfg, seed=seeds[f], device=device)
+            if parallel:
+                ens, chosen = models[f], {"epochs": cfg.epochs}
+            else:  # epochs chosen by inner CV on this fold's training bags when configured
+                ens, chosen = fit_mil_selected(bags.subset(trains[f]), cfg, seed=seeds[f], device=device)
             prob = predict_bags(ens, bags.subset(test))
             oof[r, test] = prob
             m = binary_metrics(bags.labels[test], prob, threshold=cfg.threshold)
-            per_fold.append({"repeat": r, "fold": f, "n_test": int(len(test)), **m})
+            per_fold.append({"repeat": r, "fold": f, "n_test": int(len(test)), **m, **chosen})
         log.info("repeat %d/%d done (%.1f s)", r + 1, repeats, time.perf_counter() - t0)
         if on_repeat is not None and r + 1 < repeats:
             on_repeat(_summarise(head, per_fold, oof[:r + 1], bags.labels, cfg.threshold, t0))
@@ -268,6 +302,8 @@ def _summarise(head, per_fold, oof, labels, threshold, t0) -> dict[str, Any]:
         summary[f"{key}_repeat_means"] = [float(v) for v in rep]
     summary["pooled_auc_per_repeat"] = [binary_metrics(labels, oof[r], threshold=threshold)["auc"]
                                         for r in range(repeats)]
+    chosen = [p["epochs"] for p in per_fold]
+    summary["epochs_chosen"] = {str(e): chosen.count(e) for e in sorted(set(chosen))}
     summary["per_fold"] = per_fold
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary

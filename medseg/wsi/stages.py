@@ -95,7 +95,8 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
 
     With ``cv_folds >= 2`` it first runs stratified k-fold CV over the slides and writes
     ``mil_cv.json`` (AUC, accuracy, balanced accuracy, F1: mean, sd, 95 % t-interval over folds)."""
-    from medseg.training.mil_train import MILTrainConfig, fit_mil, predict_bags
+    from medseg.training.mil_select import fit_mil_selected
+    from medseg.training.mil_train import MILTrainConfig, predict_bags
     from medseg.wsi.bags import Bags
     from medseg.wsi.bundle import save_bundle
     from medseg.wsi.features import load_features
@@ -132,12 +133,12 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
         except InputError as exc:
             cv_note = {"skipped": exc.problem}
             log.warning("cross-validation skipped: %s", exc.problem)
-    ens = fit_mil(bags, cfg, seed=seed)
+    ens, chosen = fit_mil_selected(bags, cfg, seed=seed)  # epochs by inner CV when select_epochs is set
     st.update(labels=dict(zip(ids, ys)), classes=classes, mil_cfg=cfg, ens=ens, note=note)
     save_bundle(ctx.out("model"), tiling=st["tiling"], spec=st["spec"], ens=ens, classes=classes,
                 extra={"trained_on": ids, "stage": "wsi_mil", **({"note": note} if note else {})})
     train_prob = predict_bags(ens, bags)
-    return {"slides": ids, "problems": problems, "model": str(ctx.out("model")), "cv": cv_note,
+    return {"slides": ids, "problems": problems, "model": str(ctx.out("model")), "cv": cv_note, "mil_fit": chosen,
             "train_probabilities": {i: round(float(p), 4) for i, p in zip(ids, train_prob)}}
 
 
