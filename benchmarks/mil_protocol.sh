@@ -1,6 +1,6 @@
 #!/bin/sh
 # Full MIL benchmark protocol: 10-fold CV x 5 repeats, seed 0, built-in defaults, both attention
-# variants, MUSK1 / MUSK2 / ELEPHANT (CSV) and FOX (Andrews .mat): 8 independent runs, side by side.
+# variants (epoch count chosen by the default inner 3-fold CV inside each training fold), MUSK1 / MUSK2 / ELEPHANT (CSV) and FOX (Andrews .mat): 8 independent runs, side by side.
 #   sh benchmarks/mil_protocol.sh [OUT=out/mil]   then   python benchmarks/mil_table.py OUT/*/summary.json
 OUT=${1:-out/mil}
 D=${MIL_DATA:-../shared/data/mil}

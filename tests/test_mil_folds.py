@@ -58,7 +58,7 @@ def test_cv_side_by_side_equals_one_by_one(rng, model):
             x[0, 0] += 3.0
         feats.append(x); labels.append(b % 2)
     bags = Bags(feats, np.array(labels), [str(i) for i in range(23)])
-    cfg = MILTrainConfig(model=model, dropout=0.0, ensemble=2, epochs=4, embed_dim=8, attn_dim=8)
+    cfg = MILTrainConfig(model=model, dropout=0.0, ensemble=2, epochs=4, select_epochs=[], embed_dim=8, attn_dim=8)
     par = cross_validate(bags, cfg, folds=5, repeats=2, seed=3, parallel_folds=True)
     seq = cross_validate(bags, cfg, folds=5, repeats=2, seed=3, parallel_folds=False)
     assert par["parallel_folds"] and not seq["parallel_folds"]

@@ -49,7 +49,9 @@ class MILTrainConfig:
     lr: float = 5e-4
     weight_decay: float = 1e-3
     epochs: int = 40
-    select_epochs: list[int] = field(default_factory=list)  # candidates chosen by inner CV; [] = `epochs`
+    # Epoch count chosen among these by an inner CV inside the training bags ([] = train `epochs`).
+    # A config that sets `epochs` but not `select_epochs` trains exactly `epochs` (explicit wins).
+    select_epochs: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
     inner_folds: int = 3  # folds of that inner CV (inside the training bags only)
     batch_bags: int = 1
     ensemble: int = 1  # Ilse et al. train one network per fold; raise for a seed ensemble
@@ -60,6 +62,8 @@ class MILTrainConfig:
     def from_dict(cls, d: dict[str, Any] | None) -> "MILTrainConfig":
         d = dict(d or {})
         check_keys(d, [f.name for f in fields(cls)], where="mil")
+        if "epochs" in d and "select_epochs" not in d:
+            d["select_epochs"] = []
         cfg = cls(**d)
         if cfg.epochs < 1 or cfg.ensemble < 1 or cfg.batch_bags < 1:
             raise ConfigError("mil: epochs, ensemble and batch_bags must be >= 1")
