@@ -24,8 +24,8 @@ def _dataset(path: str) -> str:
 
 def main(paths: list[str]) -> int:
     print("| data set | model | folds x repeats | accuracy (± sd over folds) | sd of repeat means | 95% CI | "
-          "AUC (± sd over folds) | Ilse et al. acc. |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "AUC (± sd over folds) | epochs: folds (inner CV choice) | Ilse et al. acc. |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for p in paths:
         s = json.loads(Path(p).read_text())
@@ -36,9 +36,11 @@ def main(paths: list[str]) -> int:
         lo, hi = s["accuracy_ci95"]
         reps = s.get("accuracy_repeat_means", [])
         rsd = f"{np.std(reps, ddof=1):.3f}" if len(reps) > 1 else "-"
+        chosen = s.get("epochs_chosen") or {str(s["config"]["epochs"]): len(s["per_fold"])}
+        ep = ", ".join(f"{e}: {n}" for e, n in sorted(chosen.items(), key=lambda kv: int(kv[0])))
         print(f"| {ds.upper()} | {model} | {s['folds']} x {s['repeats']} | {s['accuracy_mean']:.3f} ± "
               f"{s['accuracy_std']:.3f} | {rsd} | {lo:.3f}-{hi:.3f} | {s['auc_mean']:.3f} ± {s['auc_std']:.3f} | "
-              f"{ref:.3f} |")
+              f"{ep} | {ref:.3f} |")
     return 0
 
 
