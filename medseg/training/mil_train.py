@@ -1,7 +1,8 @@
 """Training and cross-validation of MIL aggregators on bags of feature vectors.
 
 The default configuration (:class:`MILTrainConfig`) is what a user gets on a new data set; it is
-the same for every benchmark in ``docs/benchmarks.md``. Features are standardised with the
+the same for every benchmark in ``docs/benchmarks.md``. Its epoch count is chosen per training set
+by an inner CV on that set's bags (:mod:`medseg.training.mil_select`). Features are standardised with the
 mean and standard deviation of the *training* instances only; an ensemble of ``ensemble``
 networks with different seeds is averaged (probabilities).
 
