@@ -2,7 +2,7 @@
 # Full MIL benchmark protocol: 10-fold CV x 5 repeats, seed 0, built-in defaults, both attention
 # variants, MUSK1 / MUSK2 / ELEPHANT (CSV) and FOX (Andrews .mat): 8 independent runs, side by side.
 #   sh benchmarks/mil_protocol.sh [OUT=out/mil]   then   python benchmarks/mil_table.py OUT/*/summary.json
-# Extra `mil cv` arguments for every run in MIL_ARGS, e.g. MIL_ARGS="--set epochs=40" (fixed epochs).
+# Extra `mil cv` arguments for every run in MIL_ARGS, e.g. MIL_ARGS="--select-epochs 5 10 20 40".
 OUT=${1:-out/mil}
 D=${MIL_DATA:-../shared/data/mil}
 for ds in musk1.csv andrews_mat/fox_100x100_matlab.mat elephant.csv musk2.csv; do

@@ -86,9 +86,8 @@ def test_config_checks():
     with pytest.raises(ConfigError):
         MILTrainConfig.from_dict({"select_epochs": [10], "inner_folds": 1})
     assert MILTrainConfig.from_dict({"select_epochs": [5, 10]}).inner_folds == 3
-    # default: chosen by inner CV; a config that names `epochs` alone trains exactly that
-    assert MILTrainConfig.from_dict({}).select_epochs == [5, 10, 20, 40]
-    assert MILTrainConfig.from_dict({"epochs": 7}).select_epochs == []
+    # default: fixed epochs (no inner CV)
+    assert MILTrainConfig.from_dict({}).select_epochs == []
     assert MILTrainConfig.from_dict({"epochs": 7, "select_epochs": [3]}).select_epochs == [3]
 
 
