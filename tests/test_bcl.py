@@ -57,6 +57,8 @@ def test_run_bcl_tiny_writes_rounds_and_resumes(tmp_path, rng):
     ev = lambda src, p: binary_metrics(src.labels, p)  # noqa: E731
     hist = run_bcl(train, cfg, tmp_path, device=torch.device("cpu"), test=test, evaluate=ev)
     assert [h["round"] for h in hist] == [0, 1]
+    assert hist[0]["finetune_loss"] is None and hist[1]["finetune_loss"] > 0  # round 0 fine-tunes nothing
+    assert "NaN" not in (tmp_path / "round_0" / "metrics.json").read_text()  # strict JSON
     for r in (0, 1):
         d = tmp_path / f"round_{r}"
         for f in ("metrics.json", "pseudo_labels.npz", "patch_model.safetensors", "aggregator.safetensors"):

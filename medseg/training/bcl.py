@@ -200,7 +200,7 @@ def run_bcl(train, cfg: BCLConfig, out_dir: Path, *, device: torch.device, test=
             log.info("round %d: loaded from %s", r, rdir)
             continue
         rdir.mkdir(parents=True, exist_ok=True)
-        ft_loss = float("nan")
+        ft_loss = None  # round 0 fine-tunes nothing (JSON null, not NaN)
         if r > 0:
             prev = np.load(out_dir / f"round_{r - 1}" / "pseudo_labels.npz")
             plabels = [prev[f"b{b}"] for b in range(len(train))]
