@@ -19,6 +19,7 @@ import numpy as np
 from medseg.training.mil_select import inner_cv_scores, pick_epochs
 from medseg.training.mil_train import MILTrainConfig, fit_mil_path, predict_bags, stratified_folds
 from medseg.wsi.bags import load_bags
+from medseg.wsi.metrics import accuracy
 
 
 def main(data: str, model: str, out: str, folds: int = 10, seed: int = 0) -> int:
@@ -31,7 +32,7 @@ def main(data: str, model: str, out: str, folds: int = 10, seed: int = 0) -> int
         s = seed + f
         scores = inner_cv_scores(train, cfg, seed=s)
         path = fit_mil_path(train, cfg, marks, seed=s)
-        acc = {e: float(((predict_bags(path[e], bags.subset(test)) >= cfg.threshold) == bags.labels[test]).mean())
+        acc = {e: accuracy(bags.labels[test], predict_bags(path[e], bags.subset(test)) >= cfg.threshold)
                for e in marks}
         by_acc, by_loss = pick_epochs(scores), min(scores, key=lambda e: (scores[e][1], e))
         rows.append({"fold": f, "acc": acc, "pick_acc": by_acc, "pick_loss": by_loss})

@@ -24,6 +24,7 @@ import torch
 from medseg.errors import ConfigError, InputError
 from medseg.training.mil_train import MILEnsemble, MILTrainConfig, fit_mil, fit_mil_path, predict_bags, stratified_folds
 from medseg.wsi.bags import Bags
+from medseg.wsi.metrics import accuracy
 
 log = logging.getLogger("medseg.training.mil")
 
@@ -60,7 +61,7 @@ def inner_cv_scores(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0,
         path = fit_mil_path(bags.subset(train), cfg, marks, seed=seed + 1009 * (j + 1), device=device)
         for e in marks:
             oof[e][test] = predict_bags(path[e], bags.subset(test))
-    return {e: (float(((oof[e] >= cfg.threshold) == labels).mean()), _log_loss(labels, oof[e])) for e in marks}
+    return {e: (accuracy(labels, oof[e] >= cfg.threshold), _log_loss(labels, oof[e])) for e in marks}
 
 
 def fit_mil_selected(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0,
