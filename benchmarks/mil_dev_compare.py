@@ -24,7 +24,7 @@ from medseg.wsi.metrics import accuracy
 
 def main(data: str, model: str, out: str, folds: int = 10, seed: int = 0) -> int:
     bags = load_bags(data)
-    cfg = replace(MILTrainConfig(), model=model)
+    cfg = replace(MILTrainConfig(), model=model, select_epochs=[5, 10, 20, 40])  # the candidates of procedure B
     marks = sorted(cfg.select_epochs)
     rows = []
     for f, test in enumerate(stratified_folds(bags.labels, folds, np.random.default_rng(seed))):
