@@ -214,3 +214,24 @@ def test_safetensors_roundtrip(name, tmp_path):
     x = torch.randn(1, 1, 9, 17, 12)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x))
+
+
+def test_unet_per_level_kernels():
+    """``kernels`` (from medseg plan on thick slices): a 1 x 3 x 3 level has no z extent in its weights
+    and no z mixing, so two inputs differing only in one z-slice differ only in that slice's output."""
+    import torch
+
+    from medseg.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, features=[4, 8], strides=[[1, 2, 2]],
+               kernels=[[1, 3, 3], [1, 3, 3]], norm="none").eval()
+    assert tuple(net.encoder[0].conv1[0].weight.shape[2:]) == (1, 3, 3)
+    x = torch.randn(1, 1, 5, 8, 8)
+    y = x.clone()
+    y[0, 0, 2] += 1.0
+    with torch.no_grad():
+        d = (net(x) - net(y)).abs().sum(dim=(0, 1, 3, 4))
+    assert d[2] > 0 and torch.all(d[[0, 1, 3, 4]] == 0)
+    with pytest.raises(Exception, match="kernels needs 2"):
+        UNet(spatial_dims=3, in_channels=1, out_channels=2, features=[4, 8], kernels=[3])

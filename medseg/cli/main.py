@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("medseg.cli.evaluate", "score predictions against references (Dice, IoU, HD95, NSD)"),
     "run": ("medseg.cli.run", "run a staged pipeline from a YAML config"),
     "fingerprint": ("medseg.cli.fingerprint", "analyse a data set and propose preprocessing (YAML)"),
+    "plan": ("medseg.cli.plan", "plan an experiment for a data set: spacing, normalisation, patch, network, batch"),
     "train": ("medseg.cli.train", "train a segmentation model from a YAML config into a model bundle"),
     "predict": ("medseg.cli.predict", "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
     "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict"),

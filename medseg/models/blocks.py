@@ -84,10 +84,11 @@ def activation() -> nn.Module:
 class ConvNormAct(nn.Sequential):
     """conv(k, stride) -> norm -> LeakyReLU; 'same' padding so spatial size is ``ceil(n / stride)``."""
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, *, kernel: int = 3,
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, *, kernel: int | Sequence[int] = 3,
                  stride: int | Sequence[int] = 1, norm: str = "instance", act: bool = True):
+        ks = as_tuple(kernel, spatial_dims, name="kernel")
         layers: list[nn.Module] = [
-            conv_nd(spatial_dims)(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2,
+            conv_nd(spatial_dims)(in_ch, out_ch, ks, stride=stride, padding=tuple(k // 2 for k in ks),
                                   bias=norm == "none"),
             norm_layer(norm, spatial_dims, out_ch),
         ]
@@ -104,10 +105,10 @@ class ConvUnit(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, *, stride: int | Sequence[int] = 1,
-                 norm: str = "instance", residual: bool = False):
+                 norm: str = "instance", residual: bool = False, kernel: int | Sequence[int] = 3):
         super().__init__()
-        self.conv1 = ConvNormAct(spatial_dims, in_ch, out_ch, stride=stride, norm=norm)
-        self.conv2 = ConvNormAct(spatial_dims, out_ch, out_ch, norm=norm, act=not residual)
+        self.conv1 = ConvNormAct(spatial_dims, in_ch, out_ch, kernel=kernel, stride=stride, norm=norm)
+        self.conv2 = ConvNormAct(spatial_dims, out_ch, out_ch, kernel=kernel, norm=norm, act=not residual)
         self.residual = residual
         if residual:
             strided = any(s != 1 for s in as_tuple(stride, spatial_dims, name="stride"))

@@ -37,6 +37,10 @@ class UNet(nn.Module):
     strides
         Downsampling stride into each level below the first (``len(features) - 1`` entries; an int
         or one int per axis, e.g. ``(1, 2, 2)`` to keep thick CT slices). Default 2 everywhere.
+    kernels
+        Convolution kernel of each level (``len(features)`` entries; an int or one int per axis, e.g.
+        ``(1, 3, 3)`` on thick-slice levels, as ``medseg plan`` proposes for anisotropic data).
+        Default 3 everywhere.
     norm
         ``"instance"`` (default), ``"batch"``, ``"group"`` or ``"none"``.
     residual
@@ -51,7 +55,8 @@ class UNet(nn.Module):
     def __init__(self, *, spatial_dims: int, in_channels: int, out_channels: int,
                  features: Sequence[int] = (16, 32, 64, 128, 256),
                  strides: Sequence[int | Sequence[int]] | None = None, norm: str = "instance",
-                 residual: bool = False, deep_supervision: bool = False):
+                 residual: bool = False, deep_supervision: bool = False,
+                 kernels: Sequence[int | Sequence[int]] | None = None):
         super().__init__()
         d = self.spatial_dims = check_dims(spatial_dims, model="unet")
         features = [int(f) for f in features]
@@ -63,20 +68,25 @@ class UNet(nn.Module):
             raise ConfigError(f"unet: strides needs {len(features) - 1} entries (one per downsampling), "
                               f"got {list(strides)}")
         self.strides = [as_tuple(s, d, name="unet strides") for s in strides]
+        if kernels is None:
+            kernels = [3] * len(features)
+        if len(kernels) != len(features):
+            raise ConfigError(f"unet: kernels needs {len(features)} entries (one per level), got {list(kernels)}")
+        ks = [as_tuple(k, d, name="unet kernels") for k in kernels]
         # cumulative downsampling factor of each level, per axis
         self.factors = [(1,) * d]
         for st in self.strides:
             self.factors.append(tuple(a * b for a, b in zip(self.factors[-1], st)))
         self.encoder = nn.ModuleList(
-            [ConvUnit(d, in_channels, features[0], norm=norm, residual=residual)]
+            [ConvUnit(d, in_channels, features[0], norm=norm, residual=residual, kernel=ks[0])]
             + [ConvUnit(d, features[i - 1], features[i], stride=self.strides[i - 1], norm=norm,
-                        residual=residual) for i in range(1, len(features))])
+                        residual=residual, kernel=ks[i]) for i in range(1, len(features))])
         # decoder level i (from the bottom up) brings features[i + 1] up to features[i]
         self.up = nn.ModuleList(
             [conv_transpose_nd(d)(features[i + 1], features[i], self.strides[i], stride=self.strides[i],
                                   bias=False) for i in range(len(features) - 1)])
         self.decoder = nn.ModuleList(
-            [ConvUnit(d, 2 * features[i], features[i], norm=norm, residual=residual)
+            [ConvUnit(d, 2 * features[i], features[i], norm=norm, residual=residual, kernel=ks[i])
              for i in range(len(features) - 1)])
         self.head = conv_nd(d)(features[0], out_channels, 1)
         self.deep_supervision = bool(deep_supervision)

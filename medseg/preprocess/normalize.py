@@ -131,13 +131,18 @@ def ct_window(vol: Volume, *, preset: str | None = None, center: float | None = 
 def clip_zscore(vol: Volume, *, clip: tuple[float, float], mean: float, std: float) -> Volume:
     """nnU-Net-style CT normalisation with data-set statistics: clip, subtract ``mean``, divide by ``std``."""
     _image_only(vol, "clip_zscore")
+    return vol.with_array(clip_zscore_array(vol.array, clip=clip, mean=mean, std=std))
+
+
+def clip_zscore_array(a: np.ndarray, *, clip, mean: float, std: float) -> np.ndarray:
+    """The array form of :func:`clip_zscore` (float32 copy): clip to ``clip``, then ``(x - mean) / std``."""
     lo, hi = float(clip[0]), float(clip[1])
     if not hi >= lo:
         raise ValueError(f"clip must be (low, high) with low <= high, got {clip}")
     if not std > 0:
         raise ValueError(f"std must be positive, got {std}")
-    out = vol.array.astype(np.float32)
+    out = np.asarray(a).astype(np.float32)
     np.clip(out, lo, hi, out=out)
     out -= np.float32(mean)
     out /= np.float32(std)
-    return vol.with_array(out)
+    return out

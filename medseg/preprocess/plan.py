@@ -31,7 +31,7 @@ from medseg.volume import Volume
 ANISO_THRESHOLD = 3.0
 
 
-def _target_spacing(fp: dict[str, Any]) -> tuple[list[float], int | None]:
+def target_spacing(fp: dict[str, Any]) -> tuple[list[float], int | None]:
     """Median spacing; for strongly anisotropic data the low-resolution axis takes the 10th
     percentile of its spacings instead (never finer than the other axes), as nnU-Net does."""
     target = np.asarray(fp["median_spacing_mm"], dtype=np.float64)
@@ -58,7 +58,7 @@ def propose_plan(fp: dict[str, Any], *, modality: str | None = None) -> dict[str
     the volume (nnU-Net's rule). Images: cubic in-plane, labels: per-label linear.
     """
     mod = (modality or fp.get("modality_guess") or "other")
-    target, aniso = _target_spacing(fp)
+    target, aniso = target_spacing(fp)
     fi = fp.get("foreground_intensity", {})
     if mod.upper() == "CT":
         if "p0.5" not in fi:

@@ -93,8 +93,23 @@ _CHOICES = {
     ("training", "schedule"): ("poly", "cosine", "constant"),
     ("training", "amp"): ("auto", "bf16", "fp16", "off"),
     ("training", "loss"): ("dice_ce", "dice", "ce"),
-    ("plan", "normalization"): ("auto", "zscore", "zscore_nonzero", "none"),
 }
+_NORMS = ("auto", "zscore", "zscore_nonzero", "none")
+
+
+def _check_normalization(v) -> None:
+    """A method name, a CT dict ``{scheme: ct, clip: [lo, hi], mean, std}``, or a list of those per channel."""
+    for m in (v if isinstance(v, list) and v else [v]):
+        if isinstance(m, dict):
+            ok = (m.get("scheme") == "ct" and set(m) == {"scheme", "clip", "mean", "std"}
+                  and isinstance(m["clip"], list) and len(m["clip"]) == 2
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in [*m["clip"], m["mean"], m["std"]])
+                  and m["clip"][0] < m["clip"][1] and m["std"] > 0)
+            if not ok:
+                raise ConfigError(f"plan.normalization {m!r}: a CT entry needs scheme: ct, clip: [low, high], mean and "
+                                  "std > 0")
+        elif m not in _NORMS or (isinstance(v, list) and m == "auto"):
+            raise ConfigError(f"plan.normalization = {m!r} is not one of {', '.join(_NORMS)} (or a CT entry)")
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +170,7 @@ def _validate(cfg: dict[str, Any]) -> None:
             isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 255 for k in labels)):
         raise ConfigError(f"data.labels must map label values 0..255 to names, e.g. {{1: anterior}}, got {labels!r}")
     p = cfg["plan"]
+    _check_normalization(p["normalization"])
     for key in ("spacing_mm", "patch_size"):
         v = p[key]
         if v != "auto" and (not isinstance(v, (list, tuple)) or len(v) != 3

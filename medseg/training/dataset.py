@@ -127,8 +127,10 @@ def scan_dataset(root: str | Path) -> DatasetInfo:
                          path=root, code="missing_image")
     channels = {len(ch) for ch in images.values()}
     if len(channels) != 1:
-        raise InputError(f"cases have different numbers of channels {sorted(channels)}", path=img_dir,
-                         code="channels")
+        most = max(channels, key=lambda n: sum(len(ch) == n for ch in images.values()))
+        odd = sorted(cid for cid, ch in images.items() if len(ch) != most)
+        raise InputError(f"cases have different numbers of channels {sorted(channels)}: {', '.join(odd[:10])} "
+                         f"differ from the {most} of the others", path=img_dir, code="channels")
     cases = []
     for cid in sorted(images):
         chans = images[cid]

@@ -64,14 +64,31 @@ def make_plan(cases: dict, plan_cfg: dict[str, Any]) -> dict[str, Any]:
     return plan
 
 
-def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Per-case intensity normalisation of ``image`` (C, z, y, x) -> float32, channel by channel
-    (:func:`medseg.preprocess.normalize.zscore_array`; ``zscore_nonzero`` keeps zeros at 0)."""
-    from medseg.preprocess.normalize import zscore_array
+def channel_methods(method, channels: int) -> list:
+    """One normalisation per channel: a single method (string or ``{scheme: ct, ...}`` dict) applies
+    to every channel; a list gives one per channel (``medseg plan`` writes one per modality)."""
+    if isinstance(method, (list, tuple)):
+        if len(method) != channels:
+            from medseg.errors import ConfigError
+
+            raise ConfigError(f"plan.normalization lists {len(method)} methods for {channels} channel(s)")
+        return list(method)
+    return [method] * channels
+
+
+def normalize(image: np.ndarray, method) -> np.ndarray:
+    """Intensity normalisation of ``image`` (C, z, y, x) -> float32, channel by channel: per-case
+    z-score (:func:`medseg.preprocess.normalize.zscore_array`; ``zscore_nonzero`` keeps zeros at 0),
+    ``none``, or CT's data-set statistics ``{scheme: ct, clip: [lo, hi], mean, std}`` (clip, then
+    ``(x - mean) / std``, as :func:`medseg.preprocess.normalize.clip_zscore`)."""
+    from medseg.preprocess.normalize import clip_zscore_array, zscore_array
 
     out = np.empty(image.shape, dtype=np.float32)
-    for c in range(image.shape[0]):
+    for c, method in enumerate(channel_methods(method, image.shape[0])):
         x = image[c]
+        if isinstance(method, dict):
+            out[c] = clip_zscore_array(x, clip=method["clip"], mean=float(method["mean"]), std=float(method["std"]))
+            continue
         if method == "none":
             out[c] = x
             continue

@@ -1,0 +1,60 @@
+"""Plan an experiment for a data set: ``medseg plan --dataset DIR [--out plan.yaml] [--device cpu|cuda]``.
+
+Reads a data set in the MSD / nnU-Net layout (``imagesTr/``, ``labelsTr/``, ``dataset.json``),
+checks every case (label on the image grid, every channel present, label values listed in
+``dataset.json``, no NaN) and stops with exit code 1 naming each bad case before anything is
+planned. Then computes the fingerprint and writes the plan: target spacing, per-channel
+normalisation and, per configuration (``3d_fullres``, ``2d``, ``3d_lowres`` when useful), patch
+size, poolings, kernels, features and batch size from the memory/compute budget. The rules are
+in ``docs/planning.md``; the YAML is meant to be read and edited.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", type=Path, required=True, help="data set folder (imagesTr/, labelsTr/, dataset.json)")
+    p.add_argument("--out", type=Path, default=None, help="plan to write (default: DATASET_NAME.plan.yaml in the "
+                   "working directory)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="plan for this device's budget (default: %(default)s)")
+    p.add_argument("--memory-gb", type=float, default=None,
+                   help="memory budget of one training iteration (default: 4 on cpu, 8 on cuda)")
+    p.add_argument("--gflop-per-iteration", type=float, default=None,
+                   help="compute budget of one training iteration on the CPU (default: 120, about 3 s on 2 cores)")
+    p.add_argument("--samples-per-case", type=int, default=10_000,
+                   help="foreground voxels sampled per case for intensity statistics (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg import config as cfgmod
+    from medseg.preprocess.plan_dataset import plan_dataset
+
+    if args.memory_gb is not None and not args.memory_gb > 0:
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"--memory-gb must be > 0, got {args.memory_gb}")
+    plan = plan_dataset(args.dataset, device=args.device, memory_gb=args.memory_gb,
+                        gflop_per_iteration=args.gflop_per_iteration, samples_per_case=args.samples_per_case)
+    out = args.out or Path(f"{plan['dataset']['name']}.plan.yaml")
+    cfgmod.save_yaml(plan, out)
+    print(summary_text(plan))
+    print(f"plan written to {out}")
+    return 0
+
+
+def summary_text(plan: dict) -> str:
+    ds = plan["dataset"]
+    lines = [f"data set {ds['name']}: {ds['n_cases']} cases, channels {', '.join(plan['modalities'])}, labels "
+             + ", ".join(f"{k}={v}" for k, v in plan["labels"].items() if int(k) != 0),
+             f"target spacing {plan['target_spacing_mm']} mm (z, y, x), median shape there "
+             f"{plan['median_shape_at_target']}; budget {plan['budget']}"]
+    for name, c in plan["configurations"].items():
+        lines.append(f"  {name:<11} spacing {c['spacing_mm']} patch {c['patch_size']} batch {c['batch_size']} "
+                     f"poolings {c['poolings_per_axis']} features {c['model']['features']} "
+                     f"norm {c['normalization']} (~{c['estimate']['gflop_per_iteration']} GFLOP, "
+                     f"{c['estimate']['memory_gb']} GB per iteration)")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""medseg plan: the planning rules on synthetic fingerprints (values worked out by hand in the
+comments), the cost estimate, and bad data sets stopped before anything is planned."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from medseg.cli.main import main
+from medseg.io import write_volume
+from medseg.preprocess.planner import (DEVICE_DEFAULTS, estimate, normalization_for, plan_configuration,
+                                       plan_experiment, topology)
+from medseg.volume import Volume
+
+
+def _fp(spacing, shape, *, p10=None, n=100, crop=1.0, ct=False):
+    fi = {"p0.5": -100.0, "p99.5": 300.0, "mean": 80.0, "std": 50.0} if ct else {"mean": 0.0, "std": 1.0}
+    return {"median_spacing_mm": list(spacing), "median_shape": list(shape),
+            "spacing_percentile10_mm": list(p10 or spacing), "n_cases": n, "median_nonzero_crop_fraction": crop,
+            "foreground_intensity": fi, "modality_guess": "CT" if ct else "other"}
+
+
+LABELS = {0: "background", 1: "a", 2: "b"}
+
+
+def test_tiny_isotropic_mri():
+    plan = plan_experiment(_fp([1, 1, 1], [36, 50, 35]), modalities=["MRI"], labels=LABELS)
+    full = plan["configurations"]["3d_fullres"]
+    assert plan["target_spacing_mm"] == [1.0, 1.0, 1.0] and plan["anisotropic_axis"] is None
+    # 36 -> 18 -> 9 -> 4.5 (>= 4) -> stop: 3 poolings per axis, divisor 8; median rounded up to 8s
+    assert full["poolings_per_axis"] == [3, 3, 3] and full["divisor"] == [8, 8, 8]
+    assert full["patch_size"] == [40, 56, 40] and full["batch_size"] == 2
+    assert full["model"]["features"] == [16, 32, 64, 128] and "kernels" not in full["model"]
+    assert full["normalization"] == "zscore"
+    assert "3d_lowres" not in plan["configurations"]          # the patch covers the whole median case
+    assert plan["configurations"]["2d"]["slice_axis"] == 0
+
+
+def test_anisotropic_ct_keeps_thick_slices_unpooled_first():
+    # (z, y, x) = 5 x 0.8 x 0.8 mm: z is > 3x coarser and has few voxels -> anisotropic axis 0, target z from p10
+    fp = _fp([5.0, 0.8, 0.8], [60, 512, 512], p10=[4.0, 0.7, 0.7], ct=True)
+    plan = plan_experiment(fp, modalities=["CT"], labels=LABELS)
+    assert plan["anisotropic_axis"] == 0
+    assert plan["target_spacing_mm"][0] == pytest.approx(4.0, abs=1e-4)
+    full = plan["configurations"]["3d_fullres"]
+    # 4 mm vs 0.8: kernel 1 and no pooling along z until in-plane spacing reaches 2 mm (two poolings: 3.2 mm)
+    assert full["model"]["strides"][0] == [1, 2, 2] and full["model"]["strides"][1] == [1, 2, 2]
+    assert full["kernels"][0] == [1, 3, 3] and full["kernels"][1] == [1, 3, 3] and full["kernels"][2] == [3, 3, 3]
+    assert full["model"]["strides"][2][0] == 2
+    assert full["normalization"] == {"scheme": "ct", "clip": [-100.0, 300.0], "mean": 80.0, "std": 50.0}
+    for a, d in enumerate(full["divisor"]):
+        assert full["patch_size"][a] % d == 0
+    assert plan["configurations"]["2d"]["slice_axis"] == 0
+
+
+def test_large_ct_gets_lowres_within_budget():
+    fp = _fp([1.5, 1.5, 1.5], [300, 512, 512], ct=True)
+    plan = plan_experiment(fp, modalities=["CT"], labels=LABELS)
+    cfgs = plan["configurations"]
+    assert set(cfgs) == {"3d_fullres", "2d", "3d_lowres"}
+    low, full = cfgs["3d_lowres"], cfgs["3d_fullres"]
+    assert all(lo > fu for lo, fu in zip(low["spacing_mm"], full["spacing_mm"]))
+    # lowres stops once the median case is at most ~2 patches
+    med_low = np.prod(np.array([300, 512, 512]) * 1.5 / np.array(low["spacing_mm"]))
+    assert med_low <= 2 * np.prod(full["patch_size"]) * 1.001
+    budget = DEVICE_DEFAULTS["cpu"]["gflop_per_iteration"]
+    for c in cfgs.values():
+        assert c["estimate"]["gflop_per_iteration"] <= budget and c["estimate"]["memory_gb"] <= 4.0
+
+
+def test_estimate_monotone_in_patch_and_batch():
+    strides, kernels = topology([1, 1, 1], [64, 64, 64])
+    feats = [16, 32, 64, 128, 256][: len(strides) + 1]
+    base = estimate([64, 64, 64], 2, feats, strides, kernels)
+    for axis in range(3):
+        bigger = [64, 64, 64]
+        bigger[axis] = 80
+        e = estimate(bigger, 2, feats, strides, kernels)
+        assert e["memory_gb"] > base["memory_gb"] and e["gflop_per_iteration"] > base["gflop_per_iteration"]
+    e3 = estimate([64, 64, 64], 3, feats, strides, kernels)
+    assert e3["gflop_per_iteration"] == pytest.approx(1.5 * base["gflop_per_iteration"])
+    assert e3["memory_gb"] > base["memory_gb"]
+
+
+def test_estimate_counts_convolutions_by_hand():
+    # 2 levels, 1 -> 4 -> 8 channels, 3x3x3 kernels, patch 4^3 = 64 voxels, stride 2 (8 voxels below)
+    e = estimate([4, 4, 4], 1, [4, 8], [[2, 2, 2]], [[3, 3, 3], [3, 3, 3]], in_channels=1, out_channels=2)
+    enc0 = 27 * (1 * 4 + 4 * 4) * 64
+    dec0 = (27 * (2 * 4 * 4 + 4 * 4) + 8 * 4 * 8) * 64
+    enc1 = 27 * (4 * 8 + 8 * 8) * 8
+    head = 4 * 2 * 64
+    assert e["gflop_per_iteration"] == pytest.approx(3 * 2 * (enc0 + dec0 + enc1 + head) / 1e9)
+
+
+def test_more_gpu_memory_never_gives_a_smaller_patch_or_batch():
+    prev = None
+    for gb in (2, 4, 8, 16):
+        c = plan_configuration([1, 1, 1], [160, 200, 200], device="cuda", memory_gb=gb)
+        assert c["estimate"]["memory_gb"] <= gb
+        cur = (np.prod(c["patch_size"]), c["batch_size"])
+        if prev is not None:
+            assert cur[0] >= prev[0]
+        prev = cur
+
+
+def test_normalization_rules():
+    assert normalization_for("MRI", {"median_nonzero_crop_fraction": 0.5}) == "zscore_nonzero"
+    assert normalization_for("T2", {"median_nonzero_crop_fraction": 0.9}) == "zscore"
+    with pytest.raises(Exception, match="CT normalisation"):
+        normalization_for("CT", {"foreground_intensity": {}})
+
+
+# ----------------------------------------------------------------------------- data sets on disk
+def _case(root, cid, *, shape=(12, 14, 10), spacing=(1.0, 1.0, 1.0), label_spacing=None, channels=1,
+          label_value=1, nan=False, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=shape).astype(np.float32)
+    if nan:
+        img[0, 0, 0] = np.nan
+    lab = np.zeros(shape, np.uint8)
+    lab[3:8, 4:9, 2:7] = label_value
+    for ch in range(channels):
+        write_volume(Volume(img, spacing), root / "imagesTr" / f"{cid}_{ch:04d}.nii.gz")
+    write_volume(Volume(lab, label_spacing or spacing, is_label=True), root / "labelsTr" / f"{cid}.nii.gz")
+
+
+def _dataset(tmp_path, n=4, **bad):
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(json.dumps({"name": "Toy", "channel_names": {"0": "MRI"},
+                                                   "labels": {"background": 0, "thing": 1}}))
+    for i in range(n):
+        _case(root, f"c{i}", seed=i, **(bad if i == 2 else {}))
+    return root
+
+
+def test_plan_cli_writes_a_readable_plan(tmp_path, capsys):
+    from medseg import config as cfgmod
+
+    root = _dataset(tmp_path)
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", "--dataset", str(root), "--out", str(out)]) == 0
+    plan = cfgmod.load_yaml(out)
+    assert plan["dataset"]["name"] == "Toy" and plan["modalities"] == ["MRI"]
+    assert plan["labels"] == {0: "background", 1: "thing"}
+    assert plan["configurations"]["3d_fullres"]["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert "3d_fullres" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"label_spacing": (2.0, 1.0, 1.0)}, "grids differ"),
+    ({"label_value": 3}, "unexpected label value"),
+    ({"nan": True}, "NaN"),
+])
+def test_plan_stops_on_a_bad_case(tmp_path, caplog, bad, needle):
+    root = _dataset(tmp_path, **bad)
+    out = tmp_path / "plan.yaml"
+    with caplog.at_level(logging.ERROR):
+        assert main(["plan", "--dataset", str(root), "--out", str(out)]) == 1
+    assert "c2" in caplog.text and needle in caplog.text
+    assert not out.exists()
+
+
+def test_plan_stops_on_missing_label_or_channel(tmp_path, caplog):
+    root = _dataset(tmp_path)
+    (root / "labelsTr" / "c1.nii.gz").unlink()
+    with caplog.at_level(logging.ERROR):
+        assert main(["plan", "--dataset", str(root), "--out", str(tmp_path / "p.yaml")]) == 1
+    assert "c1" in caplog.text and "no label" in caplog.text
+    root2 = tmp_path / "two"
+    (root2 / "imagesTr").mkdir(parents=True)
+    (root2 / "labelsTr").mkdir()
+    for i in range(3):
+        _case(root2, f"k{i}", channels=2, seed=i)
+    (root2 / "imagesTr" / "k1_0001.nii.gz").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["plan", "--dataset", str(root2), "--out", str(tmp_path / "q.yaml")]) == 1
+    assert "channels" in caplog.text and "k1" in caplog.text
+
+
+# ----------------------------------------------------------------------------- training from a plan
+def test_config_from_plan_3d_and_2d(tmp_path):
+    from medseg.training.config import resolve_config
+    from medseg.training.from_plan import config_from_plan
+
+    fp = _fp([5.0, 0.8, 0.8], [60, 256, 256], p10=[4.0, 0.7, 0.7], ct=True)
+    plan = {"format": "medseg-plan/1", "dataset": {"root": "DS", "name": "x"},
+            **plan_experiment(fp, modalities=["CT"], labels=LABELS)}
+    full = plan["configurations"]["3d_fullres"]
+    cfg = resolve_config(config_from_plan(plan, "3d_fullres", fold=2, out_dir=tmp_path))
+    assert cfg["output"]["dir"] == str(tmp_path / "fold_2") and cfg["data"]["fold"] == 2
+    assert cfg["plan"]["patch_size"] == full["patch_size"] and cfg["plan"]["divisor"] == max(full["divisor"])
+    assert cfg["model"]["kernels"][0] == [1, 3, 3] and cfg["plan"]["normalization"]["scheme"] == "ct"
+    assert cfg["training"]["batch_size"] == full["batch_size"]
+    two = plan["configurations"]["2d"]
+    cfg2 = resolve_config(config_from_plan(plan, "2d", fold=0, out_dir=tmp_path))
+    assert cfg2["model"]["spatial_dims"] == 2
+    assert cfg2["plan"]["patch_size"] == [1, *two["patch_size"]]           # one slice along z (axis 0)
+    assert cfg2["plan"]["spacing_mm"] == [plan["target_spacing_mm"][0], *two["spacing_mm"]]
+
+
+def test_ct_plan_normalization_in_training():
+    from medseg.training.plan import normalize
+
+    x = np.array([[[[-500.0, 0.0, 80.0, 1000.0]]]], dtype=np.float32)
+    out = normalize(x, {"scheme": "ct", "clip": [-100.0, 300.0], "mean": 80.0, "std": 50.0})
+    # clipped to -100 / 300 first: (-100-80)/50, (0-80)/50, 0, (300-80)/50
+    np.testing.assert_allclose(out.ravel(), [-3.6, -1.6, 0.0, 4.4], rtol=1e-6)
+    two = normalize(np.stack([x[0], x[0]]), ["none", {"scheme": "ct", "clip": [-100, 300], "mean": 80, "std": 50}])
+    np.testing.assert_allclose(two[0].ravel(), x.ravel())
+    np.testing.assert_allclose(two[1].ravel(), [-3.6, -1.6, 0.0, 4.4], rtol=1e-6)
+
+
+def test_bad_plan_normalization_rejected():
+    from medseg.errors import ConfigError
+    from medseg.training.config import resolve_config
+
+    for bad in ({"scheme": "ct", "clip": [3, 1], "mean": 0, "std": 1}, {"scheme": "ct"}, "zscroe", ["auto"]):
+        with pytest.raises(ConfigError, match="normalization"):
+            resolve_config({"data": {"root": "x"}, "output": {"dir": "y"}, "plan": {"normalization": bad}})
+
+
+def test_train_plan_fold_all_skips_finished_and_resumes(tmp_path, capsys, caplog):
+    root = _dataset(tmp_path, n=5)
+    plan = tmp_path / "plan.yaml"
+    assert main(["plan", "--dataset", str(root), "--out", str(plan)]) == 0
+    out = tmp_path / "runs"
+    common = ["train", "--plan", str(plan), "--out", str(out), "--set", "training.iters_per_epoch=1",
+              "--set", "training.progress=false", "--set", "training.val_every=1"]
+    assert main([*common, "--fold", "1", "--set", "training.epochs=1"]) == 0
+    capsys.readouterr()
+    # fold 1 stopped after 1 of 2 epochs: --fold all needs --resume for it, and continues it to epoch 2
+    with caplog.at_level(logging.ERROR):
+        assert main([*common, "--fold", "all", "--set", "training.epochs=2"]) == 1
+    assert "fold_1 already holds a training run; pass --resume" in caplog.text
+    assert main([*common, "--fold", "all", "--set", "training.epochs=2", "--resume"]) == 0
+    from medseg.bundle import read_meta
+
+    for f in range(5):
+        assert read_meta(out / f"fold_{f}")["training"]["epochs_done"] == 2
+    capsys.readouterr()
+    assert main([*common, "--fold", "all", "--set", "training.epochs=2", "--resume"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x.get("skipped") for x in lines] == ["finished"] * 5
