@@ -41,6 +41,8 @@ ANISO_KERNEL_FACTOR = 2.0
 LOWRES_COVERAGE = 0.25
 #: spacing of 3d_lowres grows by this factor per step (as nnU-Net) until the case is about 2 patches
 LOWRES_STEP = 1.03
+#: largest 2D batch on any device (one slice is cheap: a 2D batch may grow beyond the CPU's 3D batch of 2)
+MAX_BATCH_2D = 64
 #: a batch covers at most this fraction of all voxels of the data set (avoids over-fitting small sets)
 MAX_BATCH_FRACTION = 0.05
 
@@ -48,9 +50,9 @@ MAX_BATCH_FRACTION = 0.05
 #: measured there for 120 GFLOP in fp32) and a memory cap; CUDA: the GPU memory.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"memory_gb": 4.0, "gflop_per_iteration": 120.0, "base_features": 16, "max_features": 256,
-            "min_batch": 2, "max_batch": 2, "epochs": 100, "iters_per_epoch": 50, "amp": "off"},
+            "max_features_2d": 256, "min_batch": 2, "max_batch": 2, "epochs": 100, "iters_per_epoch": 50, "amp": "off"},
     "cuda": {"memory_gb": 8.0, "gflop_per_iteration": None, "base_features": 32, "max_features": 320,
-             "min_batch": 2, "max_batch": 64, "epochs": 1000, "iters_per_epoch": 250, "amp": "bf16"},
+             "max_features_2d": 512, "min_batch": 2, "max_batch": 64, "epochs": 1000, "iters_per_epoch": 250, "amp": "bf16"},
 }
 
 
@@ -165,8 +167,8 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
     mem = float(memory_gb if memory_gb is not None else d["memory_gb"])
     gf = gflop_per_iteration if gflop_per_iteration is not None else d["gflop_per_iteration"]
     dims = len(spacing)
-    base = d["base_features"] * (2 if dims == 2 else 1)
-    cap = d["max_features"] * (2 if dims == 2 and device == "cuda" else 1)
+    base = d["base_features"]
+    cap = d["max_features_2d"] if dims == 2 else d["max_features"]
     med = np.maximum(np.asarray(median_shape, dtype=np.float64), 1.0)
     patch = [float(m) for m in med]
 
@@ -200,7 +202,7 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
                               f"{pr}; raise --memory-gb")
         pr, strides, kernels, div, feats, est = describe(patch, min_b)
     batch = min_b
-    cap_b = int(d["max_batch"])
+    cap_b = int(d["max_batch"] if dims == 3 else MAX_BATCH_2D)
     if dataset_voxels:
         cap_b = max(min_b, min(cap_b, int(MAX_BATCH_FRACTION * dataset_voxels / float(np.prod(pr)))))
     while batch < cap_b:
