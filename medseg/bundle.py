@@ -135,17 +135,55 @@ def load_bundle(bundle_dir: str | Path, *, weights: str = "best", device: str | 
 
     ``weights``: ``"best"`` (model.safetensors) or ``"last"`` (last.safetensors).
     """
+    models, meta, _ = load_models(bundle_dir, weights=weights, device=device)
+    if len(models) != 1:
+        raise InputError(f"a fold ensemble of {len(models)} models: load it with load_models", path=bundle_dir,
+                         code="bad_params")
+    return models[0], meta
+
+
+def fold_weight_paths(bundle_dir: str | Path, meta: dict[str, Any], *, weights: str = "best",
+                      folds: list[int] | None = None) -> list[Path]:
+    """Weight files of a bundle: ``[BUNDLE/model.safetensors]``, or for a fold ensemble (``folds:`` in
+    bundle.yaml, written by ``medseg train --plan ... --fold all``) ``BUNDLE/fold_F/model.safetensors``
+    of every listed fold (or of the subset ``folds``). The paths are fixed by the fold numbers, never
+    read from the YAML."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {sorted(WEIGHTS)}, got {weights!r}")
     d = Path(bundle_dir)
+    have = meta.get("folds")
+    if have is None:
+        if folds:
+            raise InputError(f"--folds {folds}: this bundle holds one model, not a fold ensemble", path=d,
+                             code="bad_params")
+        return [d / WEIGHTS[weights]]
+    if not isinstance(have, list) or not have or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0
+                                                         for f in have):
+        raise InputError(f"bundle.yaml folds {have!r} must be a list of fold numbers", path=d / META_FILE,
+                         code="bad_bundle")
+    pick = list(have) if not folds else list(folds)
+    missing = sorted(set(pick) - set(have))
+    if missing:
+        raise InputError(f"--folds: fold(s) {missing} are not in this bundle (it holds {have})", path=d,
+                         code="bad_params")
+    return [d / f"fold_{f}" / WEIGHTS[weights] for f in pick]
+
+
+def load_models(bundle_dir: str | Path, *, weights: str = "best", device: str | Any = "cpu",
+                folds: list[int] | None = None):
+    """Load every model of a bundle -> ``(models in eval mode, meta, weight paths)``: one for a plain
+    bundle, one per fold for a fold ensemble (see :func:`fold_weight_paths`)."""
+    d = Path(bundle_dir)
     meta = read_meta(d)
-    model = build_model(meta)
-    wpath = d / WEIGHTS[weights]
-    state, fmeta = load_weights(wpath)
     arch = meta["model"]["name"]
-    if fmeta.get("architecture") and fmeta["architecture"] != arch:
-        raise InputError(f"weights were saved for architecture '{fmeta['architecture']}', but bundle.yaml names "
-                         f"'{arch}'", path=wpath, code="wrong_architecture")
-    load_state_into(model, state, path=wpath, architecture=arch)
-    model.to(device).eval()
-    return model, meta
+    models = []
+    paths = fold_weight_paths(d, meta, weights=weights, folds=folds)
+    for wpath in paths:
+        model = build_model(meta)
+        state, fmeta = load_weights(wpath)
+        if fmeta.get("architecture") and fmeta["architecture"] != arch:
+            raise InputError(f"weights were saved for architecture '{fmeta['architecture']}', but bundle.yaml "
+                             f"names '{arch}'", path=wpath, code="wrong_architecture")
+        load_state_into(model, state, path=wpath, architecture=arch)
+        models.append(model.to(device).eval())
+    return models, meta, paths

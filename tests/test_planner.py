@@ -246,4 +246,34 @@ def test_train_plan_fold_all_skips_finished_and_resumes(tmp_path, capsys, caplog
     capsys.readouterr()
     assert main([*common, "--fold", "all", "--set", "training.epochs=2", "--resume"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-    assert [x.get("skipped") for x in lines] == ["finished"] * 5
+    assert [x.get("skipped") for x in lines if "bundle" in x] == ["finished"] * 5
+    assert lines[-1]["folds"] == [0, 1, 2, 3, 4]
+
+
+def test_fold_ensemble_is_the_mean_of_the_folds_probabilities(tmp_path, capsys):
+    from medseg.inference.predictor import Predictor
+    from medseg.io import read_volume
+
+    root = _dataset(tmp_path, n=5)
+    plan = tmp_path / "plan.yaml"
+    assert main(["plan", "--dataset", str(root), "--out", str(plan)]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--plan", str(plan), "--out", str(run), "--fold", "all", "--set", "training.epochs=1",
+                 "--set", "training.iters_per_epoch=2", "--set", "training.progress=false"]) == 0
+    assert '"ensemble_bundle"' in capsys.readouterr().out
+    img = read_volume(root / "imagesTr" / "c3_0000.nii.gz")
+    ens = Predictor.from_bundle(run).predict_volume(img, probabilities=True)
+    per = [Predictor.from_bundle(run / f"fold_{f}").predict_volume(img, probabilities=True).probabilities
+           for f in range(5)]
+    np.testing.assert_allclose(ens.probabilities, np.mean(per, axis=0), atol=1e-6)
+    np.testing.assert_array_equal(ens.label.array, np.argmax(np.mean(per, axis=0), axis=0))
+    sub = Predictor.from_bundle(run, folds=[0, 2]).predict_volume(img, probabilities=True)
+    np.testing.assert_allclose(sub.probabilities, (per[0] + per[2]) / 2, atol=1e-6)
+    ids = {Predictor.from_bundle(run, folds=fs).identity()["weights_sha256"] for fs in ([0, 2], [0, 1], None)}
+    assert len(ids) == 3                                   # the manifest tells fold subsets apart
+    with pytest.raises(Exception, match="not in this bundle"):
+        Predictor.from_bundle(run, folds=[7])
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(run), "--input", str(root / "imagesTr"), "--output", str(out),
+                 "--folds", "0,2", "--no-progress"]) == 0
+    np.testing.assert_array_equal(read_volume(out / "c3.nii.gz").array, sub.label.array)

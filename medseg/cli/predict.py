@@ -44,6 +44,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for the model and resampling (default: torch's default)")
     p.add_argument("--weights", choices=["best", "last"], default="best",
                    help="model.safetensors (best, default) or last.safetensors")
+    p.add_argument("--folds", default=None, metavar="F,F",
+                   help="of a fold-ensemble bundle, use only these folds, e.g. 0,2 (default: all of them)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the bundle's post-processing rules")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from medseg.executors import add_executor_args
@@ -61,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}", code="bad_params")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}", code="bad_params")
+    folds = None
+    if args.folds is not None:
+        try:
+            folds = sorted({int(f) for f in args.folds.split(",")})
+        except ValueError:
+            raise ConfigError(f"--folds must be fold numbers separated by commas, e.g. 0,2; got {args.folds!r}",
+                              code="bad_params") from None
     from medseg.executors import spec_from_args
     from medseg.inference.cohort import run_predict
 
@@ -71,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                          overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.workers, weights=args.weights, postprocess=not args.no_postprocess,
-                         progress=not args.no_progress, executor=spec)
+                         progress=not args.no_progress, executor=spec, folds=folds)
     print(summary_table(report))
     return 1 if report.failed else 0
 

@@ -2,8 +2,9 @@
 from a plan: ``medseg train --plan plan.yaml [--configuration 3d_fullres] [--fold F|all] [--out DIR]``.
 
 Writes a model bundle to ``output.dir`` (weights, bundle.yaml, resolved config, curves); from a
-plan, one bundle per fold in ``OUT/fold_F``. ``--fold all`` trains every fold in turn: a finished
-fold is skipped, an interrupted one continues with ``--resume``.
+plan, one bundle per fold in ``OUT/fold_F``. ``--fold all`` trains every fold in turn (a finished
+fold is skipped, an interrupted one continues with ``--resume``) and then makes ``OUT`` itself a
+bundle holding all folds, whose prediction is the mean of the folds' probabilities.
 Under ``torchrun --nproc_per_node N -m medseg train ...`` it trains with DDP.
 """
 
@@ -76,4 +77,13 @@ def run(args: argparse.Namespace) -> int:
             last = summary.get("last", {})
             print(json.dumps({"bundle": summary["bundle"], "epochs": summary["epochs"], "best": summary["best"],
                               "val_dice_mean": last.get("val_dice_mean")}))
+    if args.plan is not None and args.fold == "all":
+        import os
+
+        from medseg.training.fold_bundle import write_fold_ensemble
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_dir = Path(cfgs[0]["output"]["dir"]).parent
+            write_fold_ensemble(run_dir, [int(c["data"]["fold"]) for c in cfgs])
+            print(json.dumps({"ensemble_bundle": str(run_dir), "folds": [c["data"]["fold"] for c in cfgs]}))
     return 0

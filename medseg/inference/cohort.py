@@ -24,7 +24,6 @@ for one-channel models a ``_0000`` suffix present on every file is dropped from 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import re
@@ -109,11 +108,10 @@ def write_probabilities(path: str | Path, probs: np.ndarray, *, affine: np.ndarr
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file (:func:`medseg.manifest.sha256_file`)."""
+    from medseg.manifest import sha256_file
+
+    return sha256_file(path)
 
 
 def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -> dict[str, Any]:
@@ -141,7 +139,7 @@ def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, la
 
 def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "best", tta_axes=(),
                     tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True,
-                    threads: int | None = None):
+                    threads: int | None = None, folds: list[int] | None = None):
     """Resolve the device and load the bundle into a :class:`Predictor` (also run once per Ray actor)."""
     import torch
 
@@ -152,7 +150,8 @@ def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "
     if threads:
         torch.set_num_threads(int(threads))
     return Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
-                                 overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=threads)
+                                 overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=threads,
+                                 folds=folds)
 
 
 def _predict_fn(factory: Callable[[], Any], save_probabilities: bool) -> Callable[[str, Any], Any]:
@@ -288,7 +287,8 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
 def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path, device: str = "auto",
                 tta_axes=(), tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4,
                 save_probabilities: bool = False, probability_dtype: str = "float16", workers: int | None = None,
-                weights: str = "best", postprocess: bool = True, progress: bool = False, executor=None):
+                weights: str = "best", postprocess: bool = True, progress: bool = False, executor=None,
+                folds: list[int] | None = None):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
 
@@ -301,7 +301,7 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
     spec = as_spec(executor)
     factory = partial(build_predictor, model, device=device, weights=weights, tta_axes=tuple(tta_axes),
                       tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
-                      threads=workers)
+                      threads=workers, folds=folds)
     predictor = factory() if spec.is_local else factory(device="cpu")
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
                           probability_dtype=probability_dtype, progress=progress, executor=spec,

@@ -108,7 +108,8 @@ class Predictor:
         import torch
 
         check_meta(meta, source)
-        self.model, self.meta = model, meta
+        self.models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.model, self.meta = self.models[0], meta
         self.device = torch.device(device)
         self.plan = dict(meta["plan"])
         kw = meta["model"].get("kwargs", {})
@@ -127,23 +128,26 @@ class Predictor:
         self.rules = meta.get("postprocess") if postprocess else None
         self.threads = threads
         self.source = str(source) if source is not None else None
-        self.weights_path = Path(weights_path) if weights_path is not None else None
+        wp = weights_path if isinstance(weights_path, (list, tuple)) else [weights_path]
+        self.weights_paths = [Path(p) for p in wp if p is not None]
+        self.weights_path = self.weights_paths[0] if len(self.weights_paths) == 1 else None
         self._identity: dict[str, Any] | None = None
 
     @classmethod
-    def from_bundle(cls, spec: str | Path, *, device: Any = "cpu", weights: str = "best", **kwargs: Any) -> "Predictor":
+    def from_bundle(cls, spec: str | Path, *, device: Any = "cpu", weights: str = "best",
+                    folds: list[int] | None = None, **kwargs: Any) -> "Predictor":
         """Load a bundle by path or registered name (:func:`medseg.inference.bundles.resolve_bundle`).
 
-        A missing, damaged or mismatched bundle raises InputError naming the file, before any case is read.
+        A fold ensemble loads every fold (or ``folds``); its prediction is the mean of the folds'
+        probabilities. A missing, damaged or mismatched bundle raises InputError naming the file,
+        before any case is read.
         """
-        from medseg.bundle import load_bundle
+        from medseg.bundle import load_models
         from medseg.inference.bundles import resolve_bundle
 
-        from medseg.bundle import WEIGHTS
-
         path = resolve_bundle(spec)
-        model, meta = load_bundle(path, weights=weights, device=device)
-        return cls(model, meta, device=device, source=path, weights_path=path / WEIGHTS[weights], **kwargs)
+        models, meta, paths = load_models(path, weights=weights, device=device, folds=folds)
+        return cls(models, meta, device=device, source=path, weights_path=paths, **kwargs)
 
     def identity(self) -> dict[str, Any]:
         """What identifies the model's outputs: architecture, labels, plan and a SHA-256 of the weights."""
@@ -153,15 +157,17 @@ class Predictor:
 
             import torch
 
-            if self.weights_path is not None:
-                from medseg.inference.cohort import file_sha256
+            if self.weights_paths:
+                from medseg.manifest import sha256_file
 
-                digest = file_sha256(self.weights_path)
+                digests = [sha256_file(p) for p in self.weights_paths]
+                digest = digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
             else:
                 h = hashlib.sha256()
-                for k, v in sorted(self.model.state_dict().items()):
-                    h.update(k.encode())
-                    h.update(v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                for m in self.models:
+                    for k, v in sorted(m.state_dict().items()):
+                        h.update(k.encode())
+                        h.update(v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
                 digest = h.hexdigest()
             desc = {"model": self.meta["model"], "plan": self.plan, "labels": self.labels, "patch_size": self.patch_size}
             self._identity = {"architecture": self.meta["model"]["name"], "weights_sha256": digest,
@@ -235,14 +241,21 @@ class Predictor:
             axis = int(axis) if axis is not None else slicing_axis(plan_spacing(self.plan) or spacing_mm)
             axes = tuple(a for a in axes if a != axis)   # flipping the slice order changes nothing for a 2D model
 
-        def run(x: torch.Tensor, mirror_axes: Sequence[int] = ()) -> torch.Tensor:
-            return sliding_window(self.model, x, self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
-                                  blend=self.blend, axis=axis, device=self.device, mirror_axes=mirror_axes)
-
         x = torch.from_numpy(image)[None].to(self.device)
+        total = None
         with torch.inference_mode():
-            if self.tta_mode == "window" and axes:
-                p = torch.softmax(run(x, axes), dim=1)
-            else:
-                p = mirror_tta(run, x, axes=axes, activation="softmax")
-        return p[0].to("cpu", torch.float32).numpy()
+            for model in self.models:          # a fold ensemble: the mean of the folds' probabilities
+                def run(x: torch.Tensor, mirror_axes: Sequence[int] = (), model=model) -> torch.Tensor:
+                    return sliding_window(model, x, self.patch_size, overlap=self.overlap,
+                                          batch_size=self.batch_size, blend=self.blend, axis=axis,
+                                          device=self.device, mirror_axes=mirror_axes)
+
+                if self.tta_mode == "window" and axes:
+                    p = torch.softmax(run(x, axes), dim=1)
+                else:
+                    p = mirror_tta(run, x, axes=axes, activation="softmax")
+                p = p[0].to("cpu", torch.float32)
+                total = p if total is None else total.add_(p)
+            if len(self.models) > 1:
+                total /= len(self.models)
+            return total.numpy()

@@ -1,0 +1,39 @@
+"""One bundle from the folds of ``medseg train --plan ... --fold all``: ``RUN/bundle.yaml`` lists the
+folds, whose weights stay in ``RUN/fold_F/model.safetensors``; ``medseg predict --model RUN``
+predicts with the mean of the folds' probabilities (``--folds`` picks a subset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from medseg.bundle import WEIGHTS, read_meta, write_meta
+from medseg.errors import InputError
+
+#: what must be equal in every fold for their probabilities to be averaged
+_SAME = ("model", "labels", "channels", "plan", "patch_size", "slice_axis", "spacing_mm")
+
+
+def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int]) -> Path:
+    """Write ``run_dir/bundle.yaml`` for the fold bundles ``run_dir/fold_F``; InputError when a fold is
+    missing its weights or was trained with another model, plan or labels."""
+    run = Path(run_dir)
+    metas = {}
+    for f in folds:
+        d = run / f"fold_{f}"
+        if not (d / WEIGHTS["best"]).is_file():
+            raise InputError(f"fold {f} has no trained weights yet", path=d, code="missing")
+        metas[f] = read_meta(d)
+    first = metas[folds[0]]
+    for f, m in metas.items():
+        diff = [k for k in _SAME if m.get(k) != first.get(k)]
+        if diff:
+            raise InputError(f"fold {f} differs from fold {folds[0]} in {', '.join(diff)}: the folds cannot be "
+                             "averaged", path=run / f"fold_{f}", code="bad_bundle")
+    meta = {k: v for k, v in first.items() if k not in ("format", "training", "data")}
+    meta["folds"] = [int(f) for f in folds]
+    d0 = first.get("data", {})
+    meta["data"] = {"root": d0.get("root"), "num_folds": d0.get("num_folds"), "split_seed": d0.get("split_seed"),
+                    "val_cases": {int(f): m.get("data", {}).get("val_cases", []) for f, m in metas.items()}}
+    meta["training"] = {"folds": {int(f): m.get("training", {}) for f, m in metas.items()}}
+    return write_meta(run, meta)
