@@ -277,3 +277,30 @@ def test_fold_ensemble_is_the_mean_of_the_folds_probabilities(tmp_path, capsys):
     assert main(["predict", "--model", str(run), "--input", str(root / "imagesTr"), "--output", str(out),
                  "--folds", "0,2", "--no-progress"]) == 0
     np.testing.assert_array_equal(read_volume(out / "c3.nii.gz").array, sub.label.array)
+
+
+def test_out_of_fold_predictions_cover_every_case_once(tmp_path):
+    """After --fold all every case has exactly one out-of-fold prediction, made by the fold that held it
+    out, equal to that fold's own prediction of the case; a rerun keeps them (resume)."""
+    from medseg.inference.predictor import Predictor
+    from medseg.io import read_volume
+
+    root = _dataset(tmp_path, n=5)
+    plan = tmp_path / "plan.yaml"
+    assert main(["plan", "--dataset", str(root), "--out", str(plan)]) == 0
+    run = tmp_path / "run"
+    args = ["train", "--plan", str(plan), "--out", str(run), "--fold", "all", "--set", "training.epochs=1",
+            "--set", "training.iters_per_epoch=1", "--set", "training.progress=false"]
+    assert main(args) == 0
+    seen = {}
+    for f in range(5):
+        for p in sorted((run / f"fold_{f}" / "oof").glob("*.nii.gz")):
+            seen.setdefault(p.name[: -len(".nii.gz")], []).append(f)
+    assert seen == {f"c{i}": [seen[f"c{i}"][0]] for i in range(5)}
+    cid, f = "c3", seen["c3"][0]
+    own = Predictor.from_bundle(run / f"fold_{f}").predict_volume(read_volume(root / "imagesTr" / "c3_0000.nii.gz"))
+    oof = run / f"fold_{f}" / "oof" / "c3.nii.gz"
+    np.testing.assert_array_equal(read_volume(oof).array, own.label.array)
+    mtime = oof.stat().st_mtime_ns
+    assert main([*args, "--resume"]) == 0
+    assert oof.stat().st_mtime_ns == mtime
