@@ -31,7 +31,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
-    from medseg.preprocess.plan_dataset import plan_dataset
+    from medseg.training.plan_dataset import plan_dataset
 
     if args.memory_gb is not None and not args.memory_gb > 0:
         from medseg.errors import ConfigError

@@ -72,24 +72,19 @@ def run(args: argparse.Namespace) -> int:
     for cfg in cfgs:
         if len(cfgs) > 1 and _finished(cfg):
             print(json.dumps({"bundle": cfg["output"]["dir"], "skipped": "finished"}))
-            if args.plan is not None and int(os.environ.get("RANK", "0")) == 0:
-                from medseg.training.fold_bundle import write_oof
-
-                write_oof(cfg["output"]["dir"], device=cfg.get("training", {}).get("device", "auto"))      # finishes out-of-fold predictions cut short
             continue
         summary = train(cfg, resume=args.resume)
         if summary.get("rank", 0) == 0:
             last = summary.get("last", {})
             print(json.dumps({"bundle": summary["bundle"], "epochs": summary["epochs"], "best": summary["best"],
                               "val_dice_mean": last.get("val_dice_mean")}))
-            if args.plan is not None:
-                from medseg.training.fold_bundle import write_oof
-
-                write_oof(summary["bundle"], device=cfg.get("training", {}).get("device", "auto"))
-    if args.plan is not None and args.fold == "all":
+    if args.plan is not None and int(os.environ.get("RANK", "0")) == 0:
+        from medseg.inference.oof import write_oof
         from medseg.training.fold_bundle import write_fold_ensemble
 
-        if int(os.environ.get("RANK", "0")) == 0:
+        for cfg in cfgs:            # cases already predicted are kept, so a rerun only finishes what was cut short
+            write_oof(cfg["output"]["dir"], device=cfg.get("training", {}).get("device", "auto"))
+        if args.fold == "all":
             run_dir = Path(cfgs[0]["output"]["dir"]).parent
             write_fold_ensemble(run_dir, [int(c["data"]["fold"]) for c in cfgs])
             print(json.dumps({"ensemble_bundle": str(run_dir), "folds": [c["data"]["fold"] for c in cfgs]}))

@@ -130,7 +130,6 @@ class Predictor:
         self.source = str(source) if source is not None else None
         wp = weights_path if isinstance(weights_path, (list, tuple)) else [weights_path]
         self.weights_paths = [Path(p) for p in wp if p is not None]
-        self.weights_path = self.weights_paths[0] if len(self.weights_paths) == 1 else None
         self._identity: dict[str, Any] | None = None
 
     @classmethod

@@ -38,36 +38,3 @@ def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int]) -> Path:
     meta["training"] = {"folds": {int(f): m.get("training", {}) for f, m in metas.items()}}
     return write_meta(run, meta)
 
-
-def write_oof(fold_dir: str | Path, *, device: str = "auto") -> list[Path]:
-    """Out-of-fold predictions of a finished fold: every validation case of ``fold_dir`` predicted by
-    that fold's model on its own input grid, written to ``fold_dir/oof/CASE.nii.gz`` (atomically;
-    cases already there are kept, so an interrupted run resumes). These are what post-processing and
-    configuration choices are scored on: no fold ever predicts a case it was trained on."""
-    from medseg.inference.predictor import Predictor
-    from medseg.io import read_volume, write_volume
-    from medseg.training.dataset import scan_dataset
-
-    d = Path(fold_dir)
-    meta = read_meta(d)
-    data = meta.get("data", {})
-    val = list(data.get("val_cases") or [])
-    if not val:
-        return []
-    files = {c.case: c for c in scan_dataset(data["root"]).cases}
-    missing = [c for c in val if c not in files]
-    if missing:
-        raise InputError(f"validation case(s) {', '.join(missing[:5])} are no longer in the data set",
-                         path=data["root"], code="missing")
-    from medseg.device import resolve_device
-
-    predictor = Predictor.from_bundle(d, device=resolve_device(device))
-    out = []
-    for cid in val:
-        target = d / "oof" / f"{cid}.nii.gz"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pred = predictor.predict_volume([read_volume(p) for p in files[cid].images])
-            write_volume(pred.label, target)
-        out.append(target)
-    return out
