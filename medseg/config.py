@@ -131,8 +131,16 @@ def _index(part: str, node: list, full: str) -> int:
     return idx
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """SafeDumper that writes a value used twice out twice, never as an ``&id001`` / ``*id001`` alias
+    (the files are for people to read and edit)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dumps(cfg: Any) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return yaml.dump(cfg, Dumper=_PlainDumper, sort_keys=False, default_flow_style=None)
 
 
 def save_yaml(cfg: Any, path: str | os.PathLike) -> Path:

@@ -266,7 +266,12 @@ def test_fold_ensemble_is_the_mean_of_the_folds_probabilities(tmp_path, capsys):
     per = [Predictor.from_bundle(run / f"fold_{f}").predict_volume(img, probabilities=True).probabilities
            for f in range(5)]
     np.testing.assert_allclose(ens.probabilities, np.mean(per, axis=0), atol=1e-6)
-    np.testing.assert_array_equal(ens.label.array, np.argmax(np.mean(per, axis=0), axis=0))
+    from medseg.bundle import read_meta
+    from medseg.postprocess import apply_postprocess
+
+    rules = read_meta(run)["postprocess"]             # chosen on the out-of-fold predictions
+    np.testing.assert_array_equal(ens.label.array, apply_postprocess(np.argmax(np.mean(per, axis=0), axis=0),
+                                                                     img.spacing_mm, rules))
     sub = Predictor.from_bundle(run, folds=[0, 2]).predict_volume(img, probabilities=True)
     np.testing.assert_allclose(sub.probabilities, (per[0] + per[2]) / 2, atol=1e-6)
     ids = {Predictor.from_bundle(run, folds=fs).identity()["weights_sha256"] for fs in ([0, 2], [0, 1], None)}
@@ -304,3 +309,101 @@ def test_out_of_fold_predictions_cover_every_case_once(tmp_path):
     mtime = oof.stat().st_mtime_ns
     assert main([*args, "--resume"]) == 0
     assert oof.stat().st_mtime_ns == mtime
+
+
+def _fake_run(tmp_path, root, folds):
+    """Fold folders holding only bundle.yaml and out-of-fold predictions: each prediction is the case's
+    label plus one stray voxel far from the box (2 x 125 / (126 + 125) = 250/251 Dice per case)."""
+    from medseg.bundle import write_meta
+    from medseg.io import read_volume
+
+    run = tmp_path / "run"
+    for f, val in folds.items():
+        d = run / f"fold_{f}"
+        d.mkdir(parents=True)
+        train = [c for v in folds.values() for c in v if c not in val]
+        write_meta(d, {"data": {"root": str(root), "val_cases": val, "train_cases": train},
+                       "labels": {0: "background", 1: "thing"}, "model": {"name": "unet", "kwargs": {}}})
+        for c in val:
+            lab = read_volume(root / "labelsTr" / f"{c}.nii.gz", is_label=True)
+            pred = lab.array.copy()
+            pred[11, 13, 9] = 1
+            write_volume(Volume(pred, lab.spacing_mm, is_label=True), d / "oof" / f"{c}.nii.gz")
+    return run
+
+
+def test_postprocessing_is_chosen_on_out_of_fold_predictions_only(tmp_path):
+    from medseg.training.crossval import choose_run_postprocess
+
+    root = _dataset(tmp_path, n=4)
+    run = _fake_run(tmp_path, root, {0: ["c0", "c1"], 1: ["c2", "c3"]})
+    # a prediction of a case fold 0 trained on: empty, so it would pull Dice down if it were used
+    write_volume(Volume(np.zeros((12, 14, 10), np.uint8), is_label=True), run / "fold_0" / "oof" / "c2.nii.gz")
+    res = choose_run_postprocess(run, [0, 1], [1])
+    assert res["oof"]["cases"] == 4
+    assert res["oof"]["dice"] == {1: round(250 / 251, 6)}
+    # the stray voxel goes with the largest foreground component; per label nothing is left to gain
+    assert res["postprocess"] == {"foreground": [{"op": "keep_largest"}]}
+    assert res["oof"]["dice_postprocessed"] == {1: 1.0}
+    (run / "fold_1" / "oof" / "c3.nii.gz").unlink()
+    with pytest.raises(Exception, match="fold 1 has no out-of-fold prediction for c3"):
+        choose_run_postprocess(run, [0, 1], [1])
+
+
+def test_candidate_small_component_threshold_from_reference_volumes():
+    from medseg.training.crossval import candidate_rules
+
+    refs = [np.zeros((4, 4, 4), np.uint8) for _ in range(3)]
+    refs[0][:2, :2, :2] = 1                     # 8 voxels of 2 mm^3 = 16 mm^3
+    refs[1][:, :, :] = 1                        # 64 voxels = 128 mm^3
+    cand = candidate_rules(refs, [(1.0, 1.0, 2.0)] * 3, [1])      # refs[2] has no label 1: not counted
+    # 5th percentile of [16, 128] = 16 + 0.05 * 112 = 21.6 mm^3; a tenth of it
+    assert cand[1][1] == {"op": "remove_small", "min_volume_mm3": 2.16}
+    assert [o["op"] for o in cand[1]] == ["keep_largest", "remove_small", "fill_holes"]
+
+
+def test_find_best_configuration_scores_runs_and_their_ensemble_by_hand(tmp_path, capsys):
+    """Box [3:8, 4:9, 2:7] (125 voxels). Run A says foreground (p 0.6) on the box plus slab x=7:
+    Dice 250/275. Run B says 0.6 on x=3..6 only (100 voxels, Dice 200/225), 0.45 on slab x=2 and
+    0.2 on slab x=7. Their mean: x=2 -> 0.525 (kept), x=7 -> 0.4 (dropped): the box, Dice 1."""
+    from medseg.bundle import write_meta
+
+    root = _dataset(tmp_path, n=4)
+    folds = {0: ["c0", "c1"], 1: ["c2", "c3"]}
+
+    def fg_a():
+        p = np.full((12, 14, 10), 0.1, np.float32)
+        p[3:8, 4:9, 2:8] = 0.6
+        return p
+
+    def fg_b():
+        p = np.full((12, 14, 10), 0.1, np.float32)
+        p[3:8, 4:9, 3:7] = 0.6
+        p[3:8, 4:9, 2] = 0.45
+        p[3:8, 4:9, 7] = 0.2
+        return p
+
+    runs = {}
+    for name, fg in (("A", fg_a), ("B", fg_b)):
+        run = tmp_path / name
+        for f, val in folds.items():
+            d = run / f"fold_{f}"
+            write_meta(d, {"data": {"root": str(root), "val_cases": val}, "labels": {0: "background", 1: "thing"},
+                           "model": {"name": "unet", "kwargs": {}}})
+            for c in val:
+                probs = np.stack([1 - fg(), fg()])
+                (d / "oof").mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(d / "oof" / f"{c}.npz", probabilities=probs.astype(np.float16))
+                write_volume(Volume(np.argmax(probs, 0).astype(np.uint8), is_label=True), d / "oof" / f"{c}.nii.gz")
+        runs[name] = run
+    assert main(["find-best", str(runs["A"]), str(runs["B"]), "--folds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "best: A + B" in out
+    from medseg import config as cfgmod
+
+    res = cfgmod.load_yaml(tmp_path / "best.yaml")
+    assert [r["members"] for r in res["ranking"]] == [["A", "B"], ["A"], ["B"]]
+    assert [r["mean_dice"] for r in res["ranking"]] == [1.0, round(250 / 275, 6), round(200 / 225, 6)]
+    assert res["cases"] == 4
+    (runs["B"] / "fold_1" / "oof" / "c2.npz").unlink()
+    assert main(["find-best", str(runs["A"]), str(runs["B"]), "--folds", "0,1"]) == 1

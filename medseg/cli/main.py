@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "fingerprint": ("medseg.cli.fingerprint", "analyse a data set and propose preprocessing (YAML)"),
     "plan": ("medseg.cli.plan", "plan an experiment for a data set: spacing, normalisation, patch, network, batch"),
     "train": ("medseg.cli.train", "train a segmentation model from a YAML config into a model bundle"),
+    "find-best": ("medseg.cli.find_best", "choose between trained configurations and their ensembles on "
+                  "out-of-fold Dice"),
     "predict": ("medseg.cli.predict", "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
     "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict"),
     "mil": ("medseg.cli.mil", "multiple-instance learning on bags of feature vectors (cross-validation)"),

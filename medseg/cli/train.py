@@ -1,5 +1,7 @@
 """Train a segmentation model: ``medseg train --config CFG [--set key=value ...] [--resume]``, or
-from a plan: ``medseg train --plan plan.yaml [--configuration 3d_fullres] [--fold F|all] [--out DIR]``.
+from a plan: ``medseg train --plan plan.yaml [--configuration 3d_fullres] [--fold F|all] [--out DIR]``,
+or straight from a data set: ``medseg train --dataset DIR [--fold all]`` (plans it first, into
+``OUT/plan.yaml``; a rerun reuses that plan).
 
 Writes a model bundle to ``output.dir`` (weights, bundle.yaml, resolved config, curves); from a
 plan, one bundle per fold in ``OUT/fold_F``. ``--fold all`` trains every fold in turn (a finished
@@ -20,15 +22,48 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", type=Path, help="training config (YAML), e.g. configs/seg3d/hippocampus_unet.yaml")
     src.add_argument("--plan", type=Path, help="plan written by medseg plan (trains one of its configurations)")
+    src.add_argument("--dataset", type=Path, help="data set folder (imagesTr/, labelsTr/, dataset.json): plan it "
+                     "with the defaults for this machine, then train the plan")
     p.add_argument("--configuration", default="3d_fullres",
-                   help="with --plan: configuration to train (default: %(default)s)")
-    p.add_argument("--fold", default="0", help="with --plan: validation fold 0..4, or 'all' for every fold in turn "
+                   help="with --plan/--dataset: configuration to train (default: %(default)s)")
+    p.add_argument("--fold", default="0", help="with --plan/--dataset: validation fold 0..4, or 'all' for every fold in turn "
                    "(default: %(default)s)")
     p.add_argument("--out", type=Path, default=None,
-                   help="with --plan: output folder (default: runs/DATASET/CONFIGURATION); folds go in fold_F/")
+                   help="with --plan/--dataset: output folder (default: runs/DATASET/CONFIGURATION); folds go "
+                   "in fold_F/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=10 --set data.fold=1")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output.dir")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="with --fold all: train the folds one after another here (local, default) or in "
+                   "parallel on a Ray cluster (ray: one task per fold, one GPU each where there are GPUs)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (auto, HOST:6379); default: start a one-machine cluster")
+    p.add_argument("--cpus-per-fold", type=int, default=1,
+                   help="with --executor ray on a cluster without GPUs: CPUs per fold (default: %(default)s)")
+
+
+def _plan_of_dataset(args: argparse.Namespace) -> dict:
+    """The plan of ``--dataset``: ``OUT/plan.yaml`` when a run there already made one, else a new plan
+    for this machine (CUDA budget when a GPU is visible), written there before any training."""
+    import logging
+
+    from medseg import config as cfgmod
+    from medseg.cli.plan import summary_text
+    from medseg.device import resolve_device
+    from medseg.training.plan_dataset import dataset_name, plan_dataset
+
+    out = args.out or Path("runs") / dataset_name(args.dataset) / args.configuration
+    path = out / "plan.yaml"
+    if path.is_file():
+        logging.getLogger("medseg.train").info("reusing the plan of this run: %s", path)
+        return cfgmod.load_yaml(path)
+    device = "cuda" if resolve_device("auto").type == "cuda" else "cpu"
+    plan = plan_dataset(args.dataset, device=device)
+    print(summary_text(plan))
+    cfgmod.save_yaml(plan, path)
+    print(f"plan written to {path}")
+    return plan
 
 
 def _plan_configs(args: argparse.Namespace) -> list[dict]:
@@ -36,7 +71,7 @@ def _plan_configs(args: argparse.Namespace) -> list[dict]:
     from medseg.errors import ConfigError
     from medseg.training.from_plan import check_plan, config_from_plan
 
-    plan = cfgmod.load_yaml(args.plan)
+    plan = _plan_of_dataset(args) if args.dataset is not None else cfgmod.load_yaml(args.plan)
     check_plan(plan, args.configuration)
     out = args.out or Path("runs") / str(plan["dataset"]["name"]) / args.configuration
     if args.fold == "all":
@@ -50,35 +85,29 @@ def _plan_configs(args: argparse.Namespace) -> list[dict]:
             for f in folds]
 
 
-def _finished(cfg: dict) -> bool:
-    from medseg.bundle import META_FILE, read_meta
-    from medseg.training.config import resolve_config
-
-    d = Path(cfg["output"]["dir"])
-    if not (d / META_FILE).is_file():
-        return False
-    tr = read_meta(d).get("training", {})
-    return int(tr.get("epochs_done", 0)) >= int(resolve_config(cfg)["training"]["epochs"])
-
-
 def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
-    from medseg.training import train
+    from medseg.executors import executor_spec
+    from medseg.training.fold_jobs import run_folds
 
+    spec = executor_spec(args.executor, args.ray_address)
+    if not spec.is_local and (args.config is not None or args.fold != "all"):
+        from medseg.errors import ConfigError
+
+        raise ConfigError("--executor ray runs the folds of --fold all in parallel; use it with --plan or "
+                          "--dataset and --fold all")
     if args.config is not None:
         cfgs = [cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)]
     else:
         cfgs = _plan_configs(args)
-    for cfg in cfgs:
-        if len(cfgs) > 1 and _finished(cfg):
-            print(json.dumps({"bundle": cfg["output"]["dir"], "skipped": "finished"}))
-            continue
-        summary = train(cfg, resume=args.resume)
-        if summary.get("rank", 0) == 0:
+    for summary in run_folds(cfgs, resume=args.resume, executor=spec, cpus_per_fold=args.cpus_per_fold):
+        if summary.get("skipped"):
+            print(json.dumps(summary))
+        elif summary.get("rank", 0) == 0:
             last = summary.get("last", {})
             print(json.dumps({"bundle": summary["bundle"], "epochs": summary["epochs"], "best": summary["best"],
                               "val_dice_mean": last.get("val_dice_mean")}))
-    if args.plan is not None and int(os.environ.get("RANK", "0")) == 0:
+    if args.config is None and int(os.environ.get("RANK", "0")) == 0:
         from medseg.inference.oof import write_oof
         from medseg.training.fold_bundle import write_fold_ensemble
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from medseg.bundle import read_meta
 from medseg.errors import InputError
+from medseg.fsutil import atomic_path
 
 
 def write_oof(fold_dir: str | Path, *, device: str = "auto") -> list[Path]:
     """Out-of-fold predictions of a finished fold: every validation case of ``fold_dir`` predicted by
-    that fold's model on its own input grid, written to ``fold_dir/oof/CASE.nii.gz`` (atomically;
-    cases already there are kept, so an interrupted run resumes). These are what post-processing and
-    configuration choices are scored on: no fold ever predicts a case it was trained on."""
+    that fold's model on its own input grid, written to ``fold_dir/oof/CASE.nii.gz`` with its class
+    probabilities in ``CASE.npz`` (``probabilities``, float16, (K, z, y, x)) - atomically, the
+    probabilities first; cases already there are kept, so an interrupted run resumes. These are what
+    post-processing and configuration choices are scored on: no fold ever predicts a case it was
+    trained on."""
     from medseg.inference.predictor import Predictor
     from medseg.io import read_volume, write_volume
     from medseg.training.dataset import scan_dataset
@@ -37,7 +42,10 @@ def write_oof(fold_dir: str | Path, *, device: str = "auto") -> list[Path]:
         target = d / "oof" / f"{cid}.nii.gz"
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            pred = predictor.predict_volume([read_volume(p) for p in files[cid].images])
+            pred = predictor.predict_volume([read_volume(p) for p in files[cid].images], probabilities=True)
+            with atomic_path(target.with_name(f"{cid}.npz")) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, probabilities=pred.probabilities.astype(np.float16))
             write_volume(pred.label, target)
         out.append(target)
     return out

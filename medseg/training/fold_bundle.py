@@ -14,9 +14,13 @@ from medseg.errors import InputError
 _SAME = ("model", "labels", "channels", "plan", "patch_size", "slice_axis", "spacing_mm")
 
 
-def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int]) -> Path:
+def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int], *, choose_postprocess: bool = True) -> Path:
     """Write ``run_dir/bundle.yaml`` for the fold bundles ``run_dir/fold_F``; InputError when a fold is
-    missing its weights or was trained with another model, plan or labels."""
+    missing its weights or was trained with another model, plan or labels.
+
+    With ``choose_postprocess`` the folds' out-of-fold predictions decide the bundle's
+    ``postprocess`` rules, and their pooled Dice before and after goes in ``crossval``
+    (:func:`medseg.training.crossval.choose_run_postprocess`)."""
     run = Path(run_dir)
     metas = {}
     for f in folds:
@@ -36,5 +40,12 @@ def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int]) -> Path:
     meta["data"] = {"root": d0.get("root"), "num_folds": d0.get("num_folds"), "split_seed": d0.get("split_seed"),
                     "val_cases": {int(f): m.get("data", {}).get("val_cases", []) for f, m in metas.items()}}
     meta["training"] = {"folds": {int(f): m.get("training", {}) for f, m in metas.items()}}
+    if choose_postprocess:
+        from medseg.training.crossval import choose_run_postprocess
+
+        labels = sorted(int(k) for k in (first.get("labels") or {}) if int(k) > 0)
+        chosen = choose_run_postprocess(run, folds, labels)
+        meta["postprocess"] = chosen["postprocess"]
+        meta["crossval"] = chosen["oof"]
     return write_meta(run, meta)
 

@@ -72,10 +72,19 @@ def plan_dataset(root: str | Path, *, device: str = "cpu", memory_gb: float | No
     mods = modalities_of(info.meta, info.channels, fps[0]["modality_guess"])
     plan = plan_experiment(fps[0], modalities=mods, labels=labels, device=device, memory_gb=memory_gb,
                            gflop_per_iteration=gflop_per_iteration, channel_fps=fps)
-    name = str(info.meta.get("name") or root.resolve().name)
+    name = dataset_name(root, info.meta)
     plan = {"format": plan.pop("format"),
             "dataset": {"root": str(root), "name": name, "n_cases": len(info.cases), "channels": info.channels},
             **plan,
             "fingerprint": [{k: v for k, v in fp.items() if k not in ("cases", "failed")} for fp in fps]}
     log.info("planned %s (%d cases) in %.1f s", name, len(info.cases), time.perf_counter() - t0)
     return plan
+
+
+def dataset_name(root: str | Path, meta: dict | None = None) -> str:
+    """The data set's name: ``name`` in dataset.json, else the folder's name."""
+    from medseg.training.dataset import read_dataset_json
+
+    root = Path(root)
+    meta = read_dataset_json(root) if meta is None else meta
+    return str((meta or {}).get("name") or root.resolve().name)
