@@ -407,3 +407,15 @@ def test_find_best_configuration_scores_runs_and_their_ensemble_by_hand(tmp_path
     assert res["cases"] == 4
     (runs["B"] / "fold_1" / "oof" / "c2.npz").unlink()
     assert main(["find-best", str(runs["A"]), str(runs["B"]), "--folds", "0,1"]) == 1
+
+
+def test_plan_label_names_rename_labels_and_reject_unknown_ones(tmp_path, caplog):
+    from medseg import config as cfgmod
+
+    root = _dataset(tmp_path, n=4)
+    plan = tmp_path / "plan.yaml"
+    assert main(["plan", "--dataset", str(root), "--out", str(plan), "--label-names", "1=organ"]) == 0
+    assert cfgmod.load_yaml(plan)["labels"] == {0: "background", 1: "organ"}
+    assert main(["plan", "--dataset", str(root), "--out", str(tmp_path / "p2.yaml"), "--label-names", "3=x"]) == 1
+    assert "names label 3, which the data set does not have (labels: 1)" in caplog.text
+    assert not (tmp_path / "p2.yaml").exists()

@@ -25,6 +25,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="memory budget of one training iteration (default: 4 on cpu, 8 on cuda)")
     p.add_argument("--gflop-per-iteration", type=float, default=None,
                    help="compute budget of one training iteration on the CPU (default: 120, about 3 s on 2 cores)")
+    p.add_argument("--label-names", default=None, metavar="1=NAME,2=NAME",
+                   help="name the labels (over dataset.json's names; for a data set without dataset.json "
+                   "they are label_1, label_2 ...)")
     p.add_argument("--samples-per-case", type=int, default=10_000,
                    help="foreground voxels sampled per case for intensity statistics (default: %(default)s)")
 
@@ -37,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
         from medseg.errors import ConfigError
 
         raise ConfigError(f"--memory-gb must be > 0, got {args.memory_gb}")
+    from medseg.metrics.params import parse_label_names
+
+    names = parse_label_names(args.label_names, None)
     plan = plan_dataset(args.dataset, device=args.device, memory_gb=args.memory_gb,
-                        gflop_per_iteration=args.gflop_per_iteration, samples_per_case=args.samples_per_case)
+                        gflop_per_iteration=args.gflop_per_iteration, samples_per_case=args.samples_per_case,
+                        label_names=names)
     out = args.out or Path(f"{plan['dataset']['name']}.plan.yaml")
     cfgmod.save_yaml(plan, out)
     print(summary_text(plan))

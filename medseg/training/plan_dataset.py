@@ -50,8 +50,10 @@ def check_cases(info) -> None:
 
 
 def plan_dataset(root: str | Path, *, device: str = "cpu", memory_gb: float | None = None,
-                 gflop_per_iteration: float | None = None, samples_per_case: int = 10_000) -> dict[str, Any]:
-    """The plan (a YAML-safe dict) for the data set at ``root``; raises InputError on any bad case."""
+                 gflop_per_iteration: float | None = None, samples_per_case: int = 10_000,
+                 label_names: dict[int, str] | None = None) -> dict[str, Any]:
+    """The plan (a YAML-safe dict) for the data set at ``root``; raises InputError on any bad case.
+    ``label_names`` renames labels of the data set (a label it does not have is an error)."""
     from medseg.preprocess.fingerprint import fingerprint
     from medseg.preprocess.planner import plan_experiment
     from medseg.training.dataset import scan_dataset
@@ -69,6 +71,11 @@ def plan_dataset(root: str | Path, *, device: str = "cpu", memory_gb: float | No
         fps.append(fp)
     labels = info.labels or {i: ("background" if i == 0 else f"label_{i}")
                              for i in range(max(fps[0]["labels"] or [1]) + 1)}
+    for k, v in (label_names or {}).items():
+        if int(k) == 0 or int(k) not in labels:
+            raise InputError(f"--label-names names label {k}, which the data set does not have (labels: "
+                             f"{', '.join(str(x) for x in labels if x)})", path=root, code="bad_labels")
+        labels[int(k)] = str(v)
     mods = modalities_of(info.meta, info.channels, fps[0]["modality_guess"])
     plan = plan_experiment(fps[0], modalities=mods, labels=labels, device=device, memory_gb=memory_gb,
                            gflop_per_iteration=gflop_per_iteration, channel_fps=fps)
