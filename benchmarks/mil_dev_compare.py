@@ -16,10 +16,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from medseg.training.mil_select import inner_cv_scores, pick_epochs
-from medseg.training.mil_train import MILTrainConfig, fit_mil_path, predict_bags, stratified_folds
-from medseg.wsi.bags import load_bags
-from medseg.wsi.metrics import accuracy
+from medseg.mil.select import inner_cv_scores, pick_epochs
+from medseg.mil.fit import MILTrainConfig, fit_mil_path, predict_bags, stratified_folds
+from medseg.mil.bags import load_bags
+from medseg.metrics.classification import accuracy
 
 
 def main(data: str, model: str, out: str, folds: int = 10, seed: int = 0) -> int:

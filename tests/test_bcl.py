@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
-from medseg.training.bcl import BCLConfig, pseudo_labels, run_bcl
-from medseg.wsi.metrics import binary_metrics
+from medseg.wsi.bcl import BCLConfig, pseudo_labels, run_bcl
+from medseg.metrics.classification import binary_metrics
 from medseg.wsi.patches import ArrayPatchSource, read_pairs
 
 
@@ -123,7 +123,7 @@ def _finetune_one_by_one(model, source, plabels, cfg, rng):
 
 def test_mstep_batched_reads_same_weights(rng):
     from medseg.models.encoders import create_encoder
-    from medseg.training.bcl import PatchClassifier, _finetune
+    from medseg.wsi.bcl import PatchClassifier, _finetune
 
     torch.set_num_threads(1)
     src = _Counting(_toy_source(rng, 8).images, [b % 2 for b in range(8)])

@@ -12,8 +12,8 @@ import torch
 
 from medseg.models import create_model
 from medseg.models.mil import MIL_MODELS, StackedMIL, segment_softmax
-from medseg.wsi.bags import load_bags
-from medseg.wsi import metrics as M
+from medseg.mil.bags import load_bags
+from medseg.metrics import classification as M
 from tests.conftest import shared_path
 
 
@@ -139,7 +139,7 @@ def test_bad_bag_files(tmp_path):
 
 
 def test_stratified_folds_partition():
-    from medseg.training.mil_train import stratified_folds
+    from medseg.mil.fit import stratified_folds
     y = np.array([0] * 13 + [1] * 7)
     folds = stratified_folds(y, 5, np.random.default_rng(0))
     allidx = np.sort(np.concatenate(folds))
@@ -162,7 +162,7 @@ def _toy_bags(rng, n=40):
 
 def test_fit_learns_witness_and_cli(tmp_path, rng):
     from medseg.cli.main import main
-    from medseg.training.mil_train import MILTrainConfig, attention_weights, fit_mil, predict_bags
+    from medseg.mil.fit import MILTrainConfig, attention_weights, fit_mil, predict_bags
     _write_csv(tmp_path / "toy.csv", _toy_bags(rng, 60))
     bags = load_bags(tmp_path / "toy.csv")
     cfg = MILTrainConfig.from_dict({"epochs": 15, "ensemble": 2, "lr": 2e-3})

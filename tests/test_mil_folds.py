@@ -1,4 +1,4 @@
-"""Folds trained side by side (medseg.training.mil_folds) equal folds trained one by one."""
+"""Folds trained side by side (medseg.mil.folds) equal folds trained one by one."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import torch
 
 from medseg.models import create_model
 from medseg.models.mil import MIL_MODELS, StackedMIL
-from medseg.training.mil_folds import MaskedAdam
-from medseg.training.mil_train import MILTrainConfig, cross_validate
-from medseg.wsi.bags import Bags
+from medseg.mil.folds import MaskedAdam
+from medseg.mil.crossval import cross_validate
+from medseg.mil.fit import MILTrainConfig
+from medseg.mil.bags import Bags
 
 
 @pytest.mark.parametrize("name", MIL_MODELS)

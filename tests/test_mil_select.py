@@ -1,4 +1,4 @@
-"""Epoch count of MIL training chosen by inner cross-validation (medseg.training.mil_select)."""
+"""Epoch count of MIL training chosen by inner cross-validation (medseg.mil.select)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from medseg.errors import ConfigError
-from medseg.training import mil_select
-from medseg.training.mil_train import MILTrainConfig, cross_validate, fit_mil, fit_mil_path, predict_bags
-from medseg.wsi.bags import Bags, load_bags
+from medseg.mil import select as mil_select
+from medseg.mil.crossval import cross_validate
+from medseg.mil.fit import MILTrainConfig, fit_mil, fit_mil_path, predict_bags
+from medseg.mil.bags import Bags, load_bags
 from tests.test_mil import _toy_bags, _write_csv
 
 
@@ -43,7 +44,7 @@ def test_inner_scores_are_pooled_out_of_fold(toy):
     cfg = MILTrainConfig(model="attention_mil", select_epochs=[1, 3], inner_folds=3)
     scores = mil_select.inner_cv_scores(toy, cfg, seed=5)
     # the same pooled out-of-fold accuracy, recomputed with separate fits per inner fold
-    from medseg.training.mil_train import stratified_folds
+    from medseg.mil.fit import stratified_folds
 
     tests = stratified_folds(toy.labels, 3, np.random.default_rng(5 + 104729))
     for e in (1, 3):
@@ -67,7 +68,7 @@ def test_selection_never_sees_the_test_fold(toy, monkeypatch):
     cfg = MILTrainConfig(model="attention_mil", select_epochs=[1, 2], inner_folds=2)
     s = cross_validate(toy, cfg, folds=3, repeats=1, seed=0)
     assert len(seen) == 3 * 2  # 2 inner fits per outer fold
-    from medseg.training.mil_train import stratified_folds
+    from medseg.mil.fit import stratified_folds
 
     tests = stratified_folds(toy.labels, 3, np.random.default_rng(0))
     for f, t in enumerate(tests):

@@ -35,7 +35,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def _load_cfg(args: argparse.Namespace):
     from medseg import config as cfgmod
-    from medseg.training.mil_train import MILTrainConfig
+    from medseg.mil.fit import MILTrainConfig
 
     raw: dict = {}
     if args.config is not None:
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
     from medseg.device import resolve_device
     from medseg.fsutil import atomic_write_text
-    from medseg.training.mil_train import cross_validate
-    from medseg.wsi.bags import load_bags
+    from medseg.mil.crossval import cross_validate
+    from medseg.mil.bags import load_bags
 
     cfg = _load_cfg(args)
     bags = load_bags(args.data)

@@ -14,7 +14,7 @@ from typing import Any
 
 from medseg.errors import InputError
 from medseg.fsutil import atomic_write_text
-from medseg.training.mil_train import MILEnsemble, load_mil, save_mil
+from medseg.mil.fit import MILEnsemble, load_mil, save_mil
 from medseg.wsi.features import EncoderSpec
 from medseg.wsi.tile_slides import TilingParams
 

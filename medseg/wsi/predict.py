@@ -21,7 +21,7 @@ from medseg.csvsafe import csv_text
 from medseg.errors import MedsegError, status_of
 from medseg.fsutil import atomic_write_text, safe_join
 from medseg.io.wsi import open_slide, slide_id
-from medseg.training.mil_train import attention_weights, predict_bags
+from medseg.mil.fit import attention_weights, predict_bags
 from medseg.wsi.bundle import load_bundle
 from medseg.wsi.features import extract_slide_features
 from medseg.wsi.overlay import heatmap_overlay, save_png

@@ -95,9 +95,9 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
 
     With ``cv_folds >= 2`` it first runs stratified k-fold CV over the slides and writes
     ``mil_cv.json`` (AUC, accuracy, balanced accuracy, F1: mean, sd, 95 % t-interval over folds)."""
-    from medseg.training.mil_select import fit_mil_selected
-    from medseg.training.mil_train import MILTrainConfig, predict_bags
-    from medseg.wsi.bags import Bags
+    from medseg.mil.select import fit_mil_selected
+    from medseg.mil.fit import MILTrainConfig, predict_bags
+    from medseg.mil.bags import Bags
     from medseg.wsi.bundle import save_bundle
     from medseg.wsi.features import load_features
     from medseg.wsi.labels import read_labels
@@ -124,7 +124,7 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
     bags = Bags(feats, np.asarray(ys), ids)
     cv_note: dict[str, Any] = {}
     if cv_folds >= 2:
-        from medseg.training.mil_train import cross_validate
+        from medseg.mil.crossval import cross_validate
 
         try:
             cv = cross_validate(bags, cfg, folds=cv_folds, repeats=cv_repeats, seed=seed)
@@ -146,7 +146,7 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
 def stage_bcl(ctx: Context, **params: Any) -> dict[str, Any]:
     """BCL rounds on the labelled slides' tiles; the last round's encoder + aggregator become the bundle."""
     from medseg.models.encoders import save_weights
-    from medseg.training.bcl import BCLConfig, load_round, run_bcl
+    from medseg.wsi.bcl import BCLConfig, load_round, run_bcl
     from medseg.wsi.bundle import save_bundle
     from medseg.wsi.features import EncoderSpec
     from medseg.wsi.patches import SlidePatchSource

@@ -3,7 +3,7 @@
 With ``select_epochs: [10, 20, 40]`` in the MIL config, :func:`fit_mil_selected` splits the bags
 it is given (the *training* bags of an outer fold, never its test bags) into ``inner_folds``
 stratified folds, trains one network per inner fold to the largest candidate while keeping a
-snapshot at each candidate (:func:`~medseg.training.mil_train.fit_mil_path`), scores every
+snapshot at each candidate (:func:`~medseg.mil.fit.fit_mil_path`), scores every
 candidate on the pooled out-of-fold predictions, and trains the final network on all the bags for
 the chosen number of epochs. Score: accuracy at the config's threshold; ties go to the lower
 log-loss, then to fewer epochs.
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError, InputError
-from medseg.training.mil_train import MILEnsemble, MILTrainConfig, fit_mil, fit_mil_path, predict_bags, stratified_folds
-from medseg.wsi.bags import Bags
-from medseg.wsi.metrics import accuracy
+from medseg.mil.fit import MILEnsemble, MILTrainConfig, fit_mil, fit_mil_path, predict_bags, stratified_folds
+from medseg.mil.bags import Bags
+from medseg.metrics.classification import accuracy
 
 log = logging.getLogger("medseg.training.mil")
 

@@ -31,12 +31,12 @@ from medseg.config import check_keys
 from medseg.errors import ConfigError
 from medseg.fsutil import atomic_write_text
 from medseg.models.encoders import create_encoder, load_weights, save_weights
-from medseg.training.mil_train import (MILTrainConfig, attention_weights, fit_mil, load_mil, predict_bags,
+from medseg.mil.fit import (MILTrainConfig, attention_weights, fit_mil, load_mil, predict_bags,
                                        save_mil)
-from medseg.wsi.bags import Bags
+from medseg.mil.bags import Bags
 from medseg.wsi.patches import read_pairs
 
-log = logging.getLogger("medseg.training.bcl")
+log = logging.getLogger("medseg.wsi.bcl")
 
 __all__ = ["BCLConfig", "run_bcl", "pseudo_labels", "encode_source"]
 
@@ -226,7 +226,7 @@ def run_bcl(train, cfg: BCLConfig, out_dir: Path, *, device: torch.device, test=
                           evaluate(test, np.array([p.max() if len(p) else 0.0 for p in tp])).items()})
             tinst = getattr(test, "instance_labels", None)
             if tinst is not None and r > 0:
-                from medseg.wsi.metrics import roc_auc
+                from medseg.metrics.classification import roc_auc
                 m["test_patch_auc"] = roc_auc(np.concatenate(tinst), np.concatenate(tp))
         m["config"] = asdict(cfg)
         atomic_write_text(done, json.dumps(m, indent=1))

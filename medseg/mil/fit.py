@@ -1,8 +1,9 @@
-"""Training and cross-validation of MIL aggregators on bags of feature vectors.
+"""Training of MIL aggregators on bags of feature vectors: fit, predict, attention, save / load
+(cross-validation: :mod:`medseg.mil.crossval`).
 
 The default configuration (:class:`MILTrainConfig`) is what a user gets on a new data set; it is
 the same for every benchmark in ``docs/benchmarks.md``. Optionally (``select_epochs``) the epoch count
-is chosen per training set by an inner CV on that set's bags (:mod:`medseg.training.mil_select`).
+is chosen per training set by an inner CV on that set's bags (:mod:`medseg.mil.select`).
 Features are standardised with the
 mean and standard deviation of the *training* instances only; an ensemble of ``ensemble``
 networks with different seeds is averaged (probabilities).
@@ -17,11 +18,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,13 +30,12 @@ from medseg.config import check_keys
 from medseg.errors import ConfigError, InputError
 from medseg.models import create_model
 from medseg.models.mil import StackedMIL
-from medseg.wsi.bags import Bags
-from medseg.wsi.metrics import binary_metrics, t_interval
+from medseg.mil.bags import Bags
 
 log = logging.getLogger("medseg.training.mil")
 
-__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags", "stratified_folds", "cross_validate",
-           "save_mil", "load_mil", "attention_weights"]
+__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags", "stratified_folds",
+           "few_threads", "empty_ensemble", "save_mil", "load_mil", "attention_weights"]
 
 
 @dataclass
@@ -105,7 +104,7 @@ def _stack(feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @contextmanager
-def _few_threads(device: torch.device, n: int = 1) -> Iterator[None]:
+def few_threads(device: torch.device, n: int = 1) -> Iterator[None]:
     """MIL heads are tiny: per-op overhead dominates and intra-op threads only add contention
     (10x slower on a loaded 2-core machine), so CPU training runs single-threaded."""
     if device.type != "cpu":
@@ -137,7 +136,7 @@ def _standardisation(bags: Bags, cfg: MILTrainConfig) -> tuple[np.ndarray, np.nd
     return mean, std
 
 
-def _empty_ensemble(bags: Bags, cfg: MILTrainConfig) -> "MILEnsemble":
+def empty_ensemble(bags: Bags, cfg: MILTrainConfig) -> "MILEnsemble":
     """Checks ``bags`` are trainable (non-empty, both classes) and returns an ensemble with no members
     yet, holding the standardisation fitted on these (training) bags."""
     if len(bags) == 0:
@@ -162,7 +161,7 @@ def fit_mil_path(bags: Bags, cfg: MILTrainConfig, epochs: Sequence[int], *, seed
     marks = sorted({int(e) for e in epochs})
     if not marks or marks[0] < 1:
         raise ConfigError("mil: epoch counts must be >= 1")
-    ens = _empty_ensemble(bags, cfg)
+    ens = empty_ensemble(bags, cfg)
     feats = [ens.transform(f) for f in bags.features]
     y = torch.as_tensor(bags.labels, dtype=torch.float32)
     dev = torch.device(device)
@@ -183,7 +182,7 @@ def fit_mil_path(bags: Bags, cfg: MILTrainConfig, epochs: Sequence[int], *, seed
                                  history=list(ens.history))
 
     stack.train()
-    with _few_threads(dev):
+    with few_threads(dev):
         _train_epochs(stack, opt, feats, y, cfg, rng, dev, ens.history, marks[-1], snapshot)
     return out
 
@@ -243,74 +242,6 @@ def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> li
             folds[(j + offset) % k].append(int(i))
         offset += len(idx)
     return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
-
-
-def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats: int = 1, seed: int = 0,
-                   device: torch.device | str = "cpu", parallel_folds: bool | None = None,
-                   on_repeat: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Repeated stratified k-fold CV; per-fold metrics plus mean, std and t-interval over folds.
-    ``on_repeat`` gets the summary of the repeats done so far after each one (partial results).
-
-    With ``parallel_folds`` (and ``batch_bags == 1``) the folds of a repeat train side by side
-    (:func:`medseg.training.mil_folds.fit_mil_many`: same seeds, orders and updates as one by one).
-    Default: on for CUDA (one kernel launch serves 10 folds); off on the CPU, where it measured no
-    faster (MUSK1, ELEPHANT) or slower (MUSK2: padding bags of 1-1,044 instances). Off as well when
-    ``cfg.select_epochs`` asks for the epoch count to be chosen by an inner CV inside each training
-    fold (:mod:`medseg.training.mil_select`); the choice per fold is in ``per_fold[i]["epochs"]``."""
-    from medseg.training.mil_folds import fit_mil_many
-    from medseg.training.mil_select import fit_mil_selected
-
-    per_fold: list[dict[str, Any]] = []
-    oof = np.full((repeats, len(bags)), np.nan)
-    t0 = time.perf_counter()
-    if parallel_folds is None:
-        parallel_folds = torch.device(device).type == "cuda"
-    parallel = parallel_folds and cfg.batch_bags == 1 and not cfg.select_epochs
-    head = {"n_bags": len(bags), "n_positive": int(bags.labels.sum()), "folds": folds, "seed": seed,
-            "config": asdict(cfg), "parallel_folds": parallel}
-    for r in range(repeats):
-        rng = np.random.default_rng(seed + 7919 * r)
-        tests = stratified_folds(bags.labels, folds, rng)
-        trains = [np.setdiff1d(np.arange(len(bags)), t) for t in tests]
-        seeds = [seed + 100 * r + f for f in range(folds)]
-        if parallel:
-            models = fit_mil_many([bags.subset(t) for t in trains], cfg, seeds, device=device)
-        for f, test in enumerate(tests):
-            if parallel:
-                ens, chosen = models[f], {"epochs": cfg.epochs}
-            else:  # epochs chosen by inner CV on this fold's training bags when configured
-                ens, chosen = fit_mil_selected(bags.subset(trains[f]), cfg, seed=seeds[f], device=device)
-            prob = predict_bags(ens, bags.subset(test))
-            oof[r, test] = prob
-            m = binary_metrics(bags.labels[test], prob, threshold=cfg.threshold)
-            per_fold.append({"repeat": r, "fold": f, "n_test": int(len(test)), **m, **chosen})
-        log.info("repeat %d/%d done (%.1f s)", r + 1, repeats, time.perf_counter() - t0)
-        if on_repeat is not None and r + 1 < repeats:
-            on_repeat(_summarise(head, per_fold, oof[:r + 1], bags.labels, cfg.threshold, t0))
-    return _summarise(head, per_fold, oof, bags.labels, cfg.threshold, t0)
-
-
-def _summarise(head, per_fold, oof, labels, threshold, t0) -> dict[str, Any]:
-    repeats = oof.shape[0]
-    summary: dict[str, Any] = {**head, "repeats": repeats,
-                               "ci": "two-sided 95% Student-t interval of the mean over all folds"}
-    for key in ("accuracy", "auc", "balanced_accuracy", "f1"):
-        vals = [p[key] for p in per_fold]
-        arr = np.asarray([v for v in vals if not np.isnan(v)])
-        mean, lo, hi = t_interval(vals)
-        summary[f"{key}_mean"] = mean
-        summary[f"{key}_std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-        summary[f"{key}_ci95"] = [lo, hi]
-        # Spread of the per-repeat means (what Ilse et al. report as +- over 5 repeats).
-        rep = [np.nanmean([p[key] for p in per_fold if p["repeat"] == r]) for r in range(repeats)]
-        summary[f"{key}_repeat_means"] = [float(v) for v in rep]
-    summary["pooled_auc_per_repeat"] = [binary_metrics(labels, oof[r], threshold=threshold)["auc"]
-                                        for r in range(repeats)]
-    chosen = [p["epochs"] for p in per_fold]
-    summary["epochs_chosen"] = {str(e): chosen.count(e) for e in sorted(set(chosen))}
-    summary["per_fold"] = per_fold
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    return summary
 
 
 def save_mil(ens: MILEnsemble, path: str | Path) -> Path:

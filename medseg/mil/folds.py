@@ -4,7 +4,7 @@ Tiny MIL networks trained one bag per step are bound by per-operation overhead, 
 so cross-validation trains the networks of all folds of a repeat as one stacked network
 (:class:`~medseg.models.mil.StackedMIL`): each step, every fold's networks get the next bag of
 their own epoch order (bags padded to the longest one and masked). Each fold keeps exactly what
-:func:`~medseg.training.mil_train.fit_mil` would give it: its own standardisation, initial
+:func:`~medseg.mil.fit.fit_mil` would give it: its own standardisation, initial
 weights and per-epoch bag order from its seed, and Adam updates of its own (a fold whose epoch is
 one bag shorter skips that step: :class:`MaskedAdam`). Only dropout masks come from another
 random stream, so with ``dropout=0`` the result equals training the folds one by one (up to
@@ -18,6 +18,7 @@ import torch
 
 from medseg.models import create_model
 from medseg.models.mil import StackedMIL
+from medseg.mil.fit import empty_ensemble, few_threads
 
 __all__ = ["MaskedAdam", "fit_mil_many"]
 
@@ -65,16 +66,14 @@ class MaskedAdam:
 
 
 def fit_mil_many(sets: list, cfg, seeds: list[int], *, device: torch.device | str = "cpu") -> list:
-    """One :class:`~medseg.training.mil_train.MILEnsemble` per bag set (``cfg.batch_bags`` must be 1),
+    """One :class:`~medseg.mil.fit.MILEnsemble` per bag set (``cfg.batch_bags`` must be 1),
     trained side by side; ``seeds[i]`` plays the role of ``fit_mil``'s ``seed`` for ``sets[i]``."""
-    from medseg.training.mil_train import _empty_ensemble, _few_threads
-
     if cfg.batch_bags != 1:
         raise ValueError("fit_mil_many trains one bag per step (batch_bags=1)")
     dev = torch.device(device)
     ens_list, feats, labels, members, rngs = [], [], [], [], []
     for bags, seed in zip(sets, seeds):
-        ens = _empty_ensemble(bags, cfg)
+        ens = empty_ensemble(bags, cfg)
         ens_list.append(ens)
         feats.append([ens.transform(f) for f in bags.features])
         labels.append(np.asarray(bags.labels, np.float32))
@@ -85,7 +84,7 @@ def fit_mil_many(sets: list, cfg, seeds: list[int], *, device: torch.device | st
     stack = StackedMIL(flat).to(dev)
     opt = MaskedAdam(stack.parameters(), len(flat), lr=cfg.lr, weight_decay=cfg.weight_decay)
     stack.train()
-    with _few_threads(dev):
+    with few_threads(dev):
         _train(stack, opt, feats, labels, rngs, cfg, dev, ens_list)
     stack.eval()
     stack.cpu().unstack(flat)
