@@ -1,4 +1,9 @@
-"""Overlap metrics (Dice, IoU) from voxel counts.
+"""Overlap metrics (Dice, IoU) from voxel counts: the one Dice of medseg.
+
+:func:`dice_from_counts` is the formula; :func:`dice_per_label` (label maps, used by validation
+during training) and :func:`mask_dice` (two boolean masks, used by post-processing choice) count
+voxels and call it. Convention everywhere: a label absent from both maps (two empty masks) scores
+1.0, a label in only one of them 0.0.
 
 Example
 -------
@@ -48,3 +53,26 @@ def label_counts(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int]) -> np
     joint = np.bincount((pred.astype(np.int64) * top + ref).ravel(), minlength=top * top).reshape(top, top)
     idx = np.asarray(list(labels), dtype=np.int64)
     return np.stack([joint[:, idx].sum(axis=0), joint[idx, :].sum(axis=1), joint[idx, idx]], axis=1)
+
+
+def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
+    """Dice ``2|P & R| / (|P| + |R|)`` of each label of two label maps; 1.0 when the label is absent
+    from both.
+
+    >>> dice_per_label(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, 2, 3])
+    {1: 0.6666666666666666, 2: 0.6666666666666666, 3: 1.0}
+    """
+    counts = label_counts(np.asarray(ref), np.asarray(pred), list(labels))
+    return {int(lab): float(dice_from_counts(n_ref=int(c[0]), n_pred=int(c[1]), n_both=int(c[2])))
+            for lab, c in zip(labels, counts)}
+
+
+def mask_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty.
+
+    >>> mask_dice(np.array([1, 1, 0], bool), np.array([0, 1, 0], bool))
+    0.6666666666666666
+    """
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    return dice_from_counts(n_ref=int(np.count_nonzero(ref)), n_pred=int(np.count_nonzero(pred)),
+                            n_both=int(np.count_nonzero(pred & ref)))

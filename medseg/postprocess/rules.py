@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medseg.errors import ConfigError
+from medseg.metrics.overlap import mask_dice as dice   # medseg.postprocess.dice: Dice of two boolean masks
 from medseg.postprocess.components import fill_holes, keep_largest_component, remove_small_components
 from medseg.postprocess.morphology import binary_closing, binary_opening
 
@@ -116,14 +117,6 @@ def apply_postprocess(label_map: np.ndarray, spacing_mm: Sequence[float], rules:
         if key != "foreground":
             out[new & ~mask & (out == 0)] = key
     return out
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    a, b = int(pred.sum()), int(ref.sum())
-    if a + b == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(pred, ref).sum()) / (a + b)
 
 
 def mean_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], label: int) -> float:

@@ -15,6 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.metrics.overlap import dice_per_label
+
+__all__ = ["pad_to_multiple", "predict_logits", "dice_per_label", "validate"]
+
 
 def pad_to_multiple(x: torch.Tensor, divisor: int, *, min_size: Sequence[int] | None = None):
     """Zero-pad (N, C, *spatial) symmetrically so each spatial size is a multiple of ``divisor``
@@ -40,35 +44,6 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, *, divisor: int, d
     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = model(xp)
     return out[crop][0].float()
-
-
-def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
-    """Dice ``2|P & R| / (|P| + |R|)`` of each label; 1.0 when the label is absent from both (the
-    convention of ``medseg.metrics``, used when it is installed).
-
-    >>> dice_per_label(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, 2, 3])
-    {1: 0.6666666666666666, 2: 0.6666666666666666, 3: 1.0}
-    """
-    try:
-        from medseg.metrics.overlap import dice_from_counts, label_counts
-    except ImportError:  # the metrics package is not part of this checkout: count here
-        dice_from_counts, label_counts = _dice_from_counts, _label_counts
-    counts = label_counts(np.asarray(ref), np.asarray(pred), list(labels))
-    return {int(lab): float(dice_from_counts(n_ref=int(c[0]), n_pred=int(c[1]), n_both=int(c[2])))
-            for lab, c in zip(labels, counts)}
-
-
-def _dice_from_counts(*, n_ref: int, n_pred: int, n_both: int) -> float:
-    return 1.0 if n_ref + n_pred == 0 else 2.0 * n_both / (n_ref + n_pred)
-
-
-def _label_counts(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """(len(labels), 3) counts ``n_ref, n_pred, n_both`` from one joint histogram."""
-    r, p = ref.ravel().astype(np.int64), pred.ravel().astype(np.int64)
-    n = int(max(p.max(initial=0), r.max(initial=0), max(labels, default=0))) + 1
-    cm = np.bincount(r * n + p, minlength=n * n).reshape(n, n)
-    idx = np.asarray(list(labels), dtype=np.int64)
-    return np.stack([cm[idx, :].sum(axis=1), cm[:, idx].sum(axis=0), cm[idx, idx]], axis=1)
 
 
 def validate(model: torch.nn.Module, cases, *, labels: Sequence[int], divisor: int, device: torch.device,
