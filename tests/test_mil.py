@@ -69,6 +69,30 @@ def test_attention_by_hand():
     np.testing.assert_allclose(att, a, rtol=1e-6)
 
 
+def test_head_outputs_pinned():
+    """Outputs of the heads on a fixed seed, recorded before attention pooling was written once
+    (models.mil.pool_bags): every layout (bag index, one bag, stacked, padded) gives the same numbers."""
+    torch.manual_seed(0)
+    ms = [create_model("gated_attention_mil", in_features=3, embed_dim=4, attn_dim=3) for _ in range(2)]
+    x = torch.arange(15, dtype=torch.float32).reshape(5, 3).sin()
+    idx = torch.tensor([0, 0, 1, 1, 1])
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    st = StackedMIL(ms)
+    close = dict(rel=1e-6, abs=1e-7)
+    with torch.no_grad():
+        assert ms[0](x).tolist() == pytest.approx([0.34768810868263245], **close)
+        assert ms[0](x, idx, 2).tolist() == pytest.approx([0.3548051714897156, 0.3429480195045471], **close)
+        assert st(x).reshape(-1).tolist() == pytest.approx([0.34768810868263245, -0.27959299087524414], **close)
+        assert st(x, idx, 2).reshape(-1).tolist() == pytest.approx(
+            [0.3548051714897156, 0.3429480195045471, -0.25661346316337585, -0.2947503626346588], **close)
+        assert st.forward_padded(torch.stack([x, x]), mask).tolist() == pytest.approx(
+            [0.34768810868263245, -0.25661346316337585], **close)
+        for name, want in (("mean_mil", [0.13365688920021057, 0.1586368978023529]),
+                           ("max_mil", [0.0857052281498909, 0.11269360035657883])):
+            torch.manual_seed(0)
+            assert create_model(name, in_features=3, embed_dim=4)(x, idx, 2).tolist() == pytest.approx(want, **close)
+
+
 @pytest.mark.parametrize("name", MIL_MODELS)
 def test_stacked_equals_members(name):
     torch.manual_seed(1)

@@ -8,7 +8,8 @@ Attention-MIL follows Ilse, Tomczak & Welling, "Attention-based deep multiple in
 learning", ICML 2018: instance embeddings ``h_k``, weights ``a_k = softmax_k(w^T tanh(V h_k))``
 (gated: ``w^T (tanh(V h_k) * sigmoid(U h_k))``), bag embedding ``z = sum_k a_k h_k`` and a
 linear classifier on ``z``. ``forward`` returns bag logits; :meth:`AttentionMIL.attention`
-returns the per-instance weights used for heatmaps.
+returns the per-instance weights used for heatmaps. The scores and the pooling are written once
+(:func:`attention_scores`, :func:`pool_bags`) and used by every head, the stacked one included.
 
 >>> import torch
 >>> net = AttentionMIL(in_features=4, gated=True)
@@ -24,7 +25,8 @@ from torch import nn
 
 from medseg.models import register_model
 
-__all__ = ["AttentionMIL", "PoolingMIL", "StackedMIL", "segment_softmax", "segment_sum", "segment_max"]
+__all__ = ["AttentionMIL", "PoolingMIL", "StackedMIL", "attention_scores", "pool_bags", "segment_softmax",
+           "segment_sum", "segment_max"]
 
 
 def _index(x: torch.Tensor, bag_index: torch.Tensor | None, n_bags: int | None) -> tuple[torch.Tensor, int]:
@@ -35,25 +37,80 @@ def _index(x: torch.Tensor, bag_index: torch.Tensor | None, n_bags: int | None) 
     return bag_index.long(), n_bags
 
 
-def segment_sum(values: torch.Tensor, bag_index: torch.Tensor, n_bags: int) -> torch.Tensor:
-    """Sum rows of ``values`` ``(N, ...)`` per bag -> ``(n_bags, ...)``."""
-    out = values.new_zeros((n_bags, *values.shape[1:]))
-    return out.index_add(0, bag_index, values)
+def segment_sum(values: torch.Tensor, bag_index: torch.Tensor, n_bags: int, dim: int = 0) -> torch.Tensor:
+    """Sum the entries of ``values`` along ``dim`` (the instance axis) per bag -> ``n_bags`` there."""
+    shape = list(values.shape)
+    shape[dim] = n_bags
+    return values.new_zeros(shape).index_add(dim, bag_index, values)
 
 
-def segment_max(values: torch.Tensor, bag_index: torch.Tensor, n_bags: int) -> torch.Tensor:
-    """Row-wise maximum per bag of ``values`` ``(N, C)`` -> ``(n_bags, C)``."""
-    idx = bag_index.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
-    out = values.new_full((n_bags, *values.shape[1:]), float("-inf"))
-    return out.scatter_reduce(0, idx, values, reduce="amax", include_self=True)
+def segment_max(values: torch.Tensor, bag_index: torch.Tensor, n_bags: int, dim: int = 0) -> torch.Tensor:
+    """Maximum of ``values`` along ``dim`` (the instance axis) per bag -> ``n_bags`` there."""
+    view = [1] * values.dim()
+    view[dim] = -1
+    idx = bag_index.view(view).expand_as(values)
+    shape = list(values.shape)
+    shape[dim] = n_bags
+    return values.new_full(shape, float("-inf")).scatter_reduce(dim, idx, values, reduce="amax", include_self=True)
 
 
 def segment_softmax(scores: torch.Tensor, bag_index: torch.Tensor, n_bags: int) -> torch.Tensor:
-    """Softmax of ``scores`` ``(N,)`` within each bag (weights of one bag sum to 1)."""
-    peak = segment_max(scores.unsqueeze(1), bag_index, n_bags).squeeze(1)
-    e = torch.exp(scores - peak[bag_index])
-    denom = segment_sum(e, bag_index, n_bags)
-    return e / denom[bag_index]
+    """Softmax of ``scores`` ``(..., N)`` within each bag along the last axis (a bag's weights sum to 1)."""
+    dim = scores.dim() - 1
+    peak = segment_max(scores, bag_index, n_bags, dim)
+    e = torch.exp(scores - peak[..., bag_index])
+    return e / segment_sum(e, bag_index, n_bags, dim)[..., bag_index]
+
+
+def attention_scores(h: torch.Tensor, v, w, u=None) -> torch.Tensor:
+    """Attention logits ``w^T tanh(V h)`` (gated, with ``u``: ``w^T (tanh(V h) * sigmoid(U h))``,
+    Ilse et al. 2018) of instance embeddings ``(..., N, E)`` -> ``(..., N)``; ``v``, ``u``, ``w``
+    are the linear maps (callables)."""
+    a = torch.tanh(v(h))
+    if u is not None:
+        a = a * torch.sigmoid(u(h))
+    return w(a).squeeze(-1)
+
+
+def pool_bags(h: torch.Tensor, how: str, *, scores: torch.Tensor | None = None,
+              bag_index: torch.Tensor | None = None, n_bags: int = 1,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool instance embeddings ``h`` ``(..., N, E)`` into bag embeddings: ``how`` is ``"attention"``
+    (softmax of ``scores`` ``(..., N)`` within the bag, weighted sum of ``h``), ``"mean"`` or
+    ``"max"``. Leading axes (``...``) are independent (the members of :class:`StackedMIL`).
+
+    Three layouts of the instances:
+
+    * ``bag_index`` ``(N,)``: bag of each instance -> ``(..., n_bags, E)``;
+    * neither ``bag_index`` nor ``mask``: all ``N`` instances form one bag -> ``(..., 1, E)``
+      (attention then takes a plain softmax, fewer operations);
+    * ``mask`` ``(..., N)``: padded instances, True on real ones, one bag per leading index
+      -> ``(..., E)``.
+    """
+    if how not in ("attention", "mean", "max"):
+        raise ValueError(f"pooling must be 'attention', 'mean' or 'max', got {how!r}")
+    if how == "attention" and scores is None:
+        raise ValueError("attention pooling needs scores")
+    if mask is not None:
+        if how == "attention":
+            a = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+            return (h * a.unsqueeze(-1)).sum(-2)
+        m = mask.unsqueeze(-1)
+        if how == "max":
+            return h.masked_fill(~m, float("-inf")).amax(-2)
+        return (h * m).sum(-2) / mask.sum(-1, keepdim=True).clamp_min(1)
+    if bag_index is None:
+        if how == "attention":
+            return torch.matmul(torch.softmax(scores, -1).unsqueeze(-2), h)
+        bag_index, n_bags = torch.zeros(h.shape[-2], dtype=torch.long, device=h.device), 1
+    dim = h.dim() - 2
+    if how == "attention":
+        a = segment_softmax(scores, bag_index, n_bags)
+        return segment_sum(h * a.unsqueeze(-1), bag_index, n_bags, dim)
+    if how == "max":
+        return segment_max(h, bag_index, n_bags, dim)
+    counts = segment_sum(torch.ones_like(h[..., :1]), bag_index, n_bags, dim)
+    return segment_sum(h, bag_index, n_bags, dim) / counts.clamp_min(1)
 
 
 def _mlp(in_features: int, embed_dim: int, layers: int, dropout: float) -> nn.Sequential:
@@ -94,10 +151,7 @@ class AttentionMIL(nn.Module):
         return self.embed(x)
 
     def _scores(self, h: torch.Tensor) -> torch.Tensor:
-        a = torch.tanh(self.attn_v(h))
-        if self.attn_u is not None:
-            a = a * torch.sigmoid(self.attn_u(h))
-        return self.attn_w(a).squeeze(-1)
+        return attention_scores(h, self.attn_v, self.attn_w, self.attn_u)
 
     def attention(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                   n_bags: int | None = None) -> torch.Tensor:
@@ -110,9 +164,7 @@ class AttentionMIL(nn.Module):
         """Bag logits ``(B,)`` (or ``(B, n_classes)`` when ``n_classes > 1``) for instances ``(N, D)``."""
         idx, n = _index(x, bag_index, n_bags)
         h = self.embed(x)
-        a = segment_softmax(self._scores(h), idx, n)
-        z = segment_sum(h * a.unsqueeze(1), idx, n)
-        out = self.head(z)
+        out = self.head(pool_bags(h, "attention", scores=self._scores(h), bag_index=idx, n_bags=n))
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
@@ -136,12 +188,6 @@ class PoolingMIL(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x)
 
-    def _pool(self, h: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
-        if self.pool == "max":
-            return segment_max(h, idx, n)
-        counts = segment_sum(torch.ones_like(h[:, :1]), idx, n)
-        return segment_sum(h, idx, n) / counts.clamp_min(1)
-
     def attention(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                   n_bags: int | None = None) -> torch.Tensor:
         idx, n = _index(x, bag_index, n_bags)
@@ -155,7 +201,7 @@ class PoolingMIL(nn.Module):
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                 n_bags: int | None = None) -> torch.Tensor:
         idx, n = _index(x, bag_index, n_bags)
-        out = self.head(self._pool(self.embed(x), idx, n))
+        out = self.head(pool_bags(self.embed(x), self.pool, bag_index=idx, n_bags=n))
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
@@ -204,61 +250,39 @@ class StackedMIL(nn.Module):
                     getattr(mm, n).bias.copy_(b[e, 0])
         return members
 
+    def _linear(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Each member's linear layer on its own rows: ``(E, N, D) -> (E, N, H)``."""
+        return torch.baddbmm(b, h, w)
+
     def _embed(self, h: torch.Tensor) -> torch.Tensor:
         """Each member's embedding layers on its own copy of the instances: ``(E, N, D) -> (E, N, H)``."""
         for j in range(0, len(self.embed), 2):
-            h = torch.relu(torch.baddbmm(self.embed[j + 1], h, self.embed[j]))
+            h = torch.relu(self._linear(self.embed[j], self.embed[j + 1], h))
             if self.dropout > 0:
                 h = nn.functional.dropout(h, self.dropout, self.training)
         return h
 
-    def _scores(self, h: torch.Tensor) -> torch.Tensor:
-        """Attention logits ``(E, N)`` (gated: tanh branch times sigmoid branch, Ilse et al.)."""
-        v, bv = self.parts["attn_v"]
-        a = torch.tanh(torch.baddbmm(bv, h, v))
-        if self.kind == "gated":
-            u, bu = self.parts["attn_u"]
-            a = a * torch.sigmoid(torch.baddbmm(bu, h, u))
-        w, bw = self.parts["attn_w"]
-        return torch.baddbmm(bw, a, w).squeeze(-1)
+    def _pool(self, h: torch.Tensor, **layout) -> torch.Tensor:
+        """Bag embeddings of the embedded instances ``h`` (layouts of :func:`pool_bags`)."""
+        if self.kind not in ("attention", "gated"):
+            return pool_bags(h, self.kind, **layout)
+        lin = {name: (lambda a, name=name: self._linear(*self.parts[name], a)) for name in self.parts}
+        scores = attention_scores(h, lin["attn_v"], lin["attn_w"], lin.get("attn_u"))
+        return pool_bags(h, "attention", scores=scores, **layout)
 
     def forward_padded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One bag per member: ``x`` ``(E, N, D)`` padded instances, ``mask`` ``(E, N)`` True on real
         ones; returns logits ``(E,)`` (member e sees only its own bag)."""
-        h = self._embed(x)
-        m = mask.unsqueeze(-1)
-        if self.kind in ("attention", "gated"):
-            s = self._scores(h).masked_fill(~mask, float("-inf"))
-            z = (h * torch.softmax(s, 1).unsqueeze(-1)).sum(1)
-        elif self.kind == "max":
-            z = h.masked_fill(~m, float("-inf")).amax(1)
-        else:
-            z = (h * m).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        hw, hb = self.parts["head"]
-        return torch.baddbmm(hb, z.unsqueeze(1), hw).reshape(-1)
+        z = self._pool(self._embed(x), mask=mask)
+        return self._linear(*self.parts["head"], z.unsqueeze(1)).reshape(-1)
 
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                 n_bags: int | None = None) -> torch.Tensor:
         idx, n = _index(x, bag_index, n_bags)
         e = self.embed[0].shape[0] if len(self.embed) else self.parts["head"][0].shape[0]
         h = self._embed(x.unsqueeze(0).expand(e, *x.shape))
-        if self.kind in ("attention", "gated"):
-            s = self._scores(h)  # (E, N)
-            if n == 1:  # one bag (the training default): a plain softmax, fewer operations
-                z = torch.bmm(torch.softmax(s, 1).unsqueeze(1), h)  # (E, 1, H)
-            else:
-                peak = s.new_full((e, n), float("-inf")).scatter_reduce(1, idx.expand(e, -1), s, "amax")
-                ex = torch.exp(s - peak[:, idx])
-                att = ex / ex.new_zeros((e, n)).index_add(1, idx, ex)[:, idx]
-                z = h.new_zeros((e, n, h.shape[-1])).index_add(1, idx, h * att.unsqueeze(-1))
-        elif self.kind == "max":
-            z = h.new_full((e, n, h.shape[-1]), float("-inf")).scatter_reduce(
-                1, idx.view(1, -1, 1).expand_as(h), h, "amax")
-        else:
-            cnt = torch.bincount(idx, minlength=n).clamp_min(1).to(h.dtype)
-            z = h.new_zeros((e, n, h.shape[-1])).index_add(1, idx, h) / cnt.view(1, -1, 1)
-        hw, hb = self.parts["head"]
-        return torch.baddbmm(hb, z, hw).squeeze(-1)
+        z = self._pool(h, bag_index=None if n == 1 else idx, n_bags=n)  # one bag (the training default): fewer ops
+        return self._linear(*self.parts["head"], z).squeeze(-1)
 
 
 @register_model("attention_mil")
