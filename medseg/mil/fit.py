@@ -21,7 +21,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from medseg.mil.bags import Bags
 log = logging.getLogger("medseg.training.mil")
 
 __all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags", "stratified_folds",
-           "few_threads", "empty_ensemble", "save_mil", "load_mil", "attention_weights"]
+           "few_threads", "empty_ensemble", "save_mil", "load_mil", "attention_weights", "MILRun", "start_run",
+           "train_runs", "batch_step"]
 
 
 @dataclass
@@ -161,50 +162,89 @@ def fit_mil_path(bags: Bags, cfg: MILTrainConfig, epochs: Sequence[int], *, seed
     marks = sorted({int(e) for e in epochs})
     if not marks or marks[0] < 1:
         raise ConfigError("mil: epoch counts must be >= 1")
+    return train_runs([start_run(bags, cfg, seed)], cfg, marks, batch_step, device=device)[0]
+
+
+@dataclass
+class MILRun:
+    """One training set on its way to an ensemble: its standardised bags, labels (float32), the
+    generator of its epoch orders and its (initial) member networks."""
+
+    ens: MILEnsemble
+    feats: list[np.ndarray]
+    labels: np.ndarray
+    rng: np.random.Generator
+    members: list[torch.nn.Module]
+
+
+def start_run(bags: Bags, cfg: MILTrainConfig, seed: int) -> MILRun:
+    """Check ``bags``, fit the standardisation and initialise the members from ``seed`` (the random
+    draws every fit of these bags with this seed makes, in the same order)."""
     ens = empty_ensemble(bags, cfg)
     feats = [ens.transform(f) for f in bags.features]
-    y = torch.as_tensor(bags.labels, dtype=torch.float32)
-    dev = torch.device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     members = [create_model(cfg.model, **cfg.model_kwargs(ens.in_features)) for _ in range(cfg.ensemble)]
-    # All members train at once (one batched network; Adam is element-wise, so this equals
-    # training them one by one on the same bag order, with different initialisations).
-    stack = StackedMIL(members).to(dev)
-    opt = _adam(stack.parameters(), cfg)
-    out: dict[int, MILEnsemble] = {}
+    return MILRun(ens, feats, np.asarray(bags.labels, np.float32), rng, members)
 
-    def snapshot(epoch: int) -> None:
-        if epoch in marks:
-            snap = [copy.deepcopy(m) for m in members]
-            stack.unstack(snap)
-            out[epoch] = replace(ens, models=[m.eval() for m in snap], config=replace(cfg, epochs=epoch),
-                                 history=list(ens.history))
 
+# A training step: each run's bag indices for this step (empty: the run sits the step out) -> each
+# run's loss summed over those bags (mean over its members). Built by a StepFactory for the stack.
+Step = Callable[[list[np.ndarray]], np.ndarray]
+StepFactory = Callable[[StackedMIL, list[MILRun], MILTrainConfig, torch.device], Step]
+
+
+def train_runs(runs: list[MILRun], cfg: MILTrainConfig, marks: Sequence[int], make_step: StepFactory, *,
+               device: torch.device | str = "cpu") -> list[dict[int, MILEnsemble]]:
+    """The MIL training loop. All members of all ``runs`` train at once as one stacked network
+    (Adam is element-wise, so this equals training them one by one on the same bag orders). Each
+    epoch every run draws its own bag order; ``make_step`` builds the step that feeds the stack
+    ``cfg.batch_bags`` bags of each run. Returns, per run, a snapshot ensemble after each epoch
+    count in ``marks`` (sorted, >= 1)."""
+    dev = torch.device(device)
+    flat = [m for r in runs for m in r.members]
+    stack = StackedMIL(flat).to(dev)
+    step = make_step(stack, runs, cfg, dev)
+    out: list[dict[int, MILEnsemble]] = [{} for _ in runs]
+    sizes = [len(r.feats) for r in runs]
     stack.train()
     with few_threads(dev):
-        _train_epochs(stack, opt, feats, y, cfg, rng, dev, ens.history, marks[-1], snapshot)
+        for epoch in range(1, marks[-1] + 1):
+            orders = [r.rng.permutation(n) for r, n in zip(runs, sizes)]
+            tot = np.zeros(len(runs))
+            for s in range(0, max(sizes), cfg.batch_bags):
+                tot += step([o[s:s + cfg.batch_bags] for o in orders])
+            for r, t, n in zip(runs, tot, sizes):
+                r.ens.history.append(float(t / n))
+            if epoch in marks:
+                snap = stack.unstack(copy.deepcopy(flat))
+                for i, r in enumerate(runs):
+                    models = [m.eval() for m in snap[i * cfg.ensemble:(i + 1) * cfg.ensemble]]
+                    out[i][epoch] = replace(r.ens, models=models, config=replace(cfg, epochs=epoch),
+                                            history=list(r.ens.history))
     return out
 
 
-def _train_epochs(stack, opt, feats, y, cfg, rng, dev, history, epochs, on_epoch) -> None:
+def batch_step(stack: StackedMIL, runs: list[MILRun], cfg: MILTrainConfig, dev: torch.device) -> Step:
+    """Steps of one run: its ``cfg.batch_bags`` bags concatenated (bag index), torch's Adam."""
+    (run,) = runs
+    opt = _adam(stack.parameters(), cfg)
     lossf = torch.nn.BCEWithLogitsLoss(reduction="none")
+    y = torch.from_numpy(run.labels)
     single = [(torch.from_numpy(f).to(dev), torch.zeros(len(f), dtype=torch.long, device=dev))
-              for f in feats] if cfg.batch_bags == 1 else []
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(len(feats))
-        tot = 0.0
-        for s in range(0, len(order), cfg.batch_bags):
-            sel = order[s:s + cfg.batch_bags]
-            x, idx = single[sel[0]] if single else _stack([feats[i] for i in sel])
-            logits = stack(x.to(dev), idx.to(dev), len(sel))  # (E, b)
-            loss = lossf(logits, y[sel].to(dev).expand_as(logits)).mean(1).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(sel) / cfg.ensemble
-        history.append(tot / len(feats))
-        on_epoch(epoch)
+              for f in run.feats] if cfg.batch_bags == 1 else []
+
+    def step(sels: list[np.ndarray]) -> np.ndarray:
+        (sel,) = sels
+        x, idx = single[sel[0]] if single else _stack([run.feats[i] for i in sel])
+        logits = stack(x.to(dev), idx.to(dev), len(sel))  # (E, b)
+        loss = lossf(logits, y[sel].to(dev).expand_as(logits)).mean(1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return np.array([float(loss.detach()) * len(sel) / cfg.ensemble])
+
+    return step
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ their own epoch order (bags padded to the longest one and masked). Each fold kee
 weights and per-epoch bag order from its seed, and Adam updates of its own (a fold whose epoch is
 one bag shorter skips that step: :class:`MaskedAdam`). Only dropout masks come from another
 random stream, so with ``dropout=0`` the result equals training the folds one by one (up to
-floating-point summation order).
+floating-point summation order). The loop is :func:`~medseg.mil.fit.train_runs`, the one
+``fit_mil`` runs; this module gives it the padded step (:func:`padded_step`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medseg.models import create_model
 from medseg.models.mil import StackedMIL
-from medseg.mil.fit import empty_ensemble, few_threads
+from medseg.mil.fit import MILRun, Step, start_run, train_runs
 
-__all__ = ["MaskedAdam", "fit_mil_many"]
+__all__ = ["MaskedAdam", "fit_mil_many", "padded_step"]
 
 
 class MaskedAdam:
@@ -70,56 +70,36 @@ def fit_mil_many(sets: list, cfg, seeds: list[int], *, device: torch.device | st
     trained side by side; ``seeds[i]`` plays the role of ``fit_mil``'s ``seed`` for ``sets[i]``."""
     if cfg.batch_bags != 1:
         raise ValueError("fit_mil_many trains one bag per step (batch_bags=1)")
-    dev = torch.device(device)
-    ens_list, feats, labels, members, rngs = [], [], [], [], []
-    for bags, seed in zip(sets, seeds):
-        ens = empty_ensemble(bags, cfg)
-        ens_list.append(ens)
-        feats.append([ens.transform(f) for f in bags.features])
-        labels.append(np.asarray(bags.labels, np.float32))
-        torch.manual_seed(seed)  # same order of random draws as fit_mil
-        rngs.append(np.random.default_rng(seed))
-        members.append([create_model(cfg.model, **cfg.model_kwargs(ens.in_features)) for _ in range(cfg.ensemble)])
-    flat = [m for ms in members for m in ms]
-    stack = StackedMIL(flat).to(dev)
-    opt = MaskedAdam(stack.parameters(), len(flat), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stack.train()
-    with few_threads(dev):
-        _train(stack, opt, feats, labels, rngs, cfg, dev, ens_list)
-    stack.eval()
-    stack.cpu().unstack(flat)
-    for ens, ms in zip(ens_list, members):
-        ens.models = [m.eval() for m in ms]
-    return ens_list
+    runs = [start_run(bags, cfg, seed) for bags, seed in zip(sets, seeds)]
+    return [path[cfg.epochs] for path in train_runs(runs, cfg, [cfg.epochs], padded_step, device=device)]
 
 
-def _train(stack, opt, feats, labels, rngs, cfg, dev, ens_list) -> None:
-    k, e = len(feats), cfg.ensemble
-    d = feats[0][0].shape[1]
-    n = np.array([len(f) for f in feats])
+def padded_step(stack: StackedMIL, runs: list[MILRun], cfg, dev: torch.device) -> Step:
+    """Steps of several runs side by side: each run's next bag, padded to the longest and masked;
+    :class:`MaskedAdam` leaves a run that sits a step out (its epoch is shorter) untouched."""
+    k, e = len(runs), cfg.ensemble
+    d = runs[0].feats[0].shape[1]
+    opt = MaskedAdam(stack.parameters(), k * e, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lossf = torch.nn.BCEWithLogitsLoss(reduction="none")
-    for _ in range(cfg.epochs):
-        orders = [r.permutation(len(f)) for r, f in zip(rngs, feats)]
-        tot = np.zeros(k)
-        for s in range(int(n.max())):
-            active = s < n
-            bags = [feats[i][orders[i][s]] if active[i] else feats[i][0][:1] for i in range(k)]
-            nmax = max(b.shape[0] for b in bags)
-            x = np.zeros((k, nmax, d), np.float32)
-            mask = np.zeros((k, nmax), bool)
-            y = np.zeros(k, np.float32)
-            for i, b in enumerate(bags):
-                x[i, :len(b)] = b
-                mask[i, :len(b)] = True
-                y[i] = labels[i][orders[i][s]] if active[i] else 0.0
-            xt = torch.from_numpy(x).to(dev).repeat_interleave(e, 0)
-            mt = torch.from_numpy(mask).to(dev).repeat_interleave(e, 0)
-            yt = torch.from_numpy(y).to(dev).repeat_interleave(e, 0)
-            losses = lossf(stack.forward_padded(xt, mt), yt)  # (k*e,)
-            opt.zero_grad()
-            losses.sum().backward()
-            act = torch.from_numpy(active).repeat_interleave(e, 0)
-            opt.step(act)
-            tot += losses.detach().cpu().numpy().reshape(k, e).mean(1) * active
-        for i, ens in enumerate(ens_list):
-            ens.history.append(float(tot[i] / n[i]))
+
+    def step(sels: list[np.ndarray]) -> np.ndarray:
+        active = np.array([len(sel) > 0 for sel in sels])
+        bags = [r.feats[sel[0]] if len(sel) else r.feats[0][:1] for r, sel in zip(runs, sels)]
+        nmax = max(b.shape[0] for b in bags)
+        x = np.zeros((k, nmax, d), np.float32)
+        mask = np.zeros((k, nmax), bool)
+        y = np.zeros(k, np.float32)
+        for i, (b, r, sel) in enumerate(zip(bags, runs, sels)):
+            x[i, :len(b)] = b
+            mask[i, :len(b)] = True
+            y[i] = r.labels[sel[0]] if len(sel) else 0.0
+        xt = torch.from_numpy(x).to(dev).repeat_interleave(e, 0)
+        mt = torch.from_numpy(mask).to(dev).repeat_interleave(e, 0)
+        yt = torch.from_numpy(y).to(dev).repeat_interleave(e, 0)
+        losses = lossf(stack.forward_padded(xt, mt), yt)  # (k*e,)
+        opt.zero_grad()
+        losses.sum().backward()
+        opt.step(torch.from_numpy(active).repeat_interleave(e, 0))
+        return losses.detach().cpu().numpy().reshape(k, e).mean(1) * active
+
+    return step
