@@ -1,4 +1,4 @@
-"""Stages and the runner.
+"""The pipeline runner.
 
 A pipeline is a named list of stages, each a registered function with parameters from YAML::
 
@@ -12,69 +12,24 @@ A config may instead say ``pipeline: NAME`` to take the stage list from ``pipeli
 and give per-stage parameters under ``params: {STAGE_NAME: {...}}``. ``medseg run CFG --set
 key=value`` overrides any key; the resolved config is written to ``OUTPUT/config.resolved.yaml``.
 
-Stages register with :func:`register_stage`; a stage receives a :class:`Context` and its params,
-and may return a dict that is stored under ``ctx.results[stage_name]`` for later stages.
-Per-volume stages (preprocessing) are made with :func:`volume_stage`, which maps a plain
-``fn(volume, **params) -> volume`` over every case of an input folder.
+The stages themselves live in :mod:`medseg.stages` (imported here, so every stage is registered
+before a config is checked): a stage receives a :class:`~medseg.stages.base.Context` and its
+params, and may return a dict that is stored under ``ctx.results[stage_name]`` for later stages.
+This module is only the runner: it reads the config, checks it and calls the stages in order.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from medseg import config as cfgmod
-from medseg.errors import ConfigError, MedsegError, status_of
-from medseg.fsutil import safe_join
-from medseg.registry import Registry
+from medseg.errors import ConfigError
+from medseg.stages import STAGES, Context
 
 log = logging.getLogger("medseg.pipeline")
-
-STAGES = Registry("stage")
-
-# Modules whose import registers stages. Later layers (train, predict, wsi) append here.
-STAGE_MODULES = [
-    "medseg.preprocess.stages",
-    "medseg.metrics.stage",
-    "medseg.inference.stage",
-    "medseg.wsi.stages",
-]
-
-
-def register_stage(name: str):
-    return STAGES.register(name)
-
-
-@dataclass
-class Context:
-    output_dir: Path
-    config: dict[str, Any]
-    results: dict[str, Any] = field(default_factory=dict)
-    base_dir: Path = field(default_factory=Path.cwd)
-    stage_name: str = ""
-
-    def out(self, *parts: str) -> Path:
-        """A path inside the output folder (refuses escapes)."""
-        return safe_join(self.output_dir, *parts)
-
-    def resolve_input(self, p: str | Path) -> Path:
-        """Input paths are relative to the working directory (where ``medseg run`` was started)."""
-        path = Path(p)
-        return path if path.is_absolute() else (self.base_dir / path)
-
-
-def load_stage_modules() -> None:
-    for mod in STAGE_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # optional layers (e.g. wsi extras) may be absent
-            if exc.name and mod.startswith(exc.name):
-                continue
-            raise
 
 
 def _find_pipeline(name: str, config_path: Path | None) -> Path:
@@ -140,7 +95,6 @@ def run_pipeline(
     cfg: dict[str, Any], *, config_path: Path | None = None, base_dir: Path | None = None
 ) -> Context:
     """Run every stage in order. Returns the context (with each stage's results)."""
-    load_stage_modules()
     resolved = resolve_config(cfg, config_path=config_path)
     for st in resolved["stages"]:
         STAGES.get(st["stage"])  # fail early on unknown stage names
@@ -164,52 +118,3 @@ def run_pipeline(
         ctx.results[st["name"]] = res if res is not None else {}
         log.info("stage %s done in %.2f s", st["name"], time.perf_counter() - t0)
     return ctx
-
-
-# ---------------------------------------------------------------------------- volume stages
-def map_volumes(ctx: Context, fn: Callable[[Any], Any], *, input: str | None, kind: str | None = None,
-                default_name: str) -> dict[str, Any]:
-    """Apply ``fn(volume) -> volume`` to every case of ``input`` (default: the previous volume
-    stage's output) and write ``OUTPUT/<stage name>/<case>.nii.gz``. A bad case is reported in
-    ``failed`` and the others go on; the output folder becomes the next stage's default input."""
-    from medseg.io import list_cases, read_volume, write_volume
-
-    src = ctx.resolve_input(input) if input else ctx.results.get("_last_volume_dir")
-    if src is None:
-        raise ConfigError(f"stage '{ctx.stage_name or default_name}': give 'input' (a file or folder of volumes)",
-                          code="bad_params")
-    out_dir = ctx.out(ctx.stage_name or default_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done, failed = [], {}
-    for path in list_cases(Path(src)):
-        cid = _cid(path)
-        try:
-            write_volume(fn(read_volume(path, kind=kind)), out_dir / f"{cid}.nii.gz")
-            done.append(cid)
-        except MedsegError as exc:
-            log.error("%s", exc)
-            failed[cid] = status_of(exc)
-    ctx.results["_last_volume_dir"] = out_dir
-    return {"output": str(out_dir), "done": done, "failed": failed}
-
-
-def volume_stage(name: str, fn: Callable[..., Any], *, label_aware: bool = True) -> Callable[..., Any]:
-    """Register a stage that applies ``fn(volume, **params)`` to every case of ``input``.
-
-    Stage params: ``input`` (file or folder; default: the previous volume stage's output folder),
-    plus ``fn``'s own. Writes ``OUTPUT/<stage name>/<case>.nii.gz``; a bad case is reported and
-    the others go on.
-    """
-
-    def stage(ctx: Context, input: str | None = None, **params: Any) -> dict[str, Any]:
-        return map_volumes(ctx, lambda vol: fn(vol, **params), input=input, default_name=name)
-
-    stage.__name__ = f"stage_{name}"
-    stage.__doc__ = f"Pipeline stage applying {fn.__name__} to every volume.\n\n{fn.__doc__ or ''}"
-    return register_stage(name)(stage)
-
-
-def _cid(path: Path) -> str:
-    from medseg.fsutil import case_id, sanitize_name
-
-    return sanitize_name(case_id(path))

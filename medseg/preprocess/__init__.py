@@ -1,7 +1,7 @@
 """Preprocessing on Volumes: crop, denoise, resample, normalise; data-set fingerprint and plans.
 
 numpy/scipy/SimpleITK only (no torch). Each operation is a plain function; the pipeline stages
-in :mod:`medseg.preprocess.stages` are thin wrappers.
+in :mod:`medseg.stages.preprocess` are thin wrappers.
 """
 
 from medseg.preprocess.crop import CropBox, crop_to_foreground, crop_volume, foreground_box, uncrop

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from medseg.errors import ConfigError
-from medseg.pipeline import Context, map_volumes, register_stage
+from medseg.stages.base import Context, map_volumes, register_stage
 
 log = logging.getLogger("medseg.inference")
 

@@ -10,18 +10,59 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from medseg.errors import ConfigError, InputError
 from medseg.fsutil import atomic_write_text
 from medseg.io.wsi import SLIDE_EXTENSIONS, slide_id
-from medseg.pipeline import Context, register_stage
+from medseg.stages.base import Context, register_stage
+
+if TYPE_CHECKING:
+    import torch
+
+    from medseg.mil.fit import MILEnsemble, MILTrainConfig
+    from medseg.wsi.features import EncoderSpec
+    from medseg.wsi.tile_slides import TilingParams
 
 log = logging.getLogger("medseg.wsi.stages")
+
+STATE_KEY = "_wsi"  # ctx.results[STATE_KEY]: the WsiState of this run
+
+
+@dataclass
+class WsiState:
+    """What the whole-slide stages hand on to each other, in ``ctx.results["_wsi"]``.
+
+    ``wsi_tile`` creates it; ``wsi_features`` fills the encoder fields; ``wsi_mil`` the training
+    fields, which ``wsi_bcl`` needs (``labels is None``: ``wsi_mil`` has not run).
+    """
+
+    tiling: TilingParams
+    """How every slide was tiled (resolution in um/px, tile size, tissue threshold...)."""
+    slides: dict[str, str]
+    """Slide id -> slide file path, for every slide given to ``wsi_tile``."""
+    spec: EncoderSpec | None = None
+    """The tile encoder (name, weights file, normalisation) the features were computed with."""
+    device: torch.device | None = None
+    """The device the features were computed on; BCL trains there too."""
+    batch_size: int | None = None
+    """Tiles per encoder forward pass in ``wsi_features``."""
+    workers: int | None = None
+    """Tile-reading workers in ``wsi_features``."""
+    labels: dict[str, int] | None = None
+    """Slide id -> class index, for the slides ``wsi_mil`` trained on (in training order)."""
+    classes: list[str] | None = None
+    """Class names (label values of the CSV; their index is the class), or None: labels are 0/1."""
+    mil_cfg: MILTrainConfig | None = None
+    """The aggregator's training configuration (``wsi_bcl`` starts from it)."""
+    ens: MILEnsemble | None = None
+    """The aggregator ``wsi_mil`` trained."""
+    note: str | None = None
+    """Free text stored in the bundle (e.g. "made-up labels")."""
 
 
 def _slides(ctx: Context, slides: Any) -> list[Path]:
@@ -50,7 +91,7 @@ def stage_tile(ctx: Context, slides: Any = None, **params: Any) -> dict[str, Any
     paths = _slides(ctx, slides)
     rows = tile_slides(paths, ctx.out("tiles"), tp)
     atomic_write_text(ctx.out("tiles", "tiling.json"), json.dumps(rows, indent=1))
-    ctx.results["_wsi"] = {"tiling": tp, "slides": {slide_id(p): str(p) for p in paths}}
+    ctx.results[STATE_KEY] = WsiState(tiling=tp, slides={slide_id(p): str(p) for p in paths})
     return {"tiled": [r["slide"] for r in rows if r["status"] == "ok"],
             "failed": {r["slide"]: r["status"] for r in rows if r["status"] not in ("ok",)}}
 
@@ -60,6 +101,8 @@ def stage_features(ctx: Context, encoder: str = "tile_resnet_small", weights: st
                    batch_size: int = 32, workers: int = 2, device: str = "auto", seed: int = 0) -> dict[str, Any]:
     """Encode every tiled slide. An encoder without ``weights`` is initialised from ``seed`` and its
     initial weights saved, so prediction sees exactly the same features."""
+    import torch
+
     from medseg.device import resolve_device
     from medseg.models.encoders import create_encoder, save_weights
     from medseg.wsi.features import EncoderSpec, extract_features_batch
@@ -73,13 +116,13 @@ def stage_features(ctx: Context, encoder: str = "tile_resnet_small", weights: st
     spec = EncoderSpec(name=encoder, weights=weights)
     dev = resolve_device(device)
     rows = extract_features_batch(ctx.out("tiles"), ctx.out("features"), spec, device=dev, batch_size=batch_size,
-                                  workers=workers, slide_mpp=st["tiling"].slide_mpp)
-    st.update(spec=spec, device=dev, batch_size=batch_size, workers=workers)
+                                  workers=workers, slide_mpp=st.tiling.slide_mpp)
+    st.spec, st.device, st.batch_size, st.workers = spec, dev, batch_size, workers
     return {"rows": rows}
 
 
-def _state(ctx: Context) -> dict[str, Any]:
-    st = ctx.results.get("_wsi")
+def _state(ctx: Context) -> WsiState:
+    st = ctx.results.get(STATE_KEY)
     if st is None:
         raise ConfigError(f"stage '{ctx.stage_name}' needs the wsi_tile stage before it")
     return st
@@ -103,7 +146,7 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
     from medseg.wsi.labels import read_labels
 
     st = _state(ctx)
-    lab, problems = read_labels(ctx.resolve_input(labels), slides=list(st["slides"]), classes=classes)
+    lab, problems = read_labels(ctx.resolve_input(labels), slides=list(st.slides), classes=classes)
     feats, ys, ids = [], [], []
     for sid, y in sorted(lab.items()):
         f = ctx.out("features", sid, "features.h5")
@@ -111,8 +154,8 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
             problems[sid] = f"slide '{sid}' has no features (no tissue or failed earlier)"
             continue
         x, _, meta = load_features(f)
-        if abs(meta["mpp"] - st["tiling"].mpp) > 1e-6:
-            problems[sid] = f"slide '{sid}' features are at {meta['mpp']} um/px, not {st['tiling'].mpp}"
+        if abs(meta["mpp"] - st.tiling.mpp) > 1e-6:
+            problems[sid] = f"slide '{sid}' features are at {meta['mpp']} um/px, not {st.tiling.mpp}"
             continue
         feats.append(x); ys.append(y); ids.append(sid)
     for k, v in problems.items():
@@ -134,8 +177,8 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
             cv_note = {"skipped": exc.problem}
             log.warning("cross-validation skipped: %s", exc.problem)
     ens, chosen = fit_mil_selected(bags, cfg, seed=seed)  # epochs by inner CV when select_epochs is set
-    st.update(labels=dict(zip(ids, ys)), classes=classes, mil_cfg=cfg, ens=ens, note=note)
-    save_bundle(ctx.out("model"), tiling=st["tiling"], spec=st["spec"], ens=ens, classes=classes,
+    st.labels, st.classes, st.mil_cfg, st.ens, st.note = dict(zip(ids, ys)), classes, cfg, ens, note
+    save_bundle(ctx.out("model"), tiling=st.tiling, spec=st.spec, ens=ens, classes=classes,
                 extra={"trained_on": ids, "stage": "wsi_mil", **({"note": note} if note else {})})
     train_prob = predict_bags(ens, bags)
     return {"slides": ids, "problems": problems, "model": str(ctx.out("model")), "cv": cv_note, "mil_fit": chosen,
@@ -153,23 +196,23 @@ def stage_bcl(ctx: Context, **params: Any) -> dict[str, Any]:
     from medseg.wsi.tiling import load_tiles
 
     st = _state(ctx)
-    if "labels" not in st:
+    if st.labels is None:
         raise ConfigError("wsi_bcl needs the wsi_mil stage before it")
-    spec = st["spec"]
+    spec = st.spec
     cfg = BCLConfig.from_dict({"encoder": spec.name, "encoder_weights": spec.weights,
-                               "mil": {k: v for k, v in vars(st["mil_cfg"]).items()}, **params})
-    ids = list(st["labels"])
+                               "mil": {k: v for k, v in vars(st.mil_cfg).items()}, **params})
+    ids = list(st.labels)
     grids = [load_tiles(ctx.out("tiles", i, "tiles.h5"))[0] for i in ids]
-    src = SlidePatchSource([st["slides"][i] for i in ids], grids, [st["labels"][i] for i in ids], ids=ids,
-                           slide_mpp=st["tiling"].slide_mpp, mean=spec.mean, std=spec.std)
+    src = SlidePatchSource([st.slides[i] for i in ids], grids, [st.labels[i] for i in ids], ids=ids,
+                           slide_mpp=st.tiling.slide_mpp, mean=spec.mean, std=spec.std)
     try:
-        hist = run_bcl(src, cfg, ctx.out("bcl"), device=st["device"])
+        hist = run_bcl(src, cfg, ctx.out("bcl"), device=st.device)
     finally:
         src.close()
     model, ens = load_round(ctx.out("bcl"), cfg.rounds, cfg.encoder)
     enc_path = save_weights(model.encoder, ctx.out("bcl", "encoder_final.safetensors"))
     new_spec = EncoderSpec(name=spec.name, weights=str(enc_path), mean=spec.mean, std=spec.std)
-    save_bundle(ctx.out("model"), tiling=st["tiling"], spec=new_spec, ens=ens, classes=st["classes"],
+    save_bundle(ctx.out("model"), tiling=st.tiling, spec=new_spec, ens=ens, classes=st.classes,
                 extra={"trained_on": ids, "stage": "wsi_bcl", "bcl_rounds": cfg.rounds,
-                       **({"note": st["note"]} if st.get("note") else {})})
+                       **({"note": st.note} if st.note else {})})
     return {"rounds": [{k: v for k, v in h.items() if k != "config"} for h in hist], "model": str(ctx.out("model"))}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg.pipeline import Context, register_stage
+from medseg.stages.base import Context, register_stage
 
 
 @register_stage("evaluate")

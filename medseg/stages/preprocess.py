@@ -17,7 +17,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 from medseg.errors import ConfigError
-from medseg.pipeline import volume_stage
+from medseg.stages.base import volume_stage
 from medseg.preprocess.crop import crop_to_foreground
 from medseg.preprocess.denoise import curvature_anisotropic_diffusion, gaussian, median
 from medseg.preprocess.normalize import ct_window, minmax, zscore
