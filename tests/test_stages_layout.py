@@ -1,9 +1,11 @@
-"""The stages sit above the layers they run, the runner above the stages."""
+"""The stages sit above the layers they run, the runner above the stages; TTA axes are read in one place."""
 
 import ast
 from pathlib import Path
 
 import pytest
+
+from medseg.errors import ConfigError
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
 
@@ -38,3 +40,16 @@ def test_importing_the_stages_registers_every_stage():
         "crop_foreground", "denoise_gaussian", "denoise_median", "denoise_curvature", "resample", "zscore", "minmax",
         "ct_window", "evaluate", "predict", "postprocess", "wsi_tile", "wsi_features", "wsi_mil", "wsi_bcl"])
 
+
+def test_tta_axes_from_the_cli_and_from_yaml():
+    from medseg.inference.tta import tta_axes_from_param, tta_axes_from_text
+
+    assert tta_axes_from_text("") == () and tta_axes_from_text(" 1, 2") == (1, 2)
+    assert tta_axes_from_param(True) == (0, 1, 2) and tta_axes_from_param(None) == ()
+    assert tta_axes_from_param([2, 0]) == (2, 0)
+    with pytest.raises(ConfigError, match="--tta takes axes like 0,1,2"):
+        tta_axes_from_text("x")
+    with pytest.raises(ConfigError, match="--tta axes must be distinct values of 0, 1, 2"):
+        tta_axes_from_text("1,1")
+    with pytest.raises(ConfigError, match="stage 'predict': tta must be true/false or a list of axes"):
+        tta_axes_from_param([0, 3])

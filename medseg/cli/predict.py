@@ -13,18 +13,6 @@ import argparse
 from pathlib import Path
 
 
-def _axes(text: str) -> tuple[int, ...]:
-    from medseg.errors import ConfigError
-
-    try:
-        axes = tuple(int(a) for a in str(text).replace(" ", "").split(",") if a != "")
-    except ValueError:
-        raise ConfigError(f"--tta takes axes like 0,1,2 (0 = z, 1 = y, 2 = x), got {text!r}", code="bad_params") from None
-    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
-        raise ConfigError(f"--tta axes must be distinct values of 0, 1, 2, got {text!r}", code="bad_params")
-    return axes
-
-
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered bundle name (e.g. hippocampus_unet) or bundle folder")
     p.add_argument("--input", type=Path, required=True, help="a volume file, a DICOM series folder, or a folder of them")
@@ -55,8 +43,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.errors import ConfigError
+    from medseg.inference.tta import tta_axes_from_text
 
-    tta = _axes(args.tta) if args.tta else ()
+    tta = tta_axes_from_text(args.tta)
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}", code="bad_params")
     if args.batch_size < 1:

@@ -1,15 +1,58 @@
-"""Mirroring test-time augmentation: predict on flipped copies, flip back, average probabilities."""
+"""Mirroring test-time augmentation: predict on flipped copies, flip back, average probabilities.
+
+The TTA axes a user gives (``medseg predict --tta``, the ``predict`` stage's ``tta``) are read and
+checked here, once: :func:`tta_axes_from_text`, :func:`tta_axes_from_param`.
+"""
 
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from medseg.errors import ConfigError
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+TTA_AXES = (0, 1, 2)  # the spatial axes a 3D prediction may mirror: 0 = z, 1 = y, 2 = x
+
+
+def valid_tta_axes(axes: Sequence[Any]) -> bool:
+    """True if ``axes`` are distinct axes of :data:`TTA_AXES` (the empty sequence is valid: no TTA)."""
+    return all(isinstance(a, int) and a in TTA_AXES for a in axes) and len(set(axes)) == len(axes)
+
+
+def tta_axes_from_text(text: str) -> tuple[int, ...]:
+    """``medseg predict --tta AXES``: ``"0,1,2"``, ``"1, 2"``; ``""`` is no TTA. ConfigError otherwise.
+
+    >>> tta_axes_from_text("2,0")
+    (2, 0)
+    """
+    try:
+        axes = tuple(int(a) for a in str(text).replace(" ", "").split(",") if a != "")
+    except ValueError:
+        raise ConfigError(f"--tta takes axes like 0,1,2 (0 = z, 1 = y, 2 = x), got {text!r}", code="bad_params") from None
+    if not valid_tta_axes(axes):
+        raise ConfigError(f"--tta axes must be distinct values of 0, 1, 2, got {text!r}", code="bad_params")
+    return axes
+
+
+def tta_axes_from_param(tta: Any) -> tuple[int, ...]:
+    """The ``predict`` stage's YAML ``tta``: ``true`` (all axes), ``false``/null/``[]`` (none) or a
+    list of distinct axes such as ``[1, 2]``. ConfigError otherwise.
+
+    >>> tta_axes_from_param(True), tta_axes_from_param([2]), tta_axes_from_param(False)
+    ((0, 1, 2), (2,), ())
+    """
+    if tta is True:
+        return TTA_AXES
+    if tta in (False, None, "", []):
+        return ()
+    if isinstance(tta, (list, tuple)) and valid_tta_axes(tta):
+        return tuple(tta)
+    raise ConfigError(f"stage 'predict': tta must be true/false or a list of axes from 0, 1, 2, got {tta!r}",
+                      code="bad_params")
 
 
 def to_probabilities(logits: torch.Tensor, activation: str) -> torch.Tensor:

@@ -26,17 +26,6 @@ from medseg.stages.base import Context, map_volumes, register_stage
 log = logging.getLogger("medseg.inference")
 
 
-def _tta_axes(tta: Any) -> tuple[int, ...]:
-    if tta is True:
-        return (0, 1, 2)
-    if tta in (False, None, "", []):
-        return ()
-    if isinstance(tta, (list, tuple)) and all(isinstance(a, int) and a in (0, 1, 2) for a in tta):
-        return tuple(tta)
-    raise ConfigError(f"stage 'predict': tta must be true/false or a list of axes from 0, 1, 2, got {tta!r}",
-                      code="bad_params")
-
-
 @register_stage("predict")
 def predict_stage(ctx: Context, model: str | None = None, input: str | None = None, overlap: float = 0.5,
                   tta: Any = False, batch_size: int = 4, device: str = "auto", save_probabilities: bool = False,
@@ -47,6 +36,7 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
     ``tta_mode``: "volume" (flip the whole volume, average probabilities) or "window" (flip windows
     inside the sliding window, average logits; see :class:`medseg.inference.predictor.Predictor`)."""
     from medseg.inference.cohort import run_predict
+    from medseg.inference.tta import tta_axes_from_param
 
     if not model or not input:
         raise ConfigError("stage 'predict': give 'model' (bundle name or folder) and 'input' (file or folder)",
@@ -54,15 +44,16 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
     if not 0.0 <= float(overlap) < 1.0 or int(batch_size) < 1:
         raise ConfigError(f"stage 'predict': overlap must be in [0, 1) and batch_size >= 1, got {overlap}, "
                           f"{batch_size}", code="bad_params")
+    tta_axes = tta_axes_from_param(tta)
     model_spec = str(model)
     as_path = ctx.resolve_input(model_spec)
     if as_path.is_dir():
         model_spec = str(as_path)
     out_dir = ctx.out(ctx.stage_name or "predict")
     report = run_predict(model=model_spec, input_path=ctx.resolve_input(input), output=out_dir, device=str(device),
-                             tta_axes=_tta_axes(tta), tta_mode=str(tta_mode), overlap=float(overlap), batch_size=int(batch_size),
-                             save_probabilities=bool(save_probabilities), workers=workers, weights=weights,
-                             postprocess=bool(postprocess), progress=False)
+                         tta_axes=tta_axes, tta_mode=str(tta_mode), overlap=float(overlap), batch_size=int(batch_size),
+                         save_probabilities=bool(save_probabilities), workers=workers, weights=weights,
+                         postprocess=bool(postprocess), progress=False)
     failed = {o.case_id: f"error:{(o.error or {}).get('code', 'error')}" for o in report.failed}
     for cid, st in failed.items():
         log.error("predict: case %s failed (%s)", cid, st)
