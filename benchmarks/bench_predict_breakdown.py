@@ -71,9 +71,10 @@ def serial(src: Path, out: Path, threads: int | None) -> dict:
     import torch
 
     from medseg.fsutil import atomic_write_text
-    from medseg.inference.cohort import file_sha256, find_cases, load_channels
+    from medseg.inference.cohort import find_cases, load_channels
     from medseg.inference.predictor import Predictor
     from medseg.io import write_volume
+    from medseg.manifest import sha256_file
 
     if threads:
         torch.set_num_threads(threads)
@@ -92,7 +93,7 @@ def serial(src: Path, out: Path, threads: int | None) -> dict:
         t2 = time.perf_counter()
         path = write_volume(pred.label, out / f"{cid}.nii.gz")
         t3 = time.perf_counter()
-        manifest["cases"][cid] = {"outputs": {path.name: file_sha256(path)}, "status": "done"}
+        manifest["cases"][cid] = {"outputs": {path.name: sha256_file(path)}, "status": "done"}
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         t4 = time.perf_counter()
         sums["read"] += t1 - t0

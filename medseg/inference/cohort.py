@@ -107,13 +107,6 @@ def write_probabilities(path: str | Path, probs: np.ndarray, *, affine: np.ndarr
     return Path(path)
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (:func:`medseg.manifest.sha256_file`)."""
-    from medseg.manifest import sha256_file
-
-    return sha256_file(path)
-
-
 def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -> dict[str, Any]:
     """Everything that determines the outputs (hashed into the manifest): weights and settings, not the device."""
     params = {"format": PREDICT_FORMAT, "model": predictor.identity(), "tta_axes": list(predictor.tta_axes),

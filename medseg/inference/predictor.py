@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.manifest import sha256_file
 from medseg.preprocess.grid import grid_of
 from medseg.volume import Volume
 
@@ -157,8 +158,6 @@ class Predictor:
             import torch
 
             if self.weights_paths:
-                from medseg.manifest import sha256_file
-
                 digests = [sha256_file(p) for p in self.weights_paths]
                 digest = digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
             else:
