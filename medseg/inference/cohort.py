@@ -157,6 +157,107 @@ def _predict_case(predictor, save_probabilities: bool, cid: str, vols):
     return predictor.predict_volume(vols, probabilities=save_probabilities)
 
 
+class _CaseSteps:
+    """The per-case steps of a :func:`predict_folder` run (read, predict, write, record, progress), each
+    timed on one :class:`~medseg.inference.timings.RunClock`; locally they run in the reader, model and
+    writer threads of :func:`medseg.batch.run_batch`. On Ray only :attr:`write` (picklable) travels and
+    :meth:`case_done` reports progress."""
+
+    def __init__(self, predictor, clock, *, save_probabilities: bool, probability_dtype: str, bar=None,
+                 on_case: Callable[[str], None] | None = None):
+        self.predictor, self.clock, self.save_probabilities = predictor, clock, save_probabilities
+        self.bar, self.on_case = bar, on_case
+        self.write = partial(write_prediction, save_probabilities=save_probabilities,
+                             label_values=sorted(predictor.labels), probability_dtype=probability_dtype)
+
+    def load(self, item: tuple[str, list[Path]]):
+        """Read a case's channels; a failure is handed to :meth:`compute`, which raises it (so every
+        case passes the progress bar)."""
+        cid, paths = item
+        t = self.clock.now()
+        try:
+            data = load_channels(paths)
+        except Exception as exc:
+            data = _LoadFailure(exc)
+        self.clock.set(cid, read_at_s=t, read_s=self.clock.now() - t)
+        return data
+
+    def compute(self, cid: str, vols):
+        """Predict one case (the model thread)."""
+        start = self.clock.compute_started(cid)
+        try:
+            if isinstance(vols, _LoadFailure):
+                raise vols.exc
+            pred = self.predictor.predict_volume(vols, probabilities=self.save_probabilities)
+            self.clock.set(cid, **{f"{k}_s": v for k, v in pred.timings.items()})
+            return pred
+        finally:
+            self.clock.compute_ended(cid, start)
+            self.case_done(cid)
+
+    def timed_write(self, cid: str, pred, root: Path) -> list[Path]:
+        """Write one case's outputs (the writer thread)."""
+        t = self.clock.now()
+        paths = self.write(cid, pred, root)
+        self.clock.set(cid, write_at_s=t, write_s=self.clock.now() - t)
+        return paths
+
+    def case_done(self, cid: str) -> None:
+        """Progress: the bar and the ``on_case`` hook (after compute; on Ray, when a result comes back)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(cid, refresh=False)
+            self.bar.update(1)
+        if self.on_case is not None:
+            self.on_case(cid)
+
+    def finished(self, outcome) -> None:
+        """A case is recorded in the manifest: its status, and the recording time after the write."""
+        t = self.clock.now()
+        written = self.clock.get(outcome.case_id, "write_at_s")
+        extra = {}
+        if outcome.status == "done" and written is not None:
+            extra["record_s"] = t - written - self.clock.get(outcome.case_id, "write_s", 0.0)
+        self.clock.set(outcome.case_id, status=outcome.status, done_at_s=t, **extra)
+
+
+def _progress_bar(cases: list[tuple[str, list[Path]]], out: Path, params: dict[str, Any]):
+    """A tqdm bar over the cases still to do (those the manifest does not hold complete)."""
+    from tqdm import tqdm
+
+    from medseg.batch import is_complete, params_hash, read_manifest
+
+    man, ph = read_manifest(out), params_hash(params)
+    todo = sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
+    return tqdm(total=todo, desc="predict", unit="case", leave=True)
+
+
+def _remote_stages(predictor_factory: Callable[[], Any] | None, save_probabilities: bool, write):
+    """The read / predict / write steps for Ray actors; the model is loaded once per actor."""
+    from medseg.executors import RemoteStages
+
+    if predictor_factory is None:
+        from medseg.errors import ConfigError
+
+        raise ConfigError("predicting on Ray needs a predictor_factory (the model is loaded on each actor)",
+                          code="bad_params")
+    device = str(getattr(predictor_factory, "keywords", {}).get("device", "auto")).lower()
+    return RemoteStages(load=load_channels, compute_factory=partial(_predict_fn, predictor_factory, save_probabilities),
+                        write=write, gpu=device != "cpu")  # --device cpu: CPU actors even on a GPU cluster
+
+
+def _finish_timings(clock, out: Path, report) -> None:
+    """Write ``out/timings.csv`` (a log: an error only warns) and attach the timings to ``report``."""
+    timings = clock.finish()
+    if timings.rows:
+        try:
+            timings.write(out)
+        except OSError as exc:  # the timings are a log: never fail a run over them
+            log.warning("could not write %s/timings.csv: %s", out, exc)
+        log.debug("%s", timings.summary())  # medseg predict prints it; the predict stage logs it
+    if report is not None:
+        report.timings = timings
+
+
 def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, save_probabilities: bool = False,
                    probability_dtype: str = "float16", progress: bool = False, prefetch: int = 2,
                    on_case: Callable[[str], None] | None = None, executor=None,
@@ -172,109 +273,34 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     ``predictor_factory`` (picklable, e.g. ``functools.partial(build_predictor, ...)``) loads the
     model once per actor; ``predictor`` here gives the run's parameters (manifest hash).
     """
-    from medseg.executors import RemoteStages, as_spec
-
-    from medseg.batch import is_complete, params_hash, read_manifest, run_batch
+    from medseg.batch import run_batch
+    from medseg.executors import as_spec
     from medseg.inference.timings import RunClock
 
     clock = RunClock()
     out = Path(out_dir)
     cases = find_cases(input_path, channels=predictor.channels)
     params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype)
-    label_values = sorted(predictor.labels)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        man, ph = read_manifest(out), params_hash(params)
-        todo = sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
-        bar = tqdm(total=todo, desc="predict", unit="case", leave=True)
-
-    def load(item: tuple[str, list[Path]]):
-        cid, paths = item
-        t = clock.now()
-        try:
-            data = load_channels(paths)
-        except Exception as exc:  # handed to compute, which raises it: every case passes the progress bar
-            data = _LoadFailure(exc)
-        clock.set(cid, read_at_s=t, read_s=clock.now() - t)
-        return data
-
-    def compute(cid: str, vols):
-        start = clock.compute_started(cid)
-        try:
-            if isinstance(vols, _LoadFailure):
-                raise vols.exc
-            pred = predictor.predict_volume(vols, probabilities=save_probabilities)
-            clock.set(cid, **{f"{k}_s": v for k, v in pred.timings.items()})
-            return pred
-        finally:
-            clock.compute_ended(cid, start)
-            if bar is not None:
-                bar.set_postfix_str(cid, refresh=False)
-                bar.update(1)
-            if on_case is not None:
-                on_case(cid)
-
-    write = partial(write_prediction, save_probabilities=save_probabilities, label_values=label_values,
-                    probability_dtype=probability_dtype)
-    spec, remote = as_spec(executor), None
-
-    def timed_write(cid: str, pred, root: Path) -> list[Path]:
-        t = clock.now()
-        paths = write(cid, pred, root)
-        clock.set(cid, write_at_s=t, write_s=clock.now() - t)
-        return paths
-
-    def on_result(cid: str) -> None:  # progress on Ray, where compute runs elsewhere
-        if bar is not None:
-            bar.set_postfix_str(cid, refresh=False)
-            bar.update(1)
-        if on_case is not None:
-            on_case(cid)
-
-    if not spec.is_local:
-        if predictor_factory is None:
-            from medseg.errors import ConfigError
-
-            raise ConfigError("predicting on Ray needs a predictor_factory (the model is loaded on each actor)",
-                              code="bad_params")
-        device = str(getattr(predictor_factory, "keywords", {}).get("device", "auto")).lower()
-        remote = RemoteStages(load=load_channels, compute_factory=partial(_predict_fn, predictor_factory,
-                                                                          save_probabilities), write=write,
-                              gpu=device != "cpu")  # --device cpu: CPU actors even on a GPU cluster
-
-    def finished(outcome) -> None:
-        t = clock.now()
-        written = clock.get(outcome.case_id, "write_at_s")
-        extra = {}
-        if outcome.status == "done" and written is not None:
-            extra["record_s"] = t - written - clock.get(outcome.case_id, "write_s", 0.0)
-        clock.set(outcome.case_id, status=outcome.status, done_at_s=t, **extra)
-
+    bar = _progress_bar(cases, out, params) if progress else None
+    steps = _CaseSteps(predictor, clock, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
+                       bar=bar, on_case=on_case)
+    spec = as_spec(executor)
+    remote = None if spec.is_local else _remote_stages(predictor_factory, save_probabilities, steps.write)
     report = None
     try:
         if spec.is_local:
-            report = run_batch([(cid, (cid, paths)) for cid, paths in cases], out_dir=out, compute=compute,
-                               write=timed_write, load=load, params=params, prefetch=prefetch, on_finished=finished)
+            report = run_batch([(cid, (cid, paths)) for cid, paths in cases], out_dir=out, compute=steps.compute,
+                               write=steps.timed_write, load=steps.load, params=params, prefetch=prefetch,
+                               on_finished=steps.finished)
         else:
-            report = run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=compute, write=write,
-                               load=load, params=params, prefetch=prefetch, executor=spec, remote=remote,
-                               on_result=on_result)
+            report = run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=steps.compute,
+                               write=steps.write, load=steps.load, params=params, prefetch=prefetch, executor=spec,
+                               remote=remote, on_result=steps.case_done)
         return report
     finally:
         if bar is not None:
             bar.close()
-        timings = clock.finish()
-        if timings.rows:
-            try:
-                timings.write(out)
-            except OSError as exc:  # the timings are a log: never fail a run over them
-                log.warning("could not write %s/timings.csv: %s", out, exc)
-            log.debug("%s", timings.summary())  # medseg predict prints it; the predict stage logs it
-        if report is not None:
-            report.timings = timings
+        _finish_timings(clock, out, report)
 
 
 def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path, device: str = "auto",
