@@ -48,12 +48,12 @@ def main() -> None:
 
     from monai.networks.nets import DynUNet
 
-    from medseg.models import create_model
+    from medseg.models import create_seg_model
     from medseg.models.blocks import count_parameters
 
     torch.manual_seed(0)
     features = (16, 32, 64, 128, 256)
-    ours = create_model("unet", spatial_dims=3, in_channels=1, out_channels=2, features=features)
+    ours = create_seg_model("unet", spatial_dims=3, in_channels=1, out_channels=2, features=features)
     peer = DynUNet(spatial_dims=3, in_channels=1, out_channels=2, kernel_size=[3] * 5,
                    strides=[1, 2, 2, 2, 2], upsample_kernel_size=[2] * 4, filters=list(features),
                    norm_name=("instance", {"affine": True}), act_name=("leakyrelu", {"negative_slope": 0.01}),

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medseg.models import MODELS, register_model
+from medseg.models import SEG_MODELS, register_seg_model
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -52,8 +52,8 @@ class BenchUNet(nn.Module):
         return self.forward_with_aux(x)[0]
 
 
-if "bench_unet" not in MODELS:
-    register_model("bench_unet")(BenchUNet)
+if "bench_unet" not in SEG_MODELS:
+    register_seg_model("bench_unet")(BenchUNet)
 
 
 def main() -> None:

@@ -121,11 +121,11 @@ def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
 
 def build_model(meta: dict[str, Any]):
     """Instantiate the architecture a bundle describes (random weights)."""
-    from medseg.models import create_model
+    from medseg.models import create_seg_model
 
     m = meta["model"]
     try:
-        return create_model(m["name"], **m.get("kwargs", {}))
+        return create_seg_model(m["name"], **m.get("kwargs", {}))
     except TypeError as exc:
         raise InputError(f"model '{m['name']}' does not accept the bundle's kwargs: {exc}", code="bad_bundle") from None
 

@@ -1,4 +1,4 @@
-"""Tiny name -> factory registries (models, stages, losses, encoders...).
+"""Tiny name -> factory registries, one per contract (segmentation models, MIL heads, tile encoders, stages...).
 
 >>> models = Registry("model")
 >>> @models.register("double")

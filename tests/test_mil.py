@@ -10,8 +10,7 @@ import scipy.io
 import scipy.sparse
 import torch
 
-from medseg.models import create_model
-from medseg.models.mil import MIL_MODELS, StackedMIL, segment_softmax
+from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head, segment_softmax
 from medseg.mil.bags import load_bags
 from medseg.metrics import classification as M
 from tests.conftest import shared_path
@@ -37,7 +36,7 @@ def test_segment_softmax_matches_per_bag_softmax():
 @pytest.mark.parametrize("name", MIL_MODELS)
 def test_models_batch_equals_single_bags_and_backprop(name):
     torch.manual_seed(0)
-    net = create_model(name, in_features=6, embed_dim=8)
+    net = create_mil_head(name, in_features=6, embed_dim=8)
     net.eval()
     x, idx, sizes = _bags()
     batch = net(x, idx, 3)
@@ -55,7 +54,7 @@ def test_models_batch_equals_single_bags_and_backprop(name):
 
 def test_attention_by_hand():
     """Attention-MIL with identity-like weights: z = sum softmax(w.tanh(Vh)) h, checked by hand."""
-    net = create_model("attention_mil", in_features=2, embed_layers=0, attn_dim=1)
+    net = create_mil_head("attention_mil", in_features=2, embed_layers=0, attn_dim=1)
     with torch.no_grad():
         net.attn_v.weight.copy_(torch.tensor([[1.0, 0.0]])); net.attn_v.bias.zero_()
         net.attn_w.weight.fill_(1.0); net.attn_w.bias.zero_()
@@ -73,7 +72,7 @@ def test_head_outputs_pinned():
     """Outputs of the heads on a fixed seed, recorded before attention pooling was written once
     (models.mil.pool_bags): every layout (bag index, one bag, stacked, padded) gives the same numbers."""
     torch.manual_seed(0)
-    ms = [create_model("gated_attention_mil", in_features=3, embed_dim=4, attn_dim=3) for _ in range(2)]
+    ms = [create_mil_head("gated_attention_mil", in_features=3, embed_dim=4, attn_dim=3) for _ in range(2)]
     x = torch.arange(15, dtype=torch.float32).reshape(5, 3).sin()
     idx = torch.tensor([0, 0, 1, 1, 1])
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
@@ -90,13 +89,13 @@ def test_head_outputs_pinned():
         for name, want in (("mean_mil", [0.13365688920021057, 0.1586368978023529]),
                            ("max_mil", [0.0857052281498909, 0.11269360035657883])):
             torch.manual_seed(0)
-            assert create_model(name, in_features=3, embed_dim=4)(x, idx, 2).tolist() == pytest.approx(want, **close)
+            assert create_mil_head(name, in_features=3, embed_dim=4)(x, idx, 2).tolist() == pytest.approx(want, **close)
 
 
 @pytest.mark.parametrize("name", MIL_MODELS)
 def test_stacked_equals_members(name):
     torch.manual_seed(1)
-    members = [create_model(name, in_features=6, embed_dim=8, embed_layers=2) for _ in range(3)]
+    members = [create_mil_head(name, in_features=6, embed_dim=8, embed_layers=2) for _ in range(3)]
     st = StackedMIL(members)
     x, idx, _ = _bags()
     ref = torch.stack([m(x, idx, 3) for m in members])

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.models import create_model
-from medseg.models.mil import MIL_MODELS, StackedMIL
+from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head
 from medseg.mil.folds import MaskedAdam
 from medseg.mil.crossval import cross_validate
 from medseg.mil.fit import MILTrainConfig
@@ -17,7 +16,7 @@ from medseg.mil.bags import Bags
 @pytest.mark.parametrize("name", MIL_MODELS)
 def test_forward_padded_equals_each_member_on_its_bag(name):
     torch.manual_seed(0)
-    members = [create_model(name, in_features=5, embed_dim=8, embed_layers=2) for _ in range(3)]
+    members = [create_mil_head(name, in_features=5, embed_dim=8, embed_layers=2) for _ in range(3)]
     st = StackedMIL(members).eval()
     bags = [torch.randn(n, 5) for n in (2, 4, 1)]
     x = torch.zeros(3, 4, 5)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import MODELS, create_model, model_names
+from medseg.models import SEG_MODELS, create_seg_model, seg_model_names
 from medseg.models.blocks import count_parameters
 
 # Tiny widths so the whole file runs in seconds on 2 CPU cores.
@@ -36,22 +36,36 @@ def _aux_sizes(name: str, size: tuple[int, ...], kw: dict) -> list[tuple[int, ..
 
 
 def test_registered_names():
-    assert {"unet", "transunet", "swin_unet"} <= set(model_names())
-    from medseg.models.encoders import ENCODER_NAMES
-    from medseg.models.mil import MIL_MODELS
-
-    # segmentation networks only: MIL aggregators and tile encoders have their own tests
-    # (tests/test_mil.py, tests/test_wsi_features.py); test-only nets start with "tiny_test".
-    other = set(MIL_MODELS) | set(ENCODER_NAMES)
-    seg_models = {n for n in model_names() if not n.startswith("tiny_test") and n not in other}
+    assert {"unet", "transunet", "swin_unet"} <= set(seg_model_names())
+    # segmentation networks have their own registry (MIL heads: tests/test_mil.py, tile encoders:
+    # tests/test_wsi_features.py); test-only nets start with "tiny_test".
+    seg_models = {n for n in seg_model_names() if not n.startswith("tiny_test")}
     assert set(TINY) == seg_models, "add a tiny config for every new segmentation model"
+
+
+def test_one_registry_per_contract():
+    from medseg.models.encoders import ENCODER_NAMES, TILE_ENCODERS, create_encoder, encoder_names
+    from medseg.models.mil import MIL_HEADS, MIL_MODELS, create_mil_head, mil_head_names
+
+    assert set(MIL_MODELS) == set(mil_head_names()) == {"attention_mil", "gated_attention_mil", "mean_mil", "max_mil"}
+    assert set(ENCODER_NAMES) == set(encoder_names()) == {"tile_resnet18", "tile_resnet_small", "tile_resnet_tiny",
+                                                          "monai_resnet18", "monai_resnet50"}
+    seg = set(seg_model_names())
+    assert not seg & set(MIL_HEADS) and not seg & set(TILE_ENCODERS) and not set(MIL_HEADS) & set(TILE_ENCODERS)
+    # a name is built only by the registry of its contract
+    assert create_mil_head("mean_mil", in_features=3).__class__.__name__ == "PoolingMIL"
+    assert create_encoder("tile_resnet_tiny").feature_dim == 64
+    with pytest.raises(ConfigError, match="unknown model 'mean_mil'"):
+        create_seg_model("mean_mil", spatial_dims=2, in_channels=1, out_channels=2)
+    with pytest.raises(ConfigError, match="unknown MIL head 'unet'"):
+        create_mil_head("unet", in_features=3)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_forward_backward_odd_sizes(name, dims):
     torch.manual_seed(0)
-    model = create_model(name, spatial_dims=dims, in_channels=2, out_channels=3, deep_supervision=True,
+    model = create_seg_model(name, spatial_dims=dims, in_channels=2, out_channels=3, deep_supervision=True,
                          **TINY[name])
     x = torch.randn(2, 2, *ODD[dims])
     outs = model.forward_with_aux(x)
@@ -75,7 +89,7 @@ def test_eval_batch_independent_and_plain_aux(name, dims):
     """In eval mode a sample's logits do not depend on the rest of the batch (catches reshape bugs
     that mix samples); without deep supervision forward_with_aux is [forward]."""
     torch.manual_seed(1)
-    model = create_model(name, spatial_dims=dims, in_channels=1, out_channels=2, **TINY[name]).eval()
+    model = create_seg_model(name, spatial_dims=dims, in_channels=1, out_channels=2, **TINY[name]).eval()
     x = torch.randn(3, 1, *ODD[dims])
     with torch.no_grad():
         both = model(x)
@@ -90,7 +104,7 @@ def test_eval_batch_independent_and_plain_aux(name, dims):
 def test_tiny_sizes(name):
     """Inputs smaller than the total downsampling factor work, also in training mode (the models
     pad when the coarsest level would be one voxel, where instance norm is undefined)."""
-    model = create_model(name, spatial_dims=3, in_channels=1, out_channels=2, deep_supervision=True,
+    model = create_seg_model(name, spatial_dims=3, in_channels=1, out_channels=2, deep_supervision=True,
                          **TINY[name])
     outs = model.forward_with_aux(torch.randn(1, 1, 5, 3, 7))
     assert outs[0].shape == (1, 2, 5, 3, 7)
@@ -102,13 +116,13 @@ def test_unet_parameter_count_by_hand():
     # enc0: 1*2*9 + 4 + 2*2*9 + 4 = 62; enc1: 2*4*9 + 8 + 4*4*9 + 8 = 232;
     # up: 4*2*2*2 = 32; dec0: 4*2*9 + 4 + 2*2*9 + 4 = 116; head: 2*3 + 3 = 9  -> 451
     kw = dict(spatial_dims=2, in_channels=1, out_channels=3, features=(2, 4))
-    assert count_parameters(create_model("unet", **kw)) == 451
-    assert count_parameters(create_model("unet", norm="batch", **kw)) == 451
+    assert count_parameters(create_seg_model("unet", **kw)) == 451
+    assert count_parameters(create_seg_model("unet", norm="batch", **kw)) == 451
     # residual projections (1x1 conv + norm): enc0 1->2: 2 + 4; enc1 2->4: 8 + 8; dec0 4->2: 8 + 4
-    assert count_parameters(create_model("unet", residual=True, **kw)) == 451 + 34
+    assert count_parameters(create_seg_model("unet", residual=True, **kw)) == 451 + 34
     # deep supervision with 2 levels has no aux level; with 3 levels one head 4 -> 3 (+ bias)
-    ds = create_model("unet", deep_supervision=True, **{**kw, "features": (2, 4, 8)})
-    plain = create_model("unet", **{**kw, "features": (2, 4, 8)})
+    ds = create_seg_model("unet", deep_supervision=True, **{**kw, "features": (2, 4, 8)})
+    plain = create_seg_model("unet", **{**kw, "features": (2, 4, 8)})
     assert count_parameters(ds) - count_parameters(plain) == 4 * 3 + 3
 
 
@@ -119,12 +133,12 @@ def test_unet_parameter_count_by_hand():
 ])
 def test_default_parameter_counts(name, dims, low, high):
     """Defaults are sized for small medical data sets (a few million parameters)."""
-    n = count_parameters(create_model(name, spatial_dims=dims, in_channels=1, out_channels=2))
+    n = count_parameters(create_seg_model(name, spatial_dims=dims, in_channels=1, out_channels=2))
     assert low < n < high, n
 
 
 def test_unet_anisotropic_strides():
-    model = create_model("unet", spatial_dims=3, in_channels=1, out_channels=2, features=(4, 8, 8),
+    model = create_seg_model("unet", spatial_dims=3, in_channels=1, out_channels=2, features=(4, 8, 8),
                          strides=((1, 2, 2), 2), deep_supervision=True)
     outs = model.forward_with_aux(torch.randn(1, 1, 5, 17, 14))
     assert [tuple(o.shape[2:]) for o in outs] == [(5, 17, 14), (5, 9, 7)]
@@ -132,7 +146,7 @@ def test_unet_anisotropic_strides():
 
 
 def test_transunet_position_embedding():
-    model = create_model("transunet", spatial_dims=2, in_channels=1, out_channels=2,
+    model = create_seg_model("transunet", spatial_dims=2, in_channels=1, out_channels=2,
                          **{**TINY["transunet"], "pos_grid": (3, 4)})
     pe = model.pos_embed
     # the reference grid is used as learned, token order = C-order over (y, x)
@@ -148,10 +162,10 @@ def test_transunet_position_embedding():
 def test_bad_config_raises(bad):
     kw = dict(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8))
     with pytest.raises(ConfigError):
-        create_model("unet", **{**kw, **bad})
+        create_seg_model("unet", **{**kw, **bad})
     with pytest.raises(ConfigError, match="unknown model"):
-        create_model("vnet", **kw)
-    assert "unet" in MODELS
+        create_seg_model("vnet", **kw)
+    assert "unet" in SEG_MODELS
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -160,7 +174,7 @@ def test_learns_a_toy_segmentation(name):
     the class prior (49/256 foreground: cross-entropy 0.49 nats); the models must get well below
     (catches blocked gradients or broken initialisation)."""
     torch.manual_seed(0)
-    model = create_model(name, spatial_dims=2, in_channels=1, out_channels=2, **TINY[name])
+    model = create_seg_model(name, spatial_dims=2, in_channels=1, out_channels=2, **TINY[name])
     target = torch.zeros(2, 16, 16, dtype=torch.long)
     target[0, 2:9, 3:10] = 1
     target[1, 7:14, 5:12] = 1
@@ -177,7 +191,7 @@ def test_learns_a_toy_segmentation(name):
 
 
 def test_swin_unet_anisotropic_patch_and_window():
-    model = create_model("swin_unet", spatial_dims=3, in_channels=1, out_channels=2, embed_dim=8,
+    model = create_seg_model("swin_unet", spatial_dims=3, in_channels=1, out_channels=2, embed_dim=8,
                          depths=(2, 2, 2), num_heads=(1, 2, 2), patch_size=(1, 4, 4), window_size=(2, 4, 4),
                          deep_supervision=True)
     outs = model.forward_with_aux(torch.randn(1, 1, 5, 30, 21))
@@ -187,13 +201,13 @@ def test_swin_unet_anisotropic_patch_and_window():
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_wrong_input_rank_raises(name):
-    model = create_model(name, spatial_dims=2, in_channels=1, out_channels=2, **TINY[name])
+    model = create_seg_model(name, spatial_dims=2, in_channels=1, out_channels=2, **TINY[name])
     with pytest.raises(ConfigError, match="SliceWise"):
         model(torch.zeros(1, 1, 4, 16, 16))
 
 
 def test_transunet_anisotropic_strides():
-    model = create_model("transunet", spatial_dims=3, in_channels=1, out_channels=2, deep_supervision=True,
+    model = create_seg_model("transunet", spatial_dims=3, in_channels=1, out_channels=2, deep_supervision=True,
                          strides=(2, (1, 2, 2), (1, 2, 2), 2), **TINY["transunet"])
     outs = model.forward_with_aux(torch.randn(1, 1, 9, 33, 20))
     # cumulative factors (2,2,2), (2,4,4), (2,8,8)
@@ -206,10 +220,10 @@ def test_safetensors_roundtrip(name, tmp_path):
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
-    a = create_model(name, spatial_dims=3, in_channels=1, out_channels=2, **TINY[name]).eval()
+    a = create_seg_model(name, spatial_dims=3, in_channels=1, out_channels=2, **TINY[name]).eval()
     save_file(a.state_dict(), str(tmp_path / "w.safetensors"))
     torch.manual_seed(1)
-    b = create_model(name, spatial_dims=3, in_channels=1, out_channels=2, **TINY[name]).eval()
+    b = create_seg_model(name, spatial_dims=3, in_channels=1, out_channels=2, **TINY[name]).eval()
     b.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
     x = torch.randn(1, 1, 9, 17, 12)
     with torch.no_grad():

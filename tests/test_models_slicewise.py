@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
-from medseg.models import create_model
+from medseg.models import create_seg_model
 from medseg.models.slicewise import SliceWise, slicewise_model, slicing_axis
 
 
@@ -28,7 +28,7 @@ def test_slicing_axis_rejects_bad_spacing(bad):
 
 def _tiny2d(in_channels: int, **kw):
     torch.manual_seed(0)
-    return create_model("unet", spatial_dims=2, in_channels=in_channels, out_channels=3, features=(4, 8),
+    return create_seg_model("unet", spatial_dims=2, in_channels=in_channels, out_channels=3, features=(4, 8),
                         **kw).eval()
 
 

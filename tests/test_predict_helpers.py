@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medseg.bundle import save_weights, write_meta
-from medseg.models import create_model
+from medseg.models import create_seg_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_KWARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "features": [4, 8], "norm": "instance"}
@@ -24,7 +24,7 @@ def make_bundle(root: Path, *, seed: int = 0, patch=(16, 16, 16), spacing=(1.0, 
     """An untrained (seeded) tiny U-Net saved as a model bundle (bundle.yaml + model.safetensors)."""
     kw = dict(TINY_KWARGS if kwargs is None else kwargs)
     torch.manual_seed(seed)
-    net = create_model("unet", **kw)
+    net = create_seg_model("unet", **kw)
     root.mkdir(parents=True, exist_ok=True)
     save_weights(net.state_dict(), root / "model.safetensors", architecture="unet")
     n_cls = kw["out_channels"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.models import MODELS, register_model
+from medseg.models import SEG_MODELS, register_seg_model
 
 TINY = "tiny_test_net"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +45,8 @@ class TinyTestNet(nn.Module):
         return self.forward_with_aux(x)[0]
 
 
-if TINY not in MODELS:
-    register_model(TINY)(TinyTestNet)
+if TINY not in SEG_MODELS:
+    register_seg_model(TINY)(TinyTestNet)
 
 
 def _save(arr: np.ndarray, path: Path, spacing=(1.0, 1.0, 1.0)) -> None:

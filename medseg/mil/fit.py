@@ -28,8 +28,7 @@ import torch
 
 from medseg.config import check_keys
 from medseg.errors import ConfigError, InputError
-from medseg.models import create_model
-from medseg.models.mil import StackedMIL
+from medseg.models.mil import StackedMIL, create_mil_head
 from medseg.mil.bags import Bags
 
 log = logging.getLogger("medseg.training.mil")
@@ -184,7 +183,7 @@ def start_run(bags: Bags, cfg: MILTrainConfig, seed: int) -> MILRun:
     feats = [ens.transform(f) for f in bags.features]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    members = [create_model(cfg.model, **cfg.model_kwargs(ens.in_features)) for _ in range(cfg.ensemble)]
+    members = [create_mil_head(cfg.model, **cfg.model_kwargs(ens.in_features)) for _ in range(cfg.ensemble)]
     return MILRun(ens, feats, np.asarray(bags.labels, np.float32), rng, members)
 
 
@@ -315,7 +314,7 @@ def load_mil(path: str | Path) -> MILEnsemble:
     d = int(meta["in_features"])
     models = []
     for i in range(int(meta["n_models"])):
-        m = create_model(cfg.model, **cfg.model_kwargs(d))
+        m = create_mil_head(cfg.model, **cfg.model_kwargs(d))
         m.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
         models.append(m.eval())
     return MILEnsemble(models, tensors["mean"].numpy(), tensors["std"].numpy(), cfg, d)

@@ -1,12 +1,20 @@
-"""Network architectures, registered by name.
+"""Network architectures, one registry per contract.
 
->>> from medseg.models import create_model, MODELS   # doctest: +SKIP
->>> net = create_model("unet", spatial_dims=3, in_channels=1, out_channels=3)  # doctest: +SKIP
+* segmentation networks (this module): :data:`SEG_MODELS`, :func:`create_seg_model`,
+  :func:`seg_model_names`; ``unet``, ``transunet``, ``swin_unet`` (the names model bundles and
+  training configs give in ``model.name``);
+* MIL heads: :data:`medseg.models.mil.MIL_HEADS`, :func:`~medseg.models.mil.create_mil_head`,
+  :func:`~medseg.models.mil.mil_head_names`;
+* tile encoders: :data:`medseg.models.encoders.TILE_ENCODERS`,
+  :func:`~medseg.models.encoders.create_encoder`, :func:`~medseg.models.encoders.encoder_names`.
 
-Each architecture module registers its factories with ``@register_model("name")``; a factory
+>>> from medseg.models import create_seg_model, SEG_MODELS   # doctest: +SKIP
+>>> net = create_seg_model("unet", spatial_dims=3, in_channels=1, out_channels=3)  # doctest: +SKIP
+
+Each segmentation module registers its factories with ``@register_seg_model("name")``; a factory
 takes keyword arguments only (``spatial_dims``, ``in_channels``, ``out_channels`` and its own).
 
-Every model follows one contract:
+Every segmentation model follows one contract:
 
 * ``forward(x)``: input (N, in_channels, *S) -> logits (N, out_channels, *S) for any spatial size
   ``S`` (the models pad and crop internally);
@@ -22,30 +30,27 @@ counts parameters.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from medseg.registry import Registry
 
-MODELS = Registry("model")
-register_model = MODELS.register
-
-# Modules whose import registers models.
-MODEL_MODULES: list[str] = ["medseg.models.unet", "medseg.models.transunet",
-                             "medseg.models.swin_unet", "medseg.models.mil", "medseg.models.encoders"]
+SEG_MODELS = Registry("model")
+register_seg_model = SEG_MODELS.register
 
 
-def _load_all() -> None:
-    for m in MODEL_MODULES:
-        importlib.import_module(m)
+def _register_builtin() -> None:
+    """Import the segmentation modules: their ``@register_seg_model`` decorators fill SEG_MODELS.
+    (Imported on first use, so ``import medseg.models`` stays cheap.)"""
+    from medseg.models import swin_unet, transunet, unet  # noqa: F401
 
 
-def create_model(name: str, **kwargs: Any):
-    """Build a registered model by name with keyword arguments from config."""
-    _load_all()
-    return MODELS.create(name, **kwargs)
+def create_seg_model(name: str, **kwargs: Any):
+    """Build a registered segmentation network by name with keyword arguments from config."""
+    _register_builtin()
+    return SEG_MODELS.create(name, **kwargs)
 
 
-def model_names() -> list[str]:
-    _load_all()
-    return MODELS.names()
+def seg_model_names() -> list[str]:
+    """Registered segmentation networks (built-in and any registered by the caller), sorted."""
+    _register_builtin()
+    return SEG_MODELS.names()

@@ -19,9 +19,13 @@ import torch
 from torch import nn
 
 from medseg.errors import InputError
-from medseg.models import create_model, register_model
+from medseg.registry import Registry
 
-__all__ = ["TileResNet", "create_encoder", "load_weights", "save_weights", "ENCODER_NAMES"]
+__all__ = ["TileResNet", "create_encoder", "encoder_names", "load_weights", "save_weights", "ENCODER_NAMES",
+           "TILE_ENCODERS"]
+
+# Tile encoders: tiles (B, 3, H, W) -> features (B, feature_dim); built by name with create_encoder.
+TILE_ENCODERS = Registry("tile encoder")
 
 
 class _Block(nn.Module):
@@ -94,45 +98,49 @@ class _MonaiResNet(nn.Module):
         return self.net(x)
 
 
-@register_model("tile_resnet18")
+@TILE_ENCODERS.register("tile_resnet18")
 def tile_resnet18(**kw: Any) -> TileResNet:
     """ResNet-18 layout, 512 features; for 224-256 px tiles."""
     return TileResNet(blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), **kw)
 
 
-@register_model("tile_resnet_small")
+@TILE_ENCODERS.register("tile_resnet_small")
 def tile_resnet_small(**kw: Any) -> TileResNet:
     """A 4-stage, 8-block ResNet with half the widths (256 features): CPU-friendly."""
     return TileResNet(blocks=(2, 2, 2, 2), widths=(32, 64, 128, 256), **kw)
 
 
-@register_model("tile_resnet_tiny")
+@TILE_ENCODERS.register("tile_resnet_tiny")
 def tile_resnet_tiny(**kw: Any) -> TileResNet:
     """Three stages of one block (16-32-64 channels, stride-1 stem) for tiny tiles (8-32 px)."""
     kw.setdefault("stem_stride", 1)
     return TileResNet(blocks=(1, 1, 1), widths=(16, 32, 64), **kw)
 
 
-@register_model("monai_resnet18")
+@TILE_ENCODERS.register("monai_resnet18")
 def monai_resnet18(**kw: Any) -> nn.Module:
     """MONAI's 2D ResNet-18 without its classifier (512 features)."""
     return _MonaiResNet(18, **kw)
 
 
-@register_model("monai_resnet50")
+@TILE_ENCODERS.register("monai_resnet50")
 def monai_resnet50(**kw: Any) -> nn.Module:
     """MONAI's 2D ResNet-50 without its classifier (2048 features)."""
     return _MonaiResNet(50, **kw)
 
 
-ENCODER_NAMES = ("tile_resnet18", "tile_resnet_small", "tile_resnet_tiny", "monai_resnet18", "monai_resnet50")
+ENCODER_NAMES = tuple(TILE_ENCODERS.names())  # the built-in encoders
+
+
+def encoder_names() -> list[str]:
+    return TILE_ENCODERS.names()
 
 
 def create_encoder(name: str, *, weights: str | Path | None = None, **kw: Any) -> nn.Module:
     """Build a registered encoder, optionally loading ``weights`` (safetensors or .pt state dict)."""
-    if name not in ENCODER_NAMES:
-        raise InputError(f"unknown tile encoder '{name}' (known: {', '.join(ENCODER_NAMES)})", code="bad_encoder")
-    enc = create_model(name, **kw)
+    if name not in TILE_ENCODERS:
+        raise InputError(f"unknown tile encoder '{name}' (known: {', '.join(encoder_names())})", code="bad_encoder")
+    enc = TILE_ENCODERS.create(name, **kw)
     if weights is not None:
         load_weights(enc, weights)
     return enc

@@ -23,10 +23,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medseg.models import register_model
+from medseg.registry import Registry
 
 __all__ = ["AttentionMIL", "PoolingMIL", "StackedMIL", "attention_scores", "pool_bags", "segment_softmax",
-           "segment_sum", "segment_max"]
+           "segment_sum", "segment_max", "MIL_HEADS", "create_mil_head", "mil_head_names", "MIL_MODELS"]
+
+# MIL heads: (N, D) instances (+ bag index) -> bag logits; built by name from MILTrainConfig.model.
+MIL_HEADS = Registry("MIL head")
 
 
 def _index(x: torch.Tensor, bag_index: torch.Tensor | None, n_bags: int | None) -> tuple[torch.Tensor, int]:
@@ -285,28 +288,37 @@ class StackedMIL(nn.Module):
         return self._linear(*self.parts["head"], z).squeeze(-1)
 
 
-@register_model("attention_mil")
+@MIL_HEADS.register("attention_mil")
 def attention_mil(**kw) -> AttentionMIL:
     """Attention-MIL (Ilse et al. 2018)."""
     return AttentionMIL(gated=False, **kw)
 
 
-@register_model("gated_attention_mil")
+@MIL_HEADS.register("gated_attention_mil")
 def gated_attention_mil(**kw) -> AttentionMIL:
     """Gated attention-MIL (Ilse et al. 2018)."""
     return AttentionMIL(gated=True, **kw)
 
 
-@register_model("mean_mil")
+@MIL_HEADS.register("mean_mil")
 def mean_mil(**kw) -> PoolingMIL:
     """Mean-pooling MIL baseline."""
     return PoolingMIL(pool="mean", **kw)
 
 
-@register_model("max_mil")
+@MIL_HEADS.register("max_mil")
 def max_mil(**kw) -> PoolingMIL:
     """Max-pooling MIL baseline."""
     return PoolingMIL(pool="max", **kw)
 
 
-MIL_MODELS = ("attention_mil", "gated_attention_mil", "mean_mil", "max_mil")
+MIL_MODELS = tuple(MIL_HEADS.names())  # the built-in heads
+
+
+def create_mil_head(name: str, **kwargs) -> nn.Module:
+    """Build a registered MIL head by name (``in_features`` and the head's own keyword arguments)."""
+    return MIL_HEADS.create(name, **kwargs)
+
+
+def mil_head_names() -> list[str]:
+    return MIL_HEADS.names()

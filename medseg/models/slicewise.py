@@ -112,8 +112,8 @@ def slicewise_model(name: str, *, axis: int, in_channels: int, out_channels: int
     >>> net(torch.zeros(1, 1, 3, 9, 10)).shape
     torch.Size([1, 2, 3, 9, 10])
     """
-    from medseg.models import create_model
+    from medseg.models import create_seg_model
 
-    model2d = create_model(name, spatial_dims=2, in_channels=in_channels * (2 * context + 1),
+    model2d = create_seg_model(name, spatial_dims=2, in_channels=in_channels * (2 * context + 1),
                            out_channels=out_channels, **kwargs)
     return SliceWise(model2d, axis=axis, context=context, chunk_size=chunk_size)

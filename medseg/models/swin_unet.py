@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import register_model
+from medseg.models import register_seg_model
 from medseg.models.blocks import as_tuple, check_dims, check_input, conv_nd, match_size, pad_to_multiple
 from medseg.models.swin import PatchExpand, PatchMerging, SwinBlock
 
@@ -156,7 +156,7 @@ def _init(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_model("swin_unet")
+@register_seg_model("swin_unet")
 def swin_unet(*, spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> SwinUNet:
     """Swin-UNet factory (see :class:`SwinUNet`).
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import register_model
+from medseg.models import register_seg_model
 from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, ceil_div, check_dims, check_input,
                                   conv_nd, init_conv_weights, match_size, pad_single_voxel_bottleneck)
 
@@ -215,7 +215,7 @@ class TransUNet(nn.Module):
         return [match_size(o, ceil_div(x.shape[2:], f)) for o, f in zip(outs, self.factors)]
 
 
-@register_model("transunet")
+@register_seg_model("transunet")
 def transunet(*, spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> TransUNet:
     """TransUNet factory (see :class:`TransUNet`).
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import register_model
+from medseg.models import register_seg_model
 from medseg.models.blocks import (ConvUnit, as_tuple, ceil_div, check_dims, check_input, conv_nd,
                                   conv_transpose_nd, init_conv_weights, match_size,
                                   pad_single_voxel_bottleneck)
@@ -128,7 +128,7 @@ class UNet(nn.Module):
         return [match_size(o, ceil_div(x.shape[2:], f)) for o, f in zip(outs, self.factors)]
 
 
-@register_model("unet")
+@register_seg_model("unet")
 def unet(*, spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> UNet:
     """U-Net factory (see :class:`UNet`).
 

@@ -4,7 +4,7 @@ A training config has six sections; every key has a default so a config only nam
 changes. Unknown keys raise :class:`~medseg.errors.ConfigError` naming the key::
 
     data:     {root: ../shared/data/hippocampus, fold: 0, num_folds: 5, seed: 12345}
-    model:    {name: unet, spatial_dims: 3, ...kwargs passed to create_model}
+    model:    {name: unet, spatial_dims: 3, ...kwargs passed to create_seg_model}
     plan:     {spacing_mm: auto, patch_size: auto, normalization: auto, divisor: 8}
     augment:  {flip: true, p_spatial: 0.3, rotate_deg: 15, ...}
     training: {epochs: 50, iters_per_epoch: 100, batch_size: 2, optimizer: adamw, lr: 1e-3, ...}
@@ -199,7 +199,7 @@ def spatial_dims(cfg: dict[str, Any]) -> int:
 
 
 def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for ``create_model`` from the model section (everything but ``name`` and
+    """Keyword arguments for ``create_seg_model`` from the model section (everything but ``name`` and
     ``spatial_dims``, which the trainer passes itself)."""
     kw = {k: v for k, v in cfg["model"].items() if k not in ("name", "spatial_dims")}
     for reserved in ("in_channels", "out_channels"):

@@ -47,11 +47,11 @@ def build_model(name: str, kwargs: dict[str, Any], *, patch: Sequence[int], devi
     With ``slice_axis`` (``kwargs["spatial_dims"] == 2``) the 2D model is wrapped in
     :class:`~medseg.models.slicewise.SliceWise` along that axis, so it takes the same 3D patches;
     the 2D network itself is the wrapper's ``.model``."""
-    from medseg.models import create_model
+    from medseg.models import create_seg_model
     from medseg.models.slicewise import SliceWise
 
     try:
-        net = create_model(name, **kwargs)
+        net = create_seg_model(name, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model '{name}' does not accept these model.* keys: {exc}") from None
     has_aux = callable(getattr(net, "forward_with_aux", None))

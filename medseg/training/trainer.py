@@ -95,10 +95,10 @@ def train(cfg_raw: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
 def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume: bool) -> dict[str, Any]:
     t = cfg["training"]
     out_dir = Path(cfg["output"]["dir"])
-    from medseg.models import MODELS, model_names
+    from medseg.models import SEG_MODELS, seg_model_names
 
-    if cfg["model"]["name"] not in model_names():
-        MODELS.get(cfg["model"]["name"])  # raises ConfigError listing the known models
+    if cfg["model"]["name"] not in seg_model_names():
+        SEG_MODELS.get(cfg["model"]["name"])  # raises ConfigError listing the known models
     kwargs = model_kwargs(cfg)
     has_state = (out_dir / STATE_FILE).is_file()
     if has_state and not resume:
