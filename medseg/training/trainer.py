@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +93,87 @@ def train(cfg_raw: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
 
 
-def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume: bool) -> dict[str, Any]:
-    t = cfg["training"]
-    out_dir = Path(cfg["output"]["dir"])
-    from medseg.models import SEG_MODELS, seg_model_names
+@dataclass
+class _Run:
+    """What the epochs of one training run share, built once by :func:`_setup`."""
 
-    if cfg["model"]["name"] not in seg_model_names():
-        SEG_MODELS.get(cfg["model"]["name"])  # raises ConfigError listing the known models
+    cfg: dict[str, Any]
+    out_dir: Path
+    device: torch.device
+    dinfo: DistInfo
+    data: PreparedData
+    label_ids: list[int]          # the foreground labels, sorted
+    net: torch.nn.Module          # the network trained (a 2D net wrapped in SliceWise)
+    core: torch.nn.Module         # what checkpoints and the bundle hold (the 2D net itself)
+    t_wrap: dict[str, Any]        # training settings for wrapping the net (channels_last off in 2D)
+    deep_sup: bool
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    digest: str                   # config_digest(cfg), checked on --resume
+    meta: dict[str, Any]          # bundle.yaml content but the training section
+
+    @property
+    def t(self) -> dict[str, Any]:
+        return self.cfg["training"]
+
+
+def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume: bool) -> dict[str, Any]:
+    out_dir = Path(cfg["output"]["dir"])
+    _check_model_name(cfg["model"]["name"])
     kwargs = model_kwargs(cfg)
     has_state = (out_dir / STATE_FILE).is_file()
     if has_state and not resume:
         raise ConfigError(f"output.dir {out_dir} already holds a training run; pass --resume to continue it or "
                           "choose another output.dir")
+    run = _setup(cfg, kwargs, out_dir=out_dir, device=device, dinfo=dinfo)
+    start_epoch, history, best = _restore(run, resume=resume, has_state=has_state)
+    if dinfo.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfgmod.save_yaml(cfg, out_dir / "config.resolved.yaml")
+        write_meta(out_dir, {**run.meta, "training": _training_meta(cfg, history, best)})
+    train_module, sampler, loader = _make_loader(run)
+    t = run.t
+    elapsed = float(history[-1]["elapsed_s"]) if history else 0.0
+    last_plot = -math.inf
+    for epoch in range(start_epoch, t["epochs"]):
+        t0 = time.perf_counter()
+        train_loss, lr = _train_epoch(run, train_module, sampler, loader, epoch)
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, **_validate_epoch(run, epoch)}
+        epoch_s = time.perf_counter() - t0
+        elapsed += epoch_s
+        row.update({"epoch_s": round(epoch_s, 3), "elapsed_s": round(elapsed, 3)})
+        history.append(row)
+        score = row.get("val_dice_mean")
+        is_best = (score is not None and score > best["val_dice_mean"]) or not run.data.val
+        if is_best:
+            best = {"epoch": epoch + 1, "val_dice_mean": float(score) if score is not None else -1.0}
+        if dinfo.is_main:
+            _save_epoch(run, epoch, history, best, is_best)
+            if epoch + 1 == t["epochs"] or time.perf_counter() - last_plot > _PLOT_EVERY_S:
+                plot_curves(history, out_dir / "curves.png")      # ~0.5 s: not after every short epoch
+                last_plot = time.perf_counter()
+            log.info("%s", _summary_line(row, t["epochs"], run.data.labels, run.label_ids))
+        barrier(dinfo)
+    return {"bundle": str(out_dir), "epochs": len(history), "best": best,
+            "last": history[-1] if history else {}, "rank": dinfo.rank, "world_size": dinfo.world_size,
+            "weights_digest": state_digest(run.core.state_dict())}
+
+
+def _check_model_name(name: str) -> None:
+    from medseg.models import SEG_MODELS, seg_model_names
+
+    if name not in seg_model_names():
+        SEG_MODELS.get(name)  # raises ConfigError listing the known models
+
+
+def _setup(cfg: dict[str, Any], kwargs: dict[str, Any], *, out_dir: Path, device: torch.device,
+           dinfo: DistInfo) -> _Run:
+    """Torch settings, the prepared data, the network (seeded), its optimiser and AMP settings."""
+    t = cfg["training"]
     setup_torch(t, device)
     data = prepare_data(cfg)
-    labels = data.labels
-    label_ids = [k for k in sorted(labels) if k != 0]
-    num_classes = data.info.num_classes
     patch = data.plan["patch_size"]
-
     dims = spatial_dims(cfg)
     slice_axis = None
     if dims == 2:   # a 2D net on the 3D patches, slice by slice along the axis the predictor uses too
@@ -121,127 +184,132 @@ def _train(cfg: dict[str, Any], *, device: torch.device, dinfo: DistInfo, resume
     else:
         t_wrap = t
     torch.manual_seed(t["seed"])
-    arch_kwargs = {"spatial_dims": dims, "in_channels": data.info.channels, "out_channels": num_classes, **kwargs}
+    arch_kwargs = {"spatial_dims": dims, "in_channels": data.info.channels, "out_channels": data.info.num_classes,
+                   **kwargs}
     net, deep_sup = build_model(cfg["model"]["name"], arch_kwargs, patch=patch, device=device,
                                 deep_supervision=t["deep_supervision"], slice_axis=slice_axis)
     core = net.model if slice_axis is not None else net    # what the bundle saves: the 2D net itself
     optimizer = make_optimizer(net, t)
     amp_dtype = _amp_dtype(t["amp"], device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    digest = config_digest(cfg)
+    return _Run(cfg=cfg, out_dir=out_dir, device=device, dinfo=dinfo, data=data,
+                label_ids=[k for k in sorted(data.labels) if k != 0], net=net, core=core, t_wrap=t_wrap,
+                deep_sup=deep_sup, optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype,
+                digest=config_digest(cfg), meta=_bundle_meta(cfg, data, arch_kwargs, patch, slice_axis))
 
-    start_epoch, history, best = 0, [], {"epoch": 0, "val_dice_mean": -1.0}
+
+def _restore(run: _Run, *, resume: bool, has_state: bool) -> tuple[int, list[dict], dict]:
+    """``(first epoch, history, best)``: from the last checkpoint on --resume, else a fresh start."""
     if resume and has_state:
-        state = load_checkpoint(out_dir, model=core, architecture=cfg["model"]["name"], optimizer=optimizer,
-                                scaler=scaler)
-        if state.get("config_digest") != digest:
-            changed = _config_changes(out_dir / "config.resolved.yaml", cfg)
-            raise ConfigError(f"the config differs from the one {out_dir} was trained with ({changed}); only "
+        state = load_checkpoint(run.out_dir, model=run.core, architecture=run.cfg["model"]["name"],
+                                optimizer=run.optimizer, scaler=run.scaler)
+        if state.get("config_digest") != run.digest:
+            changed = _config_changes(run.out_dir / "config.resolved.yaml", run.cfg)
+            raise ConfigError(f"the config differs from the one {run.out_dir} was trained with ({changed}); only "
                               "training.epochs, progress, num_workers, threads and device may change on --resume "
-                              "(or resume with --config " + str(out_dir / "config.resolved.yaml") + ")")
-        start_epoch, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
-    elif resume:
-        log.warning("--resume: no checkpoint in %s, starting a new run", out_dir)
+                              "(or resume with --config " + str(run.out_dir / "config.resolved.yaml") + ")")
+        return int(state["epoch"]), list(state["history"]), dict(state["best"])
+    if resume:
+        log.warning("--resume: no checkpoint in %s, starting a new run", run.out_dir)
+    return 0, [], {"epoch": 0, "val_dice_mean": -1.0}
 
-    meta = _bundle_meta(cfg, data, arch_kwargs, patch, slice_axis)
-    if dinfo.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfgmod.save_yaml(cfg, out_dir / "config.resolved.yaml")
-        write_meta(out_dir, {**meta, "training": _training_meta(cfg, history, best)})
 
-    train_module = wrap_for_training(net, deep_supervision=deep_sup, t=t_wrap, device=device, dinfo=dinfo)
-    dataset = PatchDataset(data.train, patch=patch, augment=cfg["augment"], seed=t["seed"],
-                           foreground_fraction=t["foreground_fraction"])
-    sampler = EpochSampler(iters_per_epoch=t["iters_per_epoch"], batch_size=t["batch_size"], rank=dinfo.rank,
-                           world_size=dinfo.world_size)
-    loader = make_loader(dataset, sampler, t, device)
-    channels_last = _channels_last(t_wrap, device)
+def _make_loader(run: _Run):
+    """``(module the batches go through, epoch sampler, loader of training patches)``."""
+    t = run.t
+    train_module = wrap_for_training(run.net, deep_supervision=run.deep_sup, t=run.t_wrap, device=run.device,
+                                     dinfo=run.dinfo)
+    dataset = PatchDataset(run.data.train, patch=run.data.plan["patch_size"], augment=run.cfg["augment"],
+                           seed=t["seed"], foreground_fraction=t["foreground_fraction"])
+    sampler = EpochSampler(iters_per_epoch=t["iters_per_epoch"], batch_size=t["batch_size"], rank=run.dinfo.rank,
+                           world_size=run.dinfo.world_size)
+    return train_module, sampler, make_loader(dataset, sampler, t, run.device)
+
+
+def _train_epoch(run: _Run, train_module, sampler: EpochSampler, loader, epoch: int) -> tuple[float, float]:
+    """One epoch of optimiser steps; returns the mean training loss over all ranks and the last lr."""
+    t, device = run.t, run.device
     total_steps = t["epochs"] * t["iters_per_epoch"]
     warmup = int(round(t["warmup_epochs"] * t["iters_per_epoch"]))
-    val_cases = data.val[dinfo.rank::dinfo.world_size]
-    elapsed = float(history[-1]["elapsed_s"]) if history else 0.0
-    last_plot = -math.inf
-
-    for epoch in range(start_epoch, t["epochs"]):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        net.train()
-        loss_sum, lr = torch.zeros((), dtype=torch.float64, device=device), t["lr"]
-        bar = _progress(t, dinfo, epoch)
-        for it, (x, y) in enumerate(loader):
-            step = epoch * t["iters_per_epoch"] + it
-            lr = lr_at(step, total=total_steps, base=t["lr"], warmup=warmup, schedule=t["schedule"],
-                       power=t["poly_power"])
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = train_module(x)
-            if deep_sup:
-                loss = deep_supervision_loss(list(out), y, kind=t["loss"])
-            else:
-                loss = seg_loss(out, y, kind=t["loss"])
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if t["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), t["grad_clip"])
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            loss_sum += loss.detach().double()
-            if bar is not None:
-                bar.update(1)
-                if it % 10 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+    channels_last = _channels_last(run.t_wrap, device)
+    sampler.set_epoch(epoch)
+    run.net.train()
+    loss_sum, lr = torch.zeros((), dtype=torch.float64, device=device), t["lr"]
+    bar = _progress(t, run.dinfo, epoch)
+    for it, (x, y) in enumerate(loader):
+        lr = lr_at(epoch * t["iters_per_epoch"] + it, total=total_steps, base=t["lr"], warmup=warmup,
+                   schedule=t["schedule"], power=t["poly_power"])
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        loss = _step(run, train_module, x, y)
+        loss_sum += loss.detach().double()
         if bar is not None:
-            bar.close()
-        train_loss = float(all_reduce_sum([float(loss_sum)], dinfo, device)[0]) / (
-            t["iters_per_epoch"] * dinfo.world_size)
-        if not math.isfinite(train_loss):
-            raise MedsegError(f"training loss became {train_loss} in epoch {epoch + 1}; lower training.lr or set "
-                              "training.amp: off", code="diverged")
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
-        do_val = bool(data.val) and ((epoch + 1) % t["val_every"] == 0 or epoch + 1 == t["epochs"])
-        if data.val:
-            row["val_dice_mean"] = None
-            row.update({f"val_dice_{labels[k]}": None for k in label_ids})
-        if do_val:
-            sums, counts = validate(net, val_cases, labels=label_ids, divisor=data.plan["divisor"], device=device,
-                                    amp_dtype=amp_dtype)
-            tot = all_reduce_sum(np.concatenate([sums, counts]), dinfo, device)
-            per = tot[: len(label_ids)] / np.maximum(tot[len(label_ids):], 1)
-            row.update({f"val_dice_{labels[k]}": float(v) for k, v in zip(label_ids, per)})
-            row["val_dice_mean"] = float(per.mean())
-        epoch_s = time.perf_counter() - t0
-        elapsed += epoch_s
-        row.update({"epoch_s": round(epoch_s, 3), "elapsed_s": round(elapsed, 3)})
-        history.append(row)
-        score = row.get("val_dice_mean")
-        is_best = (score is not None and score > best["val_dice_mean"]) or not data.val
-        if is_best:
-            best = {"epoch": epoch + 1, "val_dice_mean": float(score) if score is not None else -1.0}
-        if dinfo.is_main:
-            save_checkpoint(out_dir, model_state=core.state_dict(), architecture=cfg["model"]["name"],
-                            optimizer=optimizer, scaler=scaler, epoch=epoch + 1, history=history, best=best,
-                            is_best=is_best, config_digest=digest)
-            write_meta(out_dir, {**meta, "training": _training_meta(cfg, history, best)})
-            write_csv(history, out_dir / "curves.csv")
-            if epoch + 1 == t["epochs"] or time.perf_counter() - last_plot > _PLOT_EVERY_S:
-                plot_curves(history, out_dir / "curves.png")      # ~0.5 s: not after every short epoch
-                last_plot = time.perf_counter()
-            log.info("%s", _summary_line(row, t["epochs"], labels, label_ids))
-        barrier(dinfo)
-    return {"bundle": str(out_dir), "epochs": len(history), "best": best,
-            "last": history[-1] if history else {}, "rank": dinfo.rank, "world_size": dinfo.world_size,
-            "weights_digest": state_digest(core.state_dict())}
+            bar.update(1)
+            if it % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+    if bar is not None:
+        bar.close()
+    train_loss = float(all_reduce_sum([float(loss_sum)], run.dinfo, device)[0]) / (
+        t["iters_per_epoch"] * run.dinfo.world_size)
+    if not math.isfinite(train_loss):
+        raise MedsegError(f"training loss became {train_loss} in epoch {epoch + 1}; lower training.lr or set "
+                          "training.amp: off", code="diverged")
+    return train_loss, lr
+
+
+def _step(run: _Run, train_module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on the batch ``(x, y)`` (AMP, loss scaling, gradient clipping); returns the loss."""
+    t, optimizer, scaler = run.t, run.optimizer, run.scaler
+    with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        out = train_module(x)
+    if run.deep_sup:
+        loss = deep_supervision_loss(list(out), y, kind=t["loss"])
+    else:
+        loss = seg_loss(out, y, kind=t["loss"])
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if t["grad_clip"] > 0:
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), t["grad_clip"])
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss
+
+
+def _validate_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """The validation columns of this epoch's row: Dice per label and their mean, averaged over the
+    validation cases of all ranks (``None`` in the epochs without validation)."""
+    t, data, labels, label_ids = run.t, run.data, run.data.labels, run.label_ids
+    if not data.val:
+        return {}
+    row: dict[str, Any] = {"val_dice_mean": None, **{f"val_dice_{labels[k]}": None for k in label_ids}}
+    if (epoch + 1) % t["val_every"] == 0 or epoch + 1 == t["epochs"]:
+        val_cases = data.val[run.dinfo.rank::run.dinfo.world_size]
+        sums, counts = validate(run.net, val_cases, labels=label_ids, divisor=data.plan["divisor"],
+                                device=run.device, amp_dtype=run.amp_dtype)
+        tot = all_reduce_sum(np.concatenate([sums, counts]), run.dinfo, run.device)
+        per = tot[: len(label_ids)] / np.maximum(tot[len(label_ids):], 1)
+        row.update({f"val_dice_{labels[k]}": float(v) for k, v in zip(label_ids, per)})
+        row["val_dice_mean"] = float(per.mean())
+    return row
+
+
+def _save_epoch(run: _Run, epoch: int, history: list[dict], best: dict, is_best: bool) -> None:
+    """Checkpoint (last, and best when ``is_best``), bundle.yaml and curves.csv after an epoch."""
+    save_checkpoint(run.out_dir, model_state=run.core.state_dict(), architecture=run.cfg["model"]["name"],
+                    optimizer=run.optimizer, scaler=run.scaler, epoch=epoch + 1, history=history, best=best,
+                    is_best=is_best, config_digest=run.digest)
+    write_meta(run.out_dir, {**run.meta, "training": _training_meta(run.cfg, history, best)})
+    write_csv(history, run.out_dir / "curves.csv")
 
 
 def _amp_dtype(amp: str, device: torch.device):
