@@ -158,6 +158,15 @@ def pad_single_voxel_bottleneck(x: torch.Tensor, factor: Sequence[int]) -> torch
     return match_size(x, [max(int(s), int(f) + 1) for s, f in zip(x.shape[2:], factor)])
 
 
+def level_logits(levels: Sequence[torch.Tensor], head: nn.Module, aux_heads: Sequence[nn.Module], *,
+                 factors: Sequence[Sequence[int]], size: Sequence[int]) -> list[torch.Tensor]:
+    """``forward_with_aux`` of a CNN decoder: ``head`` on the highest-resolution decoder level, then
+    ``aux_heads[k]`` (none without deep supervision) on level ``k + 1``; entry ``k`` is matched to
+    ``ceil(size / factors[k])``."""
+    outs = [head(levels[0])] + [h(lv) for h, lv in zip(aux_heads, levels[1:])]
+    return [match_size(o, ceil_div(size, f)) for o, f in zip(outs, factors)]
+
+
 def ceil_div(size: Sequence[int], factor: Sequence[int]) -> tuple[int, ...]:
     """``ceil(size / factor)`` per axis."""
     return tuple(-(-int(s) // int(f)) for s, f in zip(size, factor))

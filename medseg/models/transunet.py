@@ -26,8 +26,8 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_seg_model
-from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, ceil_div, check_dims, check_input,
-                                  conv_nd, init_conv_weights, match_size, pad_single_voxel_bottleneck)
+from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, check_dims, check_input, conv_nd,
+                                  init_conv_weights, level_logits, match_size, pad_single_voxel_bottleneck)
 
 
 class Mlp(nn.Sequential):
@@ -208,11 +208,8 @@ class TransUNet(nn.Module):
         """Main logits, then (with ``deep_supervision``) logits at 1/2, 1/4, 1/8 resolution
         (sizes ``ceil(S / 2)``, ``ceil(S / 4)``, ``ceil(S / 8)`` with the default strides; in
         general ``ceil(S / factors[k])``)."""
-        levels = self._decode(x)
-        outs = [self.head(levels[0])]
-        if self.deep_supervision:
-            outs += [h(lv) for h, lv in zip(self.aux_heads, levels[1:])]
-        return [match_size(o, ceil_div(x.shape[2:], f)) for o, f in zip(outs, self.factors)]
+        aux_heads = self.aux_heads if self.deep_supervision else ()
+        return level_logits(self._decode(x), self.head, aux_heads, factors=self.factors, size=x.shape[2:])
 
 
 @register_seg_model("transunet")

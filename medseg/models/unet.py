@@ -19,9 +19,8 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import register_seg_model
-from medseg.models.blocks import (ConvUnit, as_tuple, ceil_div, check_dims, check_input, conv_nd,
-                                  conv_transpose_nd, init_conv_weights, match_size,
-                                  pad_single_voxel_bottleneck)
+from medseg.models.blocks import (ConvUnit, as_tuple, check_dims, check_input, conv_nd, conv_transpose_nd,
+                                  init_conv_weights, level_logits, match_size, pad_single_voxel_bottleneck)
 
 
 class UNet(nn.Module):
@@ -121,11 +120,8 @@ class UNet(nn.Module):
         Entry ``k`` has spatial size ``ceil(S / prod(strides[:k]))`` (e.g. ``S``, ``S/2``, ``S/4``, ...);
         downsample the target (nearest) to each entry's ``shape[2:]`` for the loss.
         """
-        levels = self._decode(x)
-        outs = [self.head(levels[0])]
-        if self.deep_supervision:
-            outs += [h(lv) for h, lv in zip(self.aux_heads, levels[1:])]
-        return [match_size(o, ceil_div(x.shape[2:], f)) for o, f in zip(outs, self.factors)]
+        aux_heads = self.aux_heads if self.deep_supervision else ()
+        return level_logits(self._decode(x), self.head, aux_heads, factors=self.factors, size=x.shape[2:])
 
 
 @register_seg_model("unet")
