@@ -7,7 +7,8 @@ import pytest
 import scipy.ndimage as ndi
 
 from medseg.io import read_volume, write_volume
-from medseg.preprocess import Grid, grid_of, resample_to_grid, resample_to_spacing, spacing_grid
+from medseg.preprocess import (Grid, grid_of, resample_array, resample_array_to_grid, resample_to_grid,
+                               resample_to_spacing, shape_grid, spacing_grid)
 from medseg.volume import Volume
 from tests.conftest import shared_path
 
@@ -183,3 +184,97 @@ def test_same_spacing_returns_the_data_unchanged(rng, order):
     v = Volume(a, spacing_mm=(2.0, 1.0, 1.5), origin_mm=(1, 2, 3))
     out = resample_to_spacing(v, (2.0, 1.0, 1.5), order=order)
     assert out.same_grid(v) and np.array_equal(out.array, a)
+
+
+# ---------------------------------------------------------------- array-level entry points
+def test_resample_array_hand_worked_spacing_and_shape():
+    a = np.array([0.0, 10.0], np.float32).reshape(1, 1, 2)
+    # 2 mm -> 1 mm: output centres at input index -0.25, 0.25, 0.75, 1.25 (edge repeated within half a voxel)
+    assert resample_array(a, (1, 1, 2), (1, 1, 1)).ravel().tolist() == pytest.approx([0.0, 2.5, 7.5, 10.0])
+    # the same by target shape; three voxels: centres at (j + 0.5) * 2/3 - 0.5 = -1/6, 1/2, 7/6
+    assert resample_array(a, (1, 1, 2), shape=(1, 1, 4)).ravel().tolist() == pytest.approx([0.0, 2.5, 7.5, 10.0])
+    assert resample_array(a, (1, 1, 2), shape=(1, 1, 3)).ravel().tolist() == pytest.approx([0.0, 5.0, 10.0])
+    assert resample_array(a, (1, 1, 2), shape=(1, 1, 3), order="nearest").ravel().tolist() == [0.0, 10.0, 10.0]
+    lab = np.array([1, 2], np.uint8).reshape(1, 1, 2)
+    out = resample_array(lab, (1, 1, 2), (1, 1, 1), is_label=True)
+    assert out.dtype == np.uint8 and out.ravel().tolist() == [1, 1, 2, 2]
+
+
+def test_resample_array_equals_scipy_zoom_grid_mode(rng):
+    a = rng.normal(size=(9, 12, 11)).astype(np.float32)
+    lin = resample_array(a, (2.0, 2.0, 2.0), (1.0, 1.0, 1.0), order="linear")
+    assert lin.dtype == np.float32
+    assert np.allclose(lin, ndi.zoom(a, 2, order=1, grid_mode=True, mode="nearest"), atol=1e-5)
+    shape = (13, 7, 16)   # non-integer factors per axis, by shape
+    zoom = np.array(shape) / np.array(a.shape)
+    cub = resample_array(a, (1.0, 1.0, 1.0), shape=shape, order="cubic")
+    assert cub.shape == shape
+    assert np.allclose(cub, ndi.zoom(a, zoom, order=3, grid_mode=True, mode="mirror"), atol=1e-4)
+    lin2 = resample_array(a, (1.0, 1.0, 1.0), shape=shape, order="linear")
+    assert np.allclose(lin2, ndi.zoom(a, zoom, order=1, grid_mode=True, mode="nearest"), atol=1e-5)
+
+
+def test_resample_array_matches_simpleitk(rng):
+    import SimpleITK as sitk
+
+    a = ndi.gaussian_filter(rng.normal(size=(12, 16, 14)), 1.0).astype(np.float32) * 100
+    spacing, target = (2.5, 1.0, 1.3), (1.1, 0.8, 2.0)
+    out = resample_array(a, spacing, target, order="linear", anisotropy_threshold=10)
+    dst = spacing_grid(Grid(a.shape, spacing, (0, 0, 0), np.eye(3)), target)
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing(spacing[::-1])
+    ref = sitk.Image(list(dst.shape[::-1]), sitk.sitkFloat32)
+    ref.SetSpacing(dst.spacing_mm[::-1])
+    ref.SetOrigin(dst.origin_mm[::-1])
+    theirs = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, -99.0, sitk.sitkFloat32))
+    inside = theirs != -99.0
+    assert out.shape == dst.shape and inside.mean() > 0.9
+    assert np.abs(out - theirs)[inside].max() < 1e-3 * np.abs(a).max()
+
+
+def test_resample_array_is_the_volume_resampler(rng):
+    """resample_to_spacing / resample_to_grid are the Volume forms: the same voxels, bit for bit."""
+    a = rng.normal(size=(8, 11, 9)).astype(np.float32)
+    lab = rng.integers(0, 3, size=a.shape).astype(np.uint8)
+    kw = dict(spacing_mm=(3.0, 0.9, 1.1), origin_mm=(4.0, -2.0, 7.5), direction=_rotation(5))
+    for order in ("linear", "cubic", "nearest"):
+        want = resample_to_spacing(Volume(a, **kw), (1.0, 1.0, 1.0), order=order)
+        got = resample_array(a, kw["spacing_mm"], (1.0, 1.0, 1.0), order=order)
+        assert np.array_equal(got, want.array) and got.dtype == want.array.dtype
+    for label_order in ("nearest", "linear"):
+        want = resample_to_spacing(Volume(lab, **kw, is_label=True), (1.2, 1.2, 1.2), label_order=label_order)
+        got = resample_array(lab, kw["spacing_mm"], (1.2, 1.2, 1.2), is_label=True, label_order=label_order)
+        assert np.array_equal(got, want.array) and got.dtype == np.uint8
+    src = Volume(a, **kw)
+    ref = Grid((10, 10, 10), (1.0, 1.0, 1.0), (3.0, -1.0, 6.0), _rotation(6))
+    want = resample_to_grid(src, ref, order="cubic", fill=-7.0)
+    got = resample_array_to_grid(a, grid_of(src), ref, order="cubic", fill=-7.0)
+    assert np.array_equal(got, want.array) and grid_of(want).shape == got.shape
+    with pytest.raises(ValueError, match="shape"):
+        resample_array_to_grid(a[1:], grid_of(src), ref)
+
+
+def test_resample_array_channels_and_bad_arguments(rng):
+    a = rng.normal(size=(2, 5, 6, 7)).astype(np.float32)
+    out = resample_array(a, (2.0, 1.0, 1.0), (1.0, 1.0, 1.0), order="cubic")
+    assert out.shape == (2, 10, 6, 7)
+    for c in range(2):
+        assert np.array_equal(out[c], resample_array(a[c], (2.0, 1.0, 1.0), (1.0, 1.0, 1.0), order="cubic"))
+    with pytest.raises(ValueError, match="either"):
+        resample_array(a[0], (1, 1, 1))
+    with pytest.raises(ValueError, match="either"):
+        resample_array(a[0], (1, 1, 1), (1, 1, 1), shape=(5, 6, 7))
+    with pytest.raises(ValueError, match="shape"):
+        resample_array(a[0], (1, 1, 1), shape=(5, 0, 7))
+    with pytest.raises(ValueError, match=r"\(z, y, x\)"):
+        resample_array(a[0, 0], (1, 1, 1), (1, 1, 1))
+
+
+def test_shape_grid_preserves_field_of_view():
+    g = Grid((7, 10, 13), (3.0, 0.8, 0.8), (1.0, 2.0, 3.0), _rotation(1))
+    h = shape_grid(g, (20, 9, 4))
+    assert h.shape == (20, 9, 4) and h.spacing_mm == pytest.approx((21 / 20, 8 / 9, 10.4 / 4))
+    lo = lambda gr: gr.affine @ np.array([-0.5, -0.5, -0.5, 1.0])  # noqa: E731
+    hi = lambda gr: gr.affine @ np.array([*(np.array(gr.shape) - 0.5), 1.0])  # noqa: E731
+    assert np.allclose(lo(g), lo(h)) and np.allclose(hi(g), hi(h))
+    assert spacing_grid(g, (1.0, 1.1, 0.5)).to_dict() == shape_grid(g, (21, 7, 21)).to_dict()

@@ -6,17 +6,17 @@ in :mod:`medseg.stages.preprocess` are thin wrappers.
 
 from medseg.preprocess.crop import CropBox, crop_to_foreground, crop_volume, foreground_box, uncrop
 from medseg.preprocess.denoise import curvature_anisotropic_diffusion, gaussian, median
-from medseg.preprocess.grid import Grid, grid_of, spacing_grid
+from medseg.preprocess.grid import Grid, grid_of, shape_grid, spacing_grid
 from medseg.preprocess.normalize import CT_WINDOWS, clip_zscore, ct_window, minmax, zscore
 from medseg.preprocess.fingerprint import fingerprint
 from medseg.preprocess.plan import Preprocessed, apply_plan, invert_plan, propose_plan
-from medseg.preprocess.resample import resample_to_grid, resample_to_spacing
+from medseg.preprocess.resample import resample_array, resample_array_to_grid, resample_to_grid, resample_to_spacing
 
 __all__ = [
     "CropBox", "crop_to_foreground", "crop_volume", "foreground_box", "uncrop",
     "gaussian", "median", "curvature_anisotropic_diffusion",
-    "Grid", "grid_of", "spacing_grid",
+    "Grid", "grid_of", "spacing_grid", "shape_grid",
     "CT_WINDOWS", "zscore", "minmax", "ct_window", "clip_zscore",
-    "resample_to_spacing", "resample_to_grid",
+    "resample_array", "resample_array_to_grid", "resample_to_spacing", "resample_to_grid",
     "fingerprint", "propose_plan", "apply_plan", "invert_plan", "Preprocessed",
 ]

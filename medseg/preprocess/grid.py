@@ -33,6 +33,7 @@ import numpy as np
 from medseg.volume import Volume, check_geometry, geometry_to_affine
 
 _DIAG_TOL = 1e-6
+_VOLUME_DIRECTION = Volume(np.zeros((1, 1, 1), np.uint8)).direction  # a Volume made without geometry
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,33 @@ def spacing_grid(grid: Grid, spacing_mm: Sequence[float]) -> Grid:
         raise ValueError(f"target spacing must be three positive numbers in mm (z, y, x), got {list(spacing_mm)}")
     n = np.asarray(grid.shape, dtype=np.float64)
     s = np.asarray(grid.spacing_mm)
-    n_new = np.maximum(1, np.round(n * s / target)).astype(int)
+    return shape_grid(grid, np.maximum(1, np.round(n * s / target)).astype(int))
+
+
+def shape_grid(grid: Grid, shape: Sequence[int]) -> Grid:
+    """The field-of-view-preserving grid with ``shape`` voxels (z, y, x): spacing ``n * s / n_new``.
+
+    >>> g = Grid((10, 4, 5), (3.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    >>> h = shape_grid(g, (20, 4, 2))
+    >>> h.spacing_mm, h.origin_mm
+    ((1.5, 1.0, 2.5), (-0.75, 0.0, 0.75))
+    """
+    n_new = np.asarray(shape).reshape(-1)
+    if n_new.shape != (3,) or np.any(n_new != np.round(n_new)) or np.any(n_new < 1):
+        raise ValueError(f"target shape must be three positive whole numbers (z, y, x), got {list(shape)}")
+    n_new = n_new.astype(int)
+    n = np.asarray(grid.shape, dtype=np.float64)
+    s = np.asarray(grid.spacing_mm)
     s_new = n * s / n_new
     origin = np.asarray(grid.origin_mm) + grid.direction @ ((s_new - s) / 2.0)
     return Grid(tuple(n_new.tolist()), tuple(s_new.tolist()), tuple(origin.tolist()), grid.direction)
+
+
+def index_grid(shape: Sequence[int], spacing_mm: Sequence[float]) -> Grid:
+    """The grid of ``Volume(array, spacing_mm)`` for an array of ``shape``: origin 0, Volume's default
+    direction. Resampling to a spacing or shape depends only on shape and spacing, so arrays without
+    geometry are resampled on this grid (:func:`medseg.preprocess.resample.resample_array`)."""
+    return Grid(tuple(shape), tuple(spacing_mm), (0.0, 0.0, 0.0), _VOLUME_DIRECTION.copy())
 
 
 def index_map(src: Grid, dst: Grid) -> np.ndarray:

@@ -1,10 +1,17 @@
-"""Resampling of Volumes to a target spacing or onto another volume's grid.
+"""Resampling of arrays and Volumes to a target spacing (or shape) or onto another grid.
+
+Two array-level entry points do the work, for callers that hold plain arrays:
+:func:`resample_array` (an array with its spacing -> another spacing or shape, field of view
+preserved) and :func:`resample_array_to_grid` (an array on one :class:`~medseg.preprocess.grid.Grid`
+-> another grid, through physical space). :func:`resample_to_spacing` and :func:`resample_to_grid`
+are their Volume forms (same voxels, plus the new geometry).
 
 The grid convention (field of view preserved, voxel centres at ``(j + 0.5) * s_new / s - 0.5``)
 is documented in :mod:`medseg.preprocess.grid`. Images are interpolated ``"linear"`` (default),
 ``"cubic"`` (B-spline with exact prefilter, same kernel as SimpleITK's ``sitkBSpline`` and
 ``scipy.ndimage`` ``order=3``) or ``"nearest"``, and come out float32 (nearest keeps the dtype).
-A label Volume (``vol.is_label``) picks its own method, ``label_order``:
+A label map (a Volume with ``is_label``, an array with ``is_label=True``) picks its own method,
+``label_order``:
 
 * ``"nearest"`` (default): nearest voxel, dtype kept.
 * ``"linear"``: per-label linear, as nnU-Net: each label's one-hot map is interpolated linearly
@@ -27,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medseg.preprocess.grid import Grid, grid_of, index_map, separable_map, spacing_grid
+from medseg.preprocess.grid import Grid, grid_of, index_grid, index_map, separable_map, shape_grid, spacing_grid
 from medseg.preprocess.interp import KERNELS, Taps, apply_taps, is_identity, make_taps, prefilter_bspline
 from medseg.volume import Volume
 
@@ -49,6 +56,92 @@ def anisotropic_axis(spacing_mm: Sequence[float], threshold: float) -> int | Non
     return None
 
 
+def resample_array(
+    a: np.ndarray,
+    spacing_mm: Sequence[float],
+    target_mm: Sequence[float] | None = None,
+    *,
+    shape: Sequence[int] | None = None,
+    is_label: bool = False,
+    order: str = "linear",
+    label_order: str = "nearest",
+    anisotropy_threshold: float = 3.0,
+    anisotropic_order: str = "nearest",
+    fill: float = 0.0,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Resample an array with voxel spacing ``spacing_mm`` to ``target_mm`` (or to ``shape``).
+
+    The array-level entry point: no Volume is needed, only the spacing. The field of view is
+    preserved (:func:`medseg.preprocess.grid.spacing_grid` / :func:`~medseg.preprocess.grid.shape_grid`):
+    the output shape is ``round(n * spacing / target)`` (or ``shape``) and output voxel ``j`` samples
+    input index ``(j + 0.5) * n / n_new - 0.5``. Origin and direction play no part (the same grid
+    in every orientation), so :func:`resample_to_spacing` of a Volume gives the same voxels.
+
+    Parameters
+    ----------
+    a : (z, y, x) array, or (C, z, y, x) to resample each channel alike.
+    spacing_mm : (z, y, x) spacing of ``a``.
+    target_mm : (z, y, x) spacing to resample to; or give ``shape`` (z, y, x) instead.
+    is_label : interpolate with ``label_order`` ("nearest" or per-label "linear") instead of ``order``.
+    order, label_order, anisotropy_threshold, anisotropic_order, fill, threads : as :func:`resample_to_spacing`.
+
+    Returns
+    -------
+    The resampled array: float32 for images with linear/cubic, else the input dtype.
+
+    Example
+    -------
+    >>> a = np.array([0.0, 10.0], np.float32).reshape(1, 1, 2)
+    >>> resample_array(a, (1, 1, 2), (1, 1, 1)).ravel().tolist()
+    [0.0, 2.5, 7.5, 10.0]
+    >>> resample_array(a, (1, 1, 2), shape=(1, 1, 4), order="nearest").ravel().tolist()
+    [0.0, 0.0, 10.0, 10.0]
+    """
+    a = np.asarray(a)
+    kw = dict(target_mm=target_mm, shape=shape, is_label=is_label, order=order, label_order=label_order,
+              anisotropy_threshold=anisotropy_threshold, anisotropic_order=anisotropic_order, fill=fill,
+              threads=threads)
+    if a.ndim == 4:
+        return np.stack([resample_array(ch, spacing_mm, **kw) for ch in a])  # type: ignore[arg-type]
+    if a.ndim != 3:
+        raise ValueError(f"resample_array needs a (z, y, x) or (C, z, y, x) array, got shape {a.shape}")
+    if (target_mm is None) == (shape is None):
+        raise ValueError("give either a target spacing or a target shape")
+    src = index_grid(a.shape, spacing_mm)
+    dst = spacing_grid(src, target_mm) if shape is None else shape_grid(src, shape)
+    aniso = anisotropic_axis(src.spacing_mm, anisotropy_threshold)
+    if aniso is None:
+        aniso = anisotropic_axis(dst.spacing_mm, anisotropy_threshold)
+    return _resample(a, src, dst, is_label=is_label, order=order, label_order=label_order, aniso_axis=aniso,
+                     anisotropic_order=anisotropic_order, fill=fill, threads=threads)
+
+
+def resample_array_to_grid(
+    a: np.ndarray,
+    src: Grid,
+    dst: Grid,
+    *,
+    is_label: bool = False,
+    order: str = "linear",
+    label_order: str = "nearest",
+    fill: float = 0.0,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Resample an array lying on grid ``src`` onto grid ``dst`` (physical space); see :func:`resample_to_grid`.
+
+    >>> g = Grid((1, 1, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    >>> h = Grid((1, 1, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.5), np.eye(3))   # half a voxel along x
+    >>> resample_array_to_grid(np.array([0.0, 10.0], np.float32).reshape(1, 1, 2), g, h).ravel().tolist()
+    [5.0, 10.0]
+    """
+    a = np.asarray(a)
+    if tuple(a.shape) != tuple(src.shape):
+        raise ValueError(f"array shape {a.shape} is not the shape of its grid {src.shape}")
+    return _resample(a, src, dst, is_label=is_label, order=order, label_order=label_order, aniso_axis=None,
+                     anisotropic_order="linear", fill=fill, threads=threads)
+
+
 def resample_to_spacing(
     vol: Volume,
     spacing_mm: Sequence[float],
@@ -61,6 +154,8 @@ def resample_to_spacing(
     threads: int | None = None,
 ) -> Volume:
     """Resample ``vol`` to ``spacing_mm`` (z, y, x), field of view preserved.
+
+    The Volume form of :func:`resample_array` (same voxels), with the geometry of the new grid.
 
     Parameters
     ----------
@@ -87,11 +182,10 @@ def resample_to_spacing(
     (4, 4, 4)
     """
     dst = spacing_grid(grid_of(vol), spacing_mm)
-    aniso = anisotropic_axis(vol.spacing_mm, anisotropy_threshold)
-    if aniso is None:
-        aniso = anisotropic_axis(dst.spacing_mm, anisotropy_threshold)
-    return _resample(vol, dst, order=order, label_order=label_order, aniso_axis=aniso,
-                     anisotropic_order=anisotropic_order, fill=fill, threads=threads)
+    arr = resample_array(vol.array, vol.spacing_mm, spacing_mm, is_label=vol.is_label, order=order,
+                         label_order=label_order, anisotropy_threshold=anisotropy_threshold,
+                         anisotropic_order=anisotropic_order, fill=fill, threads=threads)
+    return _on_grid(vol, arr, dst)
 
 
 def resample_to_grid(
@@ -109,6 +203,7 @@ def resample_to_grid(
     indices. When the two grids' axes are parallel (any permutation or flip) the work is
     separable and fast; oblique grids fall back to ``scipy.ndimage.map_coordinates`` with the same
     kernels. Output voxels more than half a voxel outside ``vol`` get ``fill`` (labels: 0).
+    The Volume form of :func:`resample_array_to_grid`.
 
     Example
     -------
@@ -118,35 +213,36 @@ def resample_to_grid(
     >>> bool(np.allclose(back.array[1:-1, 1:-1, 1:-1], v.array[1:-1, 1:-1, 1:-1]))
     True
     """
-    return _resample(vol, grid_of(reference), order=order, label_order=label_order, aniso_axis=None,
-                     anisotropic_order="linear", fill=fill, threads=threads)
+    dst = grid_of(reference)
+    arr = resample_array_to_grid(vol.array, grid_of(vol), dst, is_label=vol.is_label, order=order,
+                                 label_order=label_order, fill=fill, threads=threads)
+    return _on_grid(vol, arr, dst)
 
 
-def _resample(vol: Volume, dst: Grid, *, order: str, label_order: str, aniso_axis: int | None,
-              anisotropic_order: str, fill: float, threads: int | None) -> Volume:
+def _on_grid(vol: Volume, arr: np.ndarray, grid: Grid) -> Volume:
+    return replace(vol, array=arr, spacing_mm=grid.spacing_mm, origin_mm=grid.origin_mm, direction=grid.direction,
+                   meta=dict(vol.meta))
+
+
+def _resample(a: np.ndarray, src: Grid, dst: Grid, *, is_label: bool, order: str, label_order: str,
+              aniso_axis: int | None, anisotropic_order: str, fill: float, threads: int | None) -> np.ndarray:
     _check_order(order, KERNELS, "order")
     _check_order(label_order, LABEL_ORDERS, "label_order")
     _check_order(anisotropic_order, ("nearest", "linear"), "anisotropic_order")
-    m = index_map(grid_of(vol), dst)
+    m = index_map(src, dst)
     sep = separable_map(m)
-    if vol.is_label:
-        base = label_order
-    else:
-        base = order
+    base = label_order if is_label else order
     kernels = [base] * 3
     if aniso_axis is not None and base != "nearest":
         kernels[aniso_axis] = anisotropic_order
-        log.debug("anisotropic spacing %s: axis %d resampled with %s", vol.spacing_mm, aniso_axis, anisotropic_order)
-    if vol.is_label:
+        log.debug("anisotropic spacing %s: axis %d resampled with %s", src.spacing_mm, aniso_axis, anisotropic_order)
+    if is_label:
         fill = 0  # outside a label map is background
-    if vol.is_label and label_order == "linear":
-        arr = _per_label_linear(vol.array, m, sep, dst.shape, kernels, threads)
-    elif sep is None:
-        arr = _oblique(vol.array, m, dst.shape, base, fill, is_label=vol.is_label)
-    else:
-        arr = _separable(vol.array, sep, dst.shape, kernels, fill, threads)
-    return replace(vol, array=arr, spacing_mm=dst.spacing_mm, origin_mm=dst.origin_mm, direction=dst.direction,
-                   meta=dict(vol.meta))
+    if is_label and label_order == "linear":
+        return _per_label_linear(a, m, sep, dst.shape, kernels, threads)
+    if sep is None:
+        return _oblique(a, m, dst.shape, base, fill, is_label=is_label)
+    return _separable(a, sep, dst.shape, kernels, fill, threads)
 
 
 def _axis_taps(sep, dst_shape, src_shape, kernels) -> list[Taps]:
