@@ -128,3 +128,61 @@ def test_curvature_diffusion_smooths_noise_keeps_edge(rng):
     assert out[:, :, 10:].mean() - out[:, :, :6].mean() > 90  # edge contrast kept
     with pytest.raises(ValueError, match="time_step"):
         curvature_anisotropic_diffusion(Volume(noisy), time_step_mm=0.5)
+
+
+# ---------------------------------------------------------------- plan normalisation methods
+def test_normalize_array_every_scheme_by_hand():
+    from medseg.preprocess.normalize import normalize_array
+
+    x = np.array([0.0, 0.0, 1.0, 3.0])
+    np.testing.assert_allclose(normalize_array(x, "zscore"), (x - 1.0) / np.sqrt(1.5), rtol=1e-6)
+    nz = [0.0, 0.0, -1.0, 1.0]           # mean 2, std 1 over the non-zero voxels; zeros stay 0
+    assert normalize_array(x, "zscore_nonzero").tolist() == nz
+    assert normalize_array(x, {"scheme": "zscore", "mask_nonzero": True}).tolist() == nz
+    unmasked = normalize_array(x, {"scheme": "zscore", "mask_nonzero": False})
+    assert unmasked.tolist() == normalize_array(x, "zscore").tolist()
+    assert normalize_array(np.zeros(4), "zscore_nonzero").tolist() == [0.0] * 4     # empty mask: all 0
+    ct = {"scheme": "ct", "clip": [-100, 300], "mean": 80, "std": 50}
+    np.testing.assert_allclose(normalize_array(np.array([-500.0, 0.0, 80.0, 1000.0]), ct), [-3.6, -1.6, 0.0, 4.4],
+                               rtol=1e-6)
+    a = np.arange(101, dtype=np.float64)
+    mm = normalize_array(a, {"scheme": "minmax", "lower_percentile": 10, "upper_percentile": 90})
+    assert mm[:11].tolist() == [0.0] * 11 and mm[90:].tolist() == [1.0] * 11 and mm[50] == pytest.approx(0.5)
+    w = normalize_array(np.array([-1350.0, -600.0, 150.0]), {"scheme": "ct_window", "preset": "lung"})
+    assert w.tolist() == pytest.approx([0.0, 0.5, 1.0])
+    none = normalize_array(np.array([1, 2], np.int16), "none")
+    assert none.dtype == np.float32 and none.tolist() == [1.0, 2.0]
+    for out in (normalize_array(x, m) for m in ("zscore", ct, "none")):
+        assert out.dtype == np.float32
+
+
+def test_normalize_array_is_the_volume_normalisation(rng):
+    """The Volume functions and the plan methods are one code path: the same voxels."""
+    from medseg.preprocess.normalize import normalize_array
+
+    a = rng.normal(100, 30, size=(6, 7, 8)).astype(np.float32)
+    a[:2] = 0
+    v = Volume(a)
+    assert np.array_equal(normalize_array(a, "zscore_nonzero"), zscore(v, mask_nonzero=True).array)
+    assert np.array_equal(normalize_array(a, {"scheme": "minmax"}), minmax(v).array)
+    assert np.array_equal(normalize_array(a, {"scheme": "ct_window", "center": 50, "width": 100}),
+                          ct_window(v, center=50, width=100).array)
+
+
+def test_normalize_channels_and_bad_methods():
+    from medseg.preprocess.normalize import method_spec, normalize_channels
+
+    x = np.array([[[[-500.0, 0.0, 80.0, 1000.0]]]], dtype=np.float32)
+    two = normalize_channels(np.stack([x[0], x[0]]), ["none", {"scheme": "ct", "clip": [-100, 300], "mean": 80,
+                                                               "std": 50}])
+    np.testing.assert_allclose(two[0].ravel(), x.ravel())
+    np.testing.assert_allclose(two[1].ravel(), [-3.6, -1.6, 0.0, 4.4], rtol=1e-6)
+    with pytest.raises(ValueError, match="2 methods for 1 channel"):
+        normalize_channels(x, ["none", "zscore"])
+    for bad, why in [("zscroe", "not one of"), ({"scheme": "ct"}, "needs clip"),
+                     ({"scheme": "ct", "clip": [3, 1], "mean": 0, "std": 1}, "low < high"),
+                     ({"scheme": "zscore", "mask": True}, "takes no mask"),
+                     ({"scheme": "minmax", "lower_percentile": 60, "upper_percentile": 40}, "percentile"),
+                     ({"scheme": "ct_window", "preset": "kidney-ish"}, "preset"), (3, "scheme name")]:
+        with pytest.raises(ValueError, match=why):
+            method_spec(bad)

@@ -7,7 +7,7 @@ in :mod:`medseg.stages.preprocess` are thin wrappers.
 from medseg.preprocess.crop import CropBox, crop_to_foreground, crop_volume, foreground_box, uncrop
 from medseg.preprocess.denoise import curvature_anisotropic_diffusion, gaussian, median
 from medseg.preprocess.grid import Grid, grid_of, shape_grid, spacing_grid
-from medseg.preprocess.normalize import CT_WINDOWS, clip_zscore, ct_window, minmax, zscore
+from medseg.preprocess.normalize import CT_WINDOWS, clip_zscore, ct_window, minmax, normalize_channels, zscore
 from medseg.preprocess.fingerprint import fingerprint
 from medseg.preprocess.plan import Preprocessed, apply_plan, invert_plan, propose_plan
 from medseg.preprocess.resample import resample_array, resample_array_to_grid, resample_to_grid, resample_to_spacing
@@ -16,7 +16,7 @@ __all__ = [
     "CropBox", "crop_to_foreground", "crop_volume", "foreground_box", "uncrop",
     "gaussian", "median", "curvature_anisotropic_diffusion",
     "Grid", "grid_of", "spacing_grid", "shape_grid",
-    "CT_WINDOWS", "zscore", "minmax", "ct_window", "clip_zscore",
+    "CT_WINDOWS", "zscore", "minmax", "ct_window", "clip_zscore", "normalize_channels",
     "resample_array", "resample_array_to_grid", "resample_to_spacing", "resample_to_grid",
     "fingerprint", "propose_plan", "apply_plan", "invert_plan", "Preprocessed",
 ]

@@ -1,4 +1,25 @@
-"""Intensity normalisation: z-score, percentile min-max, CT windows. Float32 output.
+"""Intensity normalisation: z-score, percentile min-max, CT windows, CT clip + z-score. Float32 output.
+
+Every scheme has an array form (``*_array``) that does the work and a Volume form. A
+preprocessing plan (:mod:`medseg.preprocess.plan`) names its normalisation as a *method*, applied
+by :func:`normalize_array` (one channel) or :func:`normalize_channels` (C, z, y, x): a scheme name,
+or a mapping ``{scheme: NAME, **parameters}`` (a name alone is the scheme with its defaults); a list
+gives one method per channel:
+
+==================  ===========================================  ==================================
+scheme              parameters                                   result
+==================  ===========================================  ==================================
+``zscore``          ``mask_nonzero: false``                      per-case z-score; with the mask,
+                                                                 statistics over the non-zero voxels
+                                                                 and zeros stay 0
+``zscore_nonzero``  (none)                                       ``zscore`` with ``mask_nonzero: true``
+``ct``              ``clip: [lo, hi], mean, std`` (required)     clip, then ``(x - mean) / std``
+                                                                 (data-set statistics, nnU-Net's CT)
+``minmax``          ``lower_percentile: 0.5, upper_percentile:   clip to the case's percentiles,
+                    99.5``                                       scale to [0, 1]
+``ct_window``       ``preset`` or ``center`` and ``width`` (HU)  clip to the window, scale to [0, 1]
+``none``            (none)                                       float32 copy
+==================  ===========================================  ==================================
 
 CT window presets (level/centre and width in HU) are the usual radiology values, e.g. as listed
 by Radiopaedia ("Windowing (CT)"): brain L40/W80, soft tissue/abdomen L50/W400, liver L30/W150,
@@ -78,24 +99,37 @@ def zscore(vol: Volume, *, mask: "np.ndarray | Volume | None" = None, mask_nonze
     m = _mask_array(vol, mask)
     if m is None and mask_nonzero:
         m = vol.array != 0
-    out = zscore_array(vol.array, mask=m)
+    return vol.with_array(_zscore_masked(vol.array, m))
+
+
+def _zscore_masked(a: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+    """z-score with statistics over ``m``; voxels outside ``m`` set to 0 (all 0 when ``m`` is empty)."""
+    if m is not None and not m.any():
+        return np.zeros(np.shape(a), dtype=np.float32)
+    out = zscore_array(a, mask=m)
     if m is not None:
         out[~m] = 0.0
-    return vol.with_array(out)
+    return out
 
 
 def minmax(vol: Volume, *, lower_percentile: float = 0.5, upper_percentile: float = 99.5) -> Volume:
     """Clip to the given percentiles of the volume, then scale linearly to [0, 1] (float32)."""
     _image_only(vol, "minmax")
+    return vol.with_array(minmax_array(vol.array, lower_percentile=lower_percentile,
+                                       upper_percentile=upper_percentile))
+
+
+def minmax_array(a: np.ndarray, *, lower_percentile: float = 0.5, upper_percentile: float = 99.5) -> np.ndarray:
+    """The array form of :func:`minmax`."""
     if not 0 <= lower_percentile < upper_percentile <= 100:
         raise ValueError(f"need 0 <= lower_percentile < upper_percentile <= 100, got "
                          f"{lower_percentile}, {upper_percentile}")
-    lo, hi = np.percentile(vol.array, [lower_percentile, upper_percentile])
-    return vol.with_array(_scale(vol.array, float(lo), float(hi)))
+    lo, hi = np.percentile(a, [lower_percentile, upper_percentile])
+    return _scale(a, float(lo), float(hi))
 
 
 def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    out = a.astype(np.float32)
+    out = np.asarray(a).astype(np.float32)
     np.clip(out, lo, hi, out=out)
     out -= np.float32(lo)
     if hi > lo:
@@ -114,10 +148,21 @@ def ct_window(vol: Volume, *, preset: str | None = None, center: float | None = 
     [0.0, 0.375, 0.5, 1.0, 1.0]
     """
     _image_only(vol, "ct_window")
+    return vol.with_array(ct_window_array(vol.array, preset=preset, center=center, width=width))
+
+
+def ct_window_array(a: np.ndarray, *, preset: str | None = None, center: float | None = None,
+                    width: float | None = None) -> np.ndarray:
+    """The array form of :func:`ct_window`."""
+    center, width = _window(preset, center, width)
+    return _scale(a, center - width / 2.0, center + width / 2.0)
+
+
+def _window(preset: str | None, center: float | None, width: float | None) -> tuple[float, float]:
     if preset is not None:
         if center is not None or width is not None:
             raise ValueError("ct_window: give either preset or center/width, not both")
-        key = preset.lower()
+        key = str(preset).lower()
         if key not in CT_WINDOWS:
             raise ValueError(f"unknown CT window preset '{preset}' (known: {', '.join(CT_WINDOWS)})")
         center, width = CT_WINDOWS[key]
@@ -125,7 +170,7 @@ def ct_window(vol: Volume, *, preset: str | None = None, center: float | None = 
         raise ValueError("ct_window: give a preset or both center and width (HU)")
     if width <= 0:
         raise ValueError(f"ct_window: width must be positive, got {width}")
-    return vol.with_array(_scale(vol.array, center - width / 2.0, center + width / 2.0))
+    return float(center), float(width)
 
 
 def clip_zscore(vol: Volume, *, clip: tuple[float, float], mean: float, std: float) -> Volume:
@@ -145,4 +190,103 @@ def clip_zscore_array(a: np.ndarray, *, clip, mean: float, std: float) -> np.nda
     np.clip(out, lo, hi, out=out)
     out -= np.float32(mean)
     out /= np.float32(std)
+    return out
+
+
+# ---------------------------------------------------------------- plan methods
+#: scheme -> (required parameters, optional parameters)
+SCHEMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "zscore": ((), ("mask_nonzero",)),
+    "zscore_nonzero": ((), ()),
+    "ct": (("clip", "mean", "std"), ()),
+    "minmax": ((), ("lower_percentile", "upper_percentile")),
+    "ct_window": ((), ("preset", "center", "width")),
+    "none": ((), ()),
+}
+
+
+def method_spec(method) -> dict:
+    """The mapping form ``{scheme: NAME, **parameters}`` of a normalisation method, checked.
+
+    Raises ValueError naming what is wrong (unknown scheme or parameter, missing or bad value).
+
+    >>> method_spec("zscore_nonzero")
+    {'scheme': 'zscore_nonzero'}
+    >>> method_spec({"scheme": "ct", "clip": [-100, 300], "mean": 80, "std": 50})["clip"]
+    [-100, 300]
+    """
+    if isinstance(method, str):
+        spec: dict = {"scheme": method}
+    elif isinstance(method, dict):
+        spec = dict(method)
+    else:
+        raise ValueError(f"a normalisation method is a scheme name or a mapping with 'scheme', got {method!r}")
+    scheme = spec.get("scheme")
+    if scheme not in SCHEMES:
+        raise ValueError(f"normalisation {method!r}: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    required, optional = SCHEMES[scheme]
+    missing = [k for k in required if k not in spec]
+    extra = sorted(set(spec) - {"scheme", *required, *optional})
+    if missing or extra:
+        raise ValueError(f"normalisation {method!r}: scheme {scheme} "
+                         + (f"needs {', '.join(required)}" if missing else f"takes no {', '.join(extra)}"))
+
+    def number(k: str) -> bool:
+        return isinstance(spec[k], (int, float)) and not isinstance(spec[k], bool) and bool(np.isfinite(spec[k]))
+
+    if scheme == "ct":
+        clip = spec["clip"]
+        ok = (isinstance(clip, (list, tuple)) and len(clip) == 2
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in clip) and clip[0] < clip[1]
+              and number("mean") and number("std") and spec["std"] > 0)
+        if not ok:
+            raise ValueError(f"normalisation {method!r}: ct needs clip: [low, high] with low < high, a mean and "
+                             "std > 0")
+    elif scheme == "zscore" and not isinstance(spec.get("mask_nonzero", False), bool):
+        raise ValueError(f"normalisation {method!r}: mask_nonzero must be true or false")
+    elif scheme == "minmax":
+        lo, hi = spec.get("lower_percentile", 0.5), spec.get("upper_percentile", 99.5)
+        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 <= lo < hi <= 100):
+            raise ValueError(f"normalisation {method!r}: need 0 <= lower_percentile < upper_percentile <= 100")
+    elif scheme == "ct_window":
+        _window(spec.get("preset"), spec.get("center"), spec.get("width"))
+    return spec
+
+
+def channel_methods(method, channels: int) -> list:
+    """One normalisation method per channel: a single method (name or mapping) applies to every
+    channel; a list gives one per channel (``medseg plan`` writes one per modality)."""
+    if isinstance(method, (list, tuple)):
+        if len(method) != channels:
+            raise ValueError(f"normalization lists {len(method)} methods for {channels} channel(s)")
+        return list(method)
+    return [method] * channels
+
+
+def normalize_array(a: np.ndarray, method) -> np.ndarray:
+    """Apply one normalisation method (see the module doc) to one channel; float32 result.
+
+    >>> normalize_array(np.array([0.0, 0.0, 1.0, 3.0]), "zscore_nonzero").tolist()
+    [0.0, 0.0, -1.0, 1.0]
+    """
+    spec = method_spec(method)
+    scheme = spec["scheme"]
+    if scheme in ("zscore", "zscore_nonzero"):
+        masked = scheme == "zscore_nonzero" or spec.get("mask_nonzero", False)
+        return _zscore_masked(a, np.asarray(a) != 0 if masked else None)
+    if scheme == "ct":
+        return clip_zscore_array(a, clip=spec["clip"], mean=float(spec["mean"]), std=float(spec["std"]))
+    if scheme == "minmax":
+        return minmax_array(a, lower_percentile=spec.get("lower_percentile", 0.5),
+                            upper_percentile=spec.get("upper_percentile", 99.5))
+    if scheme == "ct_window":
+        return ct_window_array(a, preset=spec.get("preset"), center=spec.get("center"), width=spec.get("width"))
+    return np.asarray(a).astype(np.float32)
+
+
+def normalize_channels(image: np.ndarray, method) -> np.ndarray:
+    """Normalise ``image`` (C, z, y, x) channel by channel (``method`` or one method per channel) -> float32."""
+    out = np.empty(np.shape(image), dtype=np.float32)
+    for c, m in enumerate(channel_methods(method, out.shape[0])):
+        out[c] = normalize_array(image[c], m)
     return out

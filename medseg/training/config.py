@@ -41,7 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "plan": {
         "spacing_mm": "auto",    # target spacing (z, y, x); auto = median spacing of the data
         "patch_size": "auto",    # (z, y, x) voxels; auto = median shape rounded up to `divisor`
-        "normalization": "auto", # zscore | zscore_nonzero | none | auto
+        "normalization": "auto", # auto | zscore | zscore_nonzero | none | {scheme: ct, ...} (preprocess.normalize)
         "divisor": 8,            # patch size and padded validation volumes are multiples of this
         "max_patch_voxels": 128 ** 3,
     },
@@ -94,22 +94,20 @@ _CHOICES = {
     ("training", "amp"): ("auto", "bf16", "fp16", "off"),
     ("training", "loss"): ("dice_ce", "dice", "ce"),
 }
-_NORMS = ("auto", "zscore", "zscore_nonzero", "none")
 
 
 def _check_normalization(v) -> None:
-    """A method name, a CT dict ``{scheme: ct, clip: [lo, hi], mean, std}``, or a list of those per channel."""
+    """``auto``, a method of :mod:`medseg.preprocess.normalize` (a scheme name or ``{scheme: ..., ...}``,
+    e.g. the CT entry ``{scheme: ct, clip: [lo, hi], mean, std}``), or a list of methods per channel."""
+    from medseg.preprocess.normalize import method_spec
+
+    if v == "auto":
+        return
     for m in (v if isinstance(v, list) and v else [v]):
-        if isinstance(m, dict):
-            ok = (m.get("scheme") == "ct" and set(m) == {"scheme", "clip", "mean", "std"}
-                  and isinstance(m["clip"], list) and len(m["clip"]) == 2
-                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in [*m["clip"], m["mean"], m["std"]])
-                  and m["clip"][0] < m["clip"][1] and m["std"] > 0)
-            if not ok:
-                raise ConfigError(f"plan.normalization {m!r}: a CT entry needs scheme: ct, clip: [low, high], mean and "
-                                  "std > 0")
-        elif m not in _NORMS or (isinstance(v, list) and m == "auto"):
-            raise ConfigError(f"plan.normalization = {m!r} is not one of {', '.join(_NORMS)} (or a CT entry)")
+        try:
+            method_spec(m)
+        except ValueError as exc:
+            raise ConfigError(f"plan.normalization: {exc}") from None
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
