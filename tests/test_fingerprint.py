@@ -50,7 +50,7 @@ def test_fingerprint_statistics_and_anisotropic_plan(tmp_path, rng):
     plan = propose_plan(fp)
     # z: 5.0 > 3 * 0.8 and 9 * 3 < 40 -> 10th percentile of z spacings (4.2) instead of the median
     assert plan["anisotropic_axis"] == 0
-    assert plan["target_spacing_mm"] == pytest.approx([4.2, 0.8, 0.8], abs=1e-4)
+    assert plan["spacing_mm"] == pytest.approx([4.2, 0.8, 0.8], abs=1e-4)
     assert plan["normalization"] == {"scheme": "zscore", "mask_nonzero": False}
 
 
@@ -63,7 +63,7 @@ def test_ct_guess_and_ct_normalisation_plan(tmp_path, rng):
     fi = fp["foreground_intensity"]
     assert plan["normalization"] == {"scheme": "ct", "clip": [fi["p0.5"], fi["p99.5"]], "mean": fi["mean"],
                                      "std": fi["std"]}
-    assert plan["target_spacing_mm"] == [1.0, 1.0, 1.0] and plan["anisotropic_axis"] is None
+    assert plan["spacing_mm"] == [1.0, 1.0, 1.0] and plan["anisotropic_axis"] is None
 
 
 def test_modality_guess_rules():
@@ -108,7 +108,7 @@ def test_cli_writes_plan_for_hippocampus_subset(tmp_path, capsys):
     plan = cfgmod.load_yaml(out)
     shapes = np.array([read_volume(tmp_path / "imagesTr" / n).shape for n in names])
     assert plan["fingerprint"]["median_shape"] == np.median(shapes, axis=0).tolist()
-    assert plan["target_spacing_mm"] == [1.0, 1.0, 1.0]
+    assert plan["spacing_mm"] == [1.0, 1.0, 1.0]
     assert plan["modality"] == "other" and plan["normalization"]["scheme"] == "zscore"
     assert plan["fingerprint"]["labels"] == [1, 2]
     assert '"cases": 6' in capsys.readouterr().out

@@ -205,7 +205,7 @@ def test_config_from_plan_3d_and_2d(tmp_path):
 
 
 def test_ct_plan_normalization_in_training():
-    from medseg.training.plan import normalize
+    from medseg.preprocess.normalize import normalize_channels as normalize
 
     x = np.array([[[[-500.0, 0.0, 80.0, 1000.0]]]], dtype=np.float32)
     out = normalize(x, {"scheme": "ct", "clip": [-100.0, 300.0], "mean": 80.0, "std": 50.0})

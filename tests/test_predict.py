@@ -92,7 +92,7 @@ def test_per_window_tta_averages_logits_by_hand(tmp_path):
 def test_training_resample_case_image_like_simpleitk_label_nearest_by_hand():
     """The training plan resamples with medseg's resampler: image as SimpleITK's B-spline, label
     nearest (2 mm -> 1 mm: output slice j samples input position j/2 - 0.25, i.e. each slice twice)."""
-    from medseg.training.plan import resample_case
+    from medseg.preprocess.plan import resample_case
 
     img = blob_image((10, 16, 16), seed=5)
     lab = (np.arange(10)[:, None, None] % 3 * np.ones((1, 16, 16))).astype(np.uint8)

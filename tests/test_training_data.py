@@ -11,7 +11,8 @@ import pytest
 from medseg.errors import ConfigError, InputError
 from medseg.training.config import resolve_config
 from medseg.training.dataset import load_cases, scan_dataset, split_folds, train_val_split
-from medseg.training.plan import make_plan, normalize, round_up
+from medseg.preprocess.normalize import normalize_channels as normalize
+from medseg.training.plan import make_plan, round_up
 
 from test_training_helpers import _save, make_dataset
 

@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     plan = propose_plan(fp, modality=args.modality)
     cfgmod.save_yaml({**plan, "fingerprint": fp}, args.out)
     print(json.dumps({"plan": str(args.out), "cases": fp["n_cases"], "failed": fp["failed"],
-                      "modality": plan["modality"], "target_spacing_mm": plan["target_spacing_mm"],
+                      "modality": plan["modality"], "target_spacing_mm": plan["spacing_mm"],
                       "normalization": plan["normalization"]["scheme"]}))
     return 0 if not fp["failed"] else 1

@@ -9,7 +9,8 @@ from medseg.preprocess.denoise import curvature_anisotropic_diffusion, gaussian,
 from medseg.preprocess.grid import Grid, grid_of, shape_grid, spacing_grid
 from medseg.preprocess.normalize import CT_WINDOWS, clip_zscore, ct_window, minmax, normalize_channels, zscore
 from medseg.preprocess.fingerprint import fingerprint
-from medseg.preprocess.plan import Preprocessed, apply_plan, invert_plan, propose_plan
+from medseg.preprocess.plan import (Prepared, Preprocessed, apply_plan, apply_plan_arrays, invert_plan, propose_plan,
+                                    read_plan)
 from medseg.preprocess.resample import resample_array, resample_array_to_grid, resample_to_grid, resample_to_spacing
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "Grid", "grid_of", "spacing_grid", "shape_grid",
     "CT_WINDOWS", "zscore", "minmax", "ct_window", "clip_zscore", "normalize_channels",
     "resample_array", "resample_array_to_grid", "resample_to_spacing", "resample_to_grid",
-    "fingerprint", "propose_plan", "apply_plan", "invert_plan", "Preprocessed",
+    "fingerprint", "propose_plan", "read_plan", "apply_plan", "apply_plan_arrays", "invert_plan", "Preprocessed",
+    "Prepared",
 ]

@@ -10,9 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from medseg.errors import ConfigError, InputError
+from medseg.preprocess.plan import apply_plan_arrays
 from medseg.training.dataset import DatasetInfo, load_cases, scan_dataset, train_val_split
-from medseg.training.plan import apply_plan, make_plan
+from medseg.training.plan import make_plan
 from medseg.training.sampling import TrainCase
 
 log = logging.getLogger("medseg.training")
@@ -54,8 +57,8 @@ def prepare_data(cfg: dict[str, Any]) -> PreparedData:
 
     def build(cid: str) -> TrainCase:
         rc = raw[cid]
-        img, lab = apply_plan(rc.image, rc.label, rc.spacing_mm, plan)
-        return TrainCase(cid, img, lab, num_classes=num_classes)
+        pre = apply_plan_arrays(rc.image, plan, spacing_mm=rc.spacing_mm, label=rc.label)
+        return TrainCase(cid, pre.image, np.ascontiguousarray(pre.label, dtype=np.uint8), num_classes=num_classes)
 
     train = [build(c) for c in train_ids]
     val = [build(c) for c in val_ids]
