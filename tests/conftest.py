@@ -1,16 +1,11 @@
-"""Shared test fixtures. Tests that need ../shared/data skip cleanly when it is absent."""
+"""Shared test fixtures. Tests that need ../shared/data skip cleanly when it is absent (tests.paths.shared_path)."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MEDSEG_SHARED", REPO.parent / "shared" / "data"))
-SAMPLES = REPO / "data_samples"
+from tests.paths import shared_path  # REPO, SAMPLES, SHARED and shared_path live in tests/paths.py
 
 
 try:  # the suite runs as 2 xdist workers on 2 cores: one intra-op thread each avoids oversubscription
@@ -19,14 +14,6 @@ try:  # the suite runs as 2 xdist workers on 2 cores: one intra-op thread each a
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover
     pass
-
-
-def shared_path(*parts: str) -> Path:
-    """Path under ../shared/data, or skip the test when it is missing."""
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"needs shared data: {p}")
-    return p
 
 
 @pytest.fixture

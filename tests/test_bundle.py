@@ -11,7 +11,7 @@ from medseg.bundle import load_bundle, load_weights, save_weights, write_meta
 from medseg.errors import InputError
 from medseg.training.checkpoint import STATE_FILE, load_checkpoint
 
-from test_training_helpers import TINY, TinyTestNet
+from tests.training.helpers import TINY, TinyTestNet
 
 
 def _bundle(tmp_path, width=4, out_channels=3):

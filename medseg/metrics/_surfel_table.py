@@ -11,7 +11,7 @@ Provenance: the per-code triangle normals are the marching-cubes table that defi
 areas of DeepMind's surface-distance (Nikolov et al. 2018, Apache-2.0). The metric definition
 depends on it, so the *data* is reproduced here (absolute normal components, in eighths,
 counted per type) so that our numbers equal that reference; the code is ours.
-``tests/test_metrics_surface.py`` checks the table against the package for several spacings.
+``tests/metrics/test_surface.py`` checks the table against the package for several spacings.
 """
 
 from __future__ import annotations
