@@ -21,7 +21,7 @@ def write_oof(fold_dir: str | Path, *, device: str = "auto") -> list[Path]:
     trained on."""
     from medseg.inference.predictor import Predictor
     from medseg.io import read_volume, write_volume
-    from medseg.training.dataset import scan_dataset
+    from medseg.io.dataset import scan_dataset
 
     d = Path(fold_dir)
     meta = read_meta(d)

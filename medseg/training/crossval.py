@@ -31,7 +31,7 @@ def oof_pairs(run_dir: str | Path, folds: Sequence[int]) -> list[tuple[str, Path
     """``(case, out-of-fold prediction, reference label)`` for every validation case of ``folds``;
     InputError naming the fold when a prediction is missing."""
     from medseg.bundle import read_meta
-    from medseg.training.dataset import scan_dataset
+    from medseg.io.dataset import scan_dataset
 
     run = Path(run_dir)
     pairs, refs = [], None

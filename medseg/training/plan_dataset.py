@@ -1,7 +1,8 @@
 """``medseg plan`` on a data-set folder: check every case, fingerprint each channel, plan.
 
-Reading and checking reuse the training data set code (:mod:`medseg.training.dataset`), so a
-data set that plans also trains; the planning rules are in :mod:`medseg.preprocess.planner`.
+Scanning and checking reuse the training data set code (:mod:`medseg.io.dataset` finds the cases,
+:mod:`medseg.training.dataset` reads and checks them), so a data set that plans also trains; the planning
+rules are in :mod:`medseg.preprocess.planner`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def plan_dataset(root: str | Path, *, device: str = "cpu", memory_gb: float | No
     ``label_names`` renames labels of the data set (a label it does not have is an error)."""
     from medseg.preprocess.fingerprint import fingerprint
     from medseg.preprocess.planner import plan_experiment
-    from medseg.training.dataset import scan_dataset
+    from medseg.io.dataset import scan_dataset
 
     t0 = time.perf_counter()
     root = Path(root)
@@ -90,7 +91,7 @@ def plan_dataset(root: str | Path, *, device: str = "cpu", memory_gb: float | No
 
 def dataset_name(root: str | Path, meta: dict | None = None) -> str:
     """The data set's name: ``name`` in dataset.json, else the folder's name."""
-    from medseg.training.dataset import read_dataset_json
+    from medseg.io.dataset import read_dataset_json
 
     root = Path(root)
     meta = read_dataset_json(root) if meta is None else meta

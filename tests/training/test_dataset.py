@@ -10,7 +10,8 @@ import pytest
 
 from medseg.errors import ConfigError, InputError
 from medseg.training.config import resolve_config
-from medseg.training.dataset import load_cases, scan_dataset, split_folds, train_val_split
+from medseg.io.dataset import scan_dataset
+from medseg.training.dataset import load_cases, split_folds, train_val_split
 from medseg.preprocess.normalize import normalize_channels as normalize
 from medseg.training.plan import make_plan, round_up
 
