@@ -32,10 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg.registry import Registry
+from medseg.models.seg_registry import SEG_MODELS, register_seg_model
 
-SEG_MODELS = Registry("model")
-register_seg_model = SEG_MODELS.register
+__all__ = ["SEG_MODELS", "create_seg_model", "register_seg_model", "seg_model_names"]
 
 
 def _register_builtin() -> None:

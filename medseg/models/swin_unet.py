@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import register_seg_model
+from medseg.models.seg_registry import register_seg_model
 from medseg.models.blocks import as_tuple, check_dims, check_input, conv_nd, match_size, pad_to_multiple
 from medseg.models.swin import PatchExpand, PatchMerging, SwinBlock
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import register_seg_model
+from medseg.models.seg_registry import register_seg_model
 from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, check_dims, check_input, conv_nd,
                                   init_conv_weights, level_logits, match_size, pad_single_voxel_bottleneck)
 

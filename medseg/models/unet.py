@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import register_seg_model
+from medseg.models.seg_registry import register_seg_model
 from medseg.models.blocks import (ConvUnit, as_tuple, check_dims, check_input, conv_nd, conv_transpose_nd,
                                   init_conv_weights, level_logits, match_size, pad_single_voxel_bottleneck)
 
