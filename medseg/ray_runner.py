@@ -42,9 +42,7 @@ def connect(spec: ExecutorSpec) -> bool:
     if spec.address:
         kwargs["address"] = spec.address
     else:  # a private cluster: its workers import the same medseg as this process
-        import medseg
-
-        root = str(Path(medseg.__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parent.parent)  # the folder holding this medseg/
         pp = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pp}}
     ray.init(**kwargs)
