@@ -34,6 +34,11 @@ class CropBox:
     def shape(self) -> tuple[int, int, int]:
         return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
 
+    def offset_mm(self, spacing_mm: Sequence[float], direction: np.ndarray) -> np.ndarray:
+        """World vector (mm) from the full grid's first voxel to the box's: ``direction @ (start * spacing)``.
+        The crop's origin is the full grid's plus this; uncropping subtracts it."""
+        return direction @ (np.asarray(self.start, dtype=np.float64) * np.asarray(spacing_mm))
+
     def to_dict(self) -> dict[str, Any]:
         return {"start": list(self.start), "stop": list(self.stop), "full_shape": list(self.full_shape)}
 
@@ -73,8 +78,7 @@ def crop_volume(vol: Volume, box: CropBox) -> Volume:
     if tuple(box.full_shape) != vol.shape:
         raise GeometryMismatchError(f"crop box is for shape {box.full_shape}, volume has {vol.shape}",
                                     path=vol.meta.get("path"))
-    start = np.asarray(box.start, dtype=np.float64)
-    origin = np.asarray(vol.origin_mm) + vol.direction @ (start * np.asarray(vol.spacing_mm))
+    origin = np.asarray(vol.origin_mm) + box.offset_mm(vol.spacing_mm, vol.direction)
     arr = np.ascontiguousarray(vol.array[box.slices])
     return replace(vol, array=arr, origin_mm=tuple(origin.tolist()), meta=dict(vol.meta))
 
@@ -145,6 +149,5 @@ def uncrop(
             raise GeometryMismatchError(f"uncrop: reference shape {reference.shape} differs from the box's "
                                         f"full shape {tuple(box.full_shape)}", path=reference.meta.get("path"))
         return replace(reference, array=full, is_label=data.is_label, meta=dict(data.meta))
-    start = np.asarray(box.start, dtype=np.float64)
-    origin = np.asarray(data.origin_mm) - data.direction @ (start * np.asarray(data.spacing_mm))
+    origin = np.asarray(data.origin_mm) - box.offset_mm(data.spacing_mm, data.direction)
     return replace(data, array=full, origin_mm=tuple(origin.tolist()), meta=dict(data.meta))

@@ -142,6 +142,32 @@ def target_spacing(fp: dict[str, Any]) -> tuple[list[float], int | None]:
     return target.tolist(), None
 
 
+def normalization_for(modality: str, fp: dict[str, Any], *, digits: int | None = 4) -> dict[str, Any] | str:
+    """Normalisation of one channel from its fingerprint (``foreground_intensity``,
+    ``median_nonzero_crop_fraction``), as a method for :func:`medseg.preprocess.normalize.method_spec`.
+
+    CT clips to the data set's foreground 0.5-99.5 percentiles and z-scores with its foreground
+    mean/std (rounded to ``digits``; None: as measured); other modalities z-score per case, inside
+    the non-zero mask (``"zscore_nonzero"``) when cropping to non-zero keeps less than 3/4 of the
+    median volume (nnU-Net's rule), else ``"zscore"``.
+
+    >>> normalization_for("MR", {"median_nonzero_crop_fraction": 0.5})
+    'zscore_nonzero'
+    """
+    if str(modality).upper() == "CT":
+        fi = fp.get("foreground_intensity", {})
+        if "p0.5" not in fi:
+            raise ConfigError("CT normalisation needs foreground intensity statistics (the fingerprint has no "
+                              "foreground samples: no labelled voxels found)")
+
+        def r(v: float) -> float:
+            return v if digits is None else round(v, digits)
+
+        return {"scheme": "ct", "clip": [r(fi["p0.5"]), r(fi["p99.5"])], "mean": r(fi["mean"]),
+                "std": r(max(fi["std"], 1e-8))}
+    return "zscore_nonzero" if float(fp.get("median_nonzero_crop_fraction", 1.0)) < 0.75 else "zscore"
+
+
 def propose_plan(fp: dict[str, Any], *, modality: str | None = None) -> dict[str, Any]:
     """Preprocessing plan for the data set described by ``fp`` (see :func:`fingerprint`).
 
@@ -153,15 +179,9 @@ def propose_plan(fp: dict[str, Any], *, modality: str | None = None) -> dict[str
     """
     mod = (modality or fp.get("modality_guess") or "other")
     target, aniso = target_spacing(fp)
-    fi = fp.get("foreground_intensity", {})
-    if mod.upper() == "CT":
-        if "p0.5" not in fi:
-            raise ConfigError("propose_plan: CT normalisation needs foreground intensity statistics "
-                              "(the fingerprint has no foreground samples)")
-        norm: dict[str, Any] = {"scheme": "ct", "clip": [fi["p0.5"], fi["p99.5"]], "mean": fi["mean"],
-                                "std": max(fi["std"], 1e-8)}
-    else:
-        norm = {"scheme": "zscore", "mask_nonzero": bool(fp.get("median_nonzero_crop_fraction", 1.0) < 0.75)}
+    norm = normalization_for(mod, fp, digits=None)
+    if isinstance(norm, str):  # this format writes z-scoring as a mapping
+        norm = {"scheme": "zscore", "mask_nonzero": norm == "zscore_nonzero"}
     spacing_ratio = np.asarray(fp["median_spacing_mm"]) / np.asarray(target)
     return {
         "modality": "CT" if mod.upper() == "CT" else "other",
@@ -264,7 +284,7 @@ def apply_plan_arrays(image: np.ndarray, plan: dict[str, Any], *, grid: Grid | N
         box = foreground_box(fg)
         image = image[(slice(None), *box.slices)]
         label = None if label is None else np.ascontiguousarray(label[box.slices])
-        origin = np.asarray(grid.origin_mm) + grid.direction @ (np.asarray(box.start) * np.asarray(grid.spacing_mm))
+        origin = np.asarray(grid.origin_mm) + box.offset_mm(grid.spacing_mm, grid.direction)
         cropped = Grid(box.shape, grid.spacing_mm, tuple(origin.tolist()), grid.direction)
     norm = p["normalization"]
     try:

@@ -4,7 +4,8 @@ Every rule is a small function on numbers, written down with its reason in ``doc
 
 * :func:`target_spacing` (in :mod:`medseg.preprocess.plan`): median spacing; the out-of-plane axis
   of strongly anisotropic data from its 10th percentile;
-* :func:`normalization_for`: per channel from the modality (CT: data-set clip + z-score; others:
+* :func:`normalization_for` (in :mod:`medseg.preprocess.plan`, shared with ``medseg fingerprint``):
+  per channel from the modality (CT: data-set clip + z-score; others:
   per-case z-score, inside the non-zero mask when cropping to it removes much background);
 * :func:`topology`: poolings per axis (stop at a 4-voxel bottleneck, do not pool a coarse axis
   until the others have caught up with its spacing), 3-kernels or in-plane (1 x 3 x 3) kernels;
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medseg.errors import ConfigError
-from medseg.preprocess.plan import target_spacing
+from medseg.preprocess.plan import normalization_for, target_spacing
 
 PLAN_FORMAT = "medseg-plan/1"
 
@@ -54,19 +55,6 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cuda": {"memory_gb": 8.0, "gflop_per_iteration": None, "base_features": 32, "max_features": 320,
              "max_features_2d": 512, "min_batch": 2, "max_batch": 64, "epochs": 1000, "iters_per_epoch": 250, "amp": "bf16"},
 }
-
-
-def normalization_for(modality: str, fp_channel: dict[str, Any]) -> dict[str, Any] | str:
-    """Normalisation of one channel: CT clips to the data set's foreground 0.5-99.5 percentiles and
-    z-scores with its foreground mean/std; other modalities z-score per case, inside the non-zero
-    mask (``zscore_nonzero``) when cropping to non-zero keeps less than 3/4 of the median volume."""
-    if str(modality).upper() == "CT":
-        fi = fp_channel.get("foreground_intensity", {})
-        if "p0.5" not in fi:
-            raise ConfigError("CT normalisation needs foreground intensity statistics (no labelled voxels found)")
-        return {"scheme": "ct", "clip": [round(fi["p0.5"], 4), round(fi["p99.5"], 4)],
-                "mean": round(fi["mean"], 4), "std": round(max(fi["std"], 1e-8), 4)}
-    return "zscore_nonzero" if float(fp_channel.get("median_nonzero_crop_fraction", 1.0)) < 0.75 else "zscore"
 
 
 def topology(spacing: Sequence[float], patch: Sequence[int], *, max_poolings: int | None = None
