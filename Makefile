@@ -6,7 +6,7 @@ PIP     = $(PY) -m pip
 # torch is pinned: here a CPU build from local disk; elsewhere pip fetches the matching build.
 TORCH   = torch==2.13.0
 
-.PHONY: demo test venv venv-dev bench clean
+.PHONY: demo test lint venv venv-dev bench clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,16 @@ demo: $(VENV)/.wsi
 	$(VENV)/bin/medseg wsi predict --model data_samples/wsi/demo_bundle --input data_samples/wsi --output out/demo_wsi
 
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check medseg tests benchmarks
+	$(VENV)/bin/mypy medseg
 	$(PY) -m pytest -n 2 --dist loadfile tests
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check medseg tests benchmarks
+	$(VENV)/bin/mypy medseg
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out .ruff_cache .mypy_cache

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_metrics import DATA, perturb  # noqa: E402
+
 from medseg.io import read_volume, write_volume  # noqa: E402
 
 MONAI_SCRIPT = r'''

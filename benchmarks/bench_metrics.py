@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-np.Inf = np.inf  # surface-distance 0.1 still uses np.Inf (removed in NumPy 2)
+np.Inf = np.inf  # noqa: NPY201 -- surface-distance 0.1 still uses np.Inf (removed in NumPy 2)
 import surface_distance as sdp  # noqa: E402
 import torch  # noqa: E402
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice  # noqa: E402

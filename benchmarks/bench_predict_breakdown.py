@@ -14,7 +14,8 @@
 The overlap gained by the reader/writer threads is measured twice: within the pipelined run (its
 sum of parts minus its wall time: both under the same load) and as ``serial loop - pipelined
 run`` (two runs one after the other: on a shared machine load changes between them show up
-there too). The start-up (imports, model load) is process wall minus the run's wall. Cohort: ``../shared/data/hippocampus/imagesTr`` (208 MRI cases, about
+there too). The start-up (imports, model load) is process wall minus the run's wall. Cohort:
+``../shared/data/hippocampus/imagesTr`` (208 MRI cases, about
 35 x 50 x 35 voxels at 1 mm), the first ``--cases`` of them in sorted order.
 """
 
@@ -146,7 +147,8 @@ def main() -> None:
     io_s = sum(t.total(f"{k}_s") for k in ("read", "write", "record"))
     print(f"overlap within the run           {total_p - t.wall_s:8.2f} s  (its sum of parts minus its wall; same load "
           f"for both); I/O hidden behind the model {t.io_hidden_s:.2f} s of {io_s:.2f} s")
-    print(f"serial loop - pipelined run      {s['wall'] - t.wall_s:8.2f} s  ({100 * (s['wall'] - t.wall_s) / s['wall']:.1f} % "
+    gain = s['wall'] - t.wall_s
+    print(f"serial loop - pipelined run      {gain:8.2f} s  ({100 * gain / s['wall']:.1f} % "
           f"of the serial loop; two runs one after the other, so load changes between them show here)")
 
 

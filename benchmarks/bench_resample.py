@@ -31,8 +31,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -65,8 +65,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    import SimpleITK as sitk
     import scipy.ndimage as ndi
+    import SimpleITK as sitk
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Spacing
@@ -145,14 +145,16 @@ def main() -> None:
 
     print(f"\nCT {args.ct.name}: {a.shape} at {tuple(s_in.tolist())} mm -> {g.shape} at {g.spacing_mm} mm; "
           f"{ncpu} CPUs ({platform.processor() or platform.machine()}); MONAI grid == common grid: {monai_same}")
-    print("| method | kernel | median time (s) | min time (s) | ratio vs fastest peer | vs same-kernel peer: max / mean abs diff, "
+    print("| method | kernel | median time (s) | min time (s) | ratio vs fastest peer "
+          "| vs same-kernel peer: max / mean abs diff, "
           "interior (HU) | max, 16-voxel border (HU) | whole grid max (HU) |")
     print("|---|---|---:|---:|---:|---|---|---|")
     for name, r in results.items():
         diffs = "; ".join(f"{k}: {v['max_interior']:.3g} / {v['mean_interior']:.2g}" for k, v in r["diff"].items())
         whole = "; ".join(f"{v['max_all']:.3g}" for v in r["diff"].values())
         deep_s = "; ".join(f"{v['max_deep_interior']:.3g}" for v in r["diff"].values())
-        print(f"| {name} | {r['kernel']} | {r['time_s']:.3f} | {r['min_time_s']:.3f} | {r['ratio_vs_fastest_peer']:.2f} | {diffs or '-'} "
+        print(f"| {name} | {r['kernel']} | {r['time_s']:.3f} | {r['min_time_s']:.3f} "
+              f"| {r['ratio_vs_fastest_peer']:.2f} | {diffs or '-'} "
               f"| {deep_s or '-'} | {whole or '-'} |")
     if args.json:
         args.json.write_text(json.dumps({"grid": g.to_dict(), "monai_same_grid": monai_same, "cpus": ncpu,

@@ -107,7 +107,8 @@ def main() -> None:
     agree = float((ours.argmax(1) == ref.argmax(1)).float().mean()) * 100
     max_diff = float((ours - ref).abs().max())
 
-    print(f"out channels {args.out_channels}; torch {torch.__version__}, {torch.get_num_threads()} threads; volume {args.size}^3, window "
+    print(f"out channels {args.out_channels}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"volume {args.size}^3, window "
           f"{args.roi}^3, overlap {args.overlap}, {len(starts)} windows in {len(batches)} passes of "
           f"{args.batch}; median of {args.repeat}")
     print(f"{'':22s} {'median s':>9s} {'min s':>8s} {'all runs s':>30s}")
@@ -118,7 +119,8 @@ def main() -> None:
     print(f"speed-up medseg vs MONAI  {med['monai'] / med['medseg']:.2f}x (median), "
           f"{min(times['monai']) / min(times['medseg']):.2f}x (min)")
     for k in ("monai", "medseg"):
-        print(f"overhead from minima {k:6s} {100 * (min(times[k]) - min(times['forward'])) / min(times['forward']):6.1f} %")
+        fwd = min(times['forward'])
+        print(f"overhead from minima {k:6s} {100 * (min(times[k]) - fwd) / fwd:6.1f} %")
     print(f"argmax agreement          {agree:.4f} %   max |logit diff| {max_diff:.2e} (same importance map "
           f"everywhere)")
 

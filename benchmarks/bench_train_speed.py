@@ -79,7 +79,7 @@ def main() -> None:
                        "output": {"dir": str(Path(tmp) / "b")}}
                 cfg["data"]["fold"] = "all"
                 t0 = time.perf_counter()
-                summary = train(cfg)
+                train(cfg)
                 wall = time.perf_counter() - t0
                 import csv
 

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg import config as cfgmod  # noqa: E402
-from medseg.wsi.bcl import BCLConfig, run_bcl  # noqa: E402
 from medseg.metrics.classification import binary_metrics  # noqa: E402
+from medseg.wsi.bcl import BCLConfig, run_bcl  # noqa: E402
 from medseg.wsi.patches import ArrayPatchSource  # noqa: E402
 
 CFG = Path(__file__).resolve().parents[1] / "configs" / "wsi" / "bcl_digits.yaml"

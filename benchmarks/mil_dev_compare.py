@@ -5,7 +5,8 @@ outer fold it runs the inner 3-fold CV on the training bags (as ``medseg mil cv`
 training run with snapshots at every candidate, so the test accuracy of "fixed 40 epochs", "inner CV,
 accuracy first" (the default rule) and "inner CV, log-loss first" come from the same networks.
 
-    PYTHONPATH=. python benchmarks/mil_dev_compare.py ../shared/data/mil/birds_brown_creeper.csv attention_mil out/dev/birds_att.json
+    PYTHONPATH=. python benchmarks/mil_dev_compare.py ../shared/data/mil/birds_brown_creeper.csv attention_mil \
+        out/dev/birds_att.json
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from medseg.mil.select import inner_cv_scores, pick_epochs
-from medseg.mil.fit import MILTrainConfig, fit_mil_path, predict_bags, stratified_folds
-from medseg.mil.bags import load_bags
 from medseg.metrics.classification import accuracy
+from medseg.mil.bags import load_bags
+from medseg.mil.fit import MILTrainConfig, fit_mil_path, predict_bags, stratified_folds
+from medseg.mil.select import inner_cv_scores, pick_epochs
 
 
 def main(data: str, model: str, out: str, folds: int = 10, seed: int = 0) -> int:

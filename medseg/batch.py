@@ -27,14 +27,24 @@ import os
 import queue
 import re
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.executors import as_spec, error_of
-from medseg.manifest import (FORMAT, MANIFEST, CaseOutcome, Recorder, is_complete, params_hash, read_manifest,
-                             save_manifest, sha256_file)
+from medseg.manifest import (
+    FORMAT,
+    MANIFEST,
+    CaseOutcome,
+    Recorder,
+    is_complete,
+    params_hash,
+    read_manifest,
+    save_manifest,
+    sha256_file,
+)
 
 # the manifest helpers are re-exported: callers of the batch API import them from here
 __all__ = ["run_batch", "BatchReport", "CaseOutcome", "MANIFEST", "LOCK", "FORMAT", "params_hash", "sha256_file",
@@ -208,7 +218,8 @@ class _Pipeline:
                 return q.get(timeout=0.1)
             except queue.Empty:
                 if not loader.is_alive() and q.empty():
-                    raise MedsegError("batch: the prefetch thread stopped unexpectedly", code="prefetch_died")
+                    raise MedsegError("batch: the prefetch thread stopped unexpectedly",
+                                      code="prefetch_died") from None
 
     def _put(self, q: queue.Queue, item) -> None:
         while True:
@@ -224,6 +235,7 @@ class _Pipeline:
         for cid, inp in self.todo:
             if self.stop.is_set():
                 return
+            item: tuple[str, Any, Exception | None]
             try:
                 item = (cid, self.load(inp), None)
             except Exception as e:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -51,7 +52,7 @@ _UniqueKeyLoader.add_implicit_resolver(
 def loads(text: str, *, source: str | None = None) -> Any:
     """Parse YAML text safely; duplicate keys raise ConfigError."""
     loader = _UniqueKeyLoader(text)
-    loader.name = source  # type: ignore[attr-defined]
+    loader.name = source
     try:
         return loader.get_single_data()
     except yaml.YAMLError as exc:
@@ -93,7 +94,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if not parts:
             raise ConfigError(f"--set has an empty key in '{item}'", code="bad_override")
         node: Any = out
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             node = _child(node, part, create=True, full=key)
         _assign(node, parts[-1], parse_value(raw.strip()), full=key)
     return out

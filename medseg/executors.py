@@ -11,8 +11,9 @@ lazily by :func:`require_ray` (``pip install 'medseg[distributed]'``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from medseg.errors import ConfigError
 

@@ -7,9 +7,9 @@ import glob
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from medseg.errors import MedsegError
 

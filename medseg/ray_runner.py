@@ -23,8 +23,9 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from medseg.executors import ExecutorSpec, RemoteStages, error_of, require_ray
 

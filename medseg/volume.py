@@ -63,17 +63,17 @@ class Volume:
         as nibabel's ``aff2axcodes`` names a NIfTI file (e.g. ``'RAS'``, ``'LPS'``)."""
         return orientation_code(self.direction)
 
-    def with_array(self, array: np.ndarray, *, is_label: bool | None = None) -> "Volume":
+    def with_array(self, array: np.ndarray, *, is_label: bool | None = None) -> Volume:
         """Same grid, new voxels (shape must match)."""
         if array.shape != self.array.shape:
             raise ValueError(f"with_array: shape {array.shape} differs from grid {self.array.shape}")
         return replace(self, array=array, is_label=self.is_label if is_label is None else is_label)
 
-    def same_grid(self, other: "Volume", *, tol_mm: float = 1e-4) -> bool:
+    def same_grid(self, other: Volume, *, tol_mm: float = 1e-4) -> bool:
         """True when shape and affine agree (affine entries to ``tol_mm``)."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=tol_mm, rtol=0))
 
-    def grid_mismatch(self, other: "Volume", *, tol_mm: float = 1e-4) -> str | None:
+    def grid_mismatch(self, other: Volume, *, tol_mm: float = 1e-4) -> str | None:
         """Human-readable reason the two grids differ, or None."""
         if self.shape != other.shape:
             return f"shape {self.shape} vs {other.shape}"
@@ -128,7 +128,7 @@ def affine_to_geometry(affine: np.ndarray) -> tuple[tuple[float, float, float], 
     if np.any(spacing <= 0):
         raise ValueError(f"affine gives zero spacing on an axis: {tuple(spacing.tolist())}")
     direction = m / spacing[None, :]
-    return tuple(spacing.tolist()), tuple(a[:3, 3].tolist()), direction  # type: ignore[return-value]
+    return tuple(spacing.tolist()), tuple(a[:3, 3].tolist()), direction
 
 
 def orientation_code(direction: np.ndarray) -> str:

@@ -7,7 +7,6 @@ import pytest
 
 from tests.paths import shared_path  # REPO, SAMPLES, SHARED and shared_path live in tests/paths.py
 
-
 try:  # the suite runs as 2 xdist workers on 2 cores: one intra-op thread each avoids oversubscription
     import torch
 

@@ -206,7 +206,8 @@ def test_torch_free_units_never_import_torch():
 def test_the_parser_sees_every_kind_of_import(tmp_path):
     src = tmp_path / "medseg" / "io" / "x.py"
     src.parent.mkdir(parents=True)
-    src.write_text("import medseg.errors\nfrom medseg import config\nfrom . import nifti\nfrom ..metrics import overlap\n"
+    src.write_text("import medseg.errors\nfrom medseg import config\nfrom . import nifti\n"
+                   "from ..metrics import overlap\n"
                    "def f():\n    from medseg.training.dataset import load_cases\n"
                    "    importlib.import_module('medseg.cli.main')\n")
     names = [n for n, _ in _imported_names("medseg.io.x", src)]

@@ -10,7 +10,6 @@ import torch
 from medseg.bundle import load_bundle, load_weights, save_weights, write_meta
 from medseg.errors import InputError
 from medseg.training.checkpoint import STATE_FILE, load_checkpoint
-
 from tests.training.helpers import TINY, TinyTestNet
 
 

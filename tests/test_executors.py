@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 import pytest
-from tests.system.kill_helpers import tree_bytes
 
-from tests.inference.helpers import blob_cohort, REPO_ROOT, blob_image, make_bundle, oblique_lps_affine, save_nifti
+from tests.inference.helpers import REPO_ROOT, blob_cohort, blob_image, make_bundle, oblique_lps_affine, save_nifti
+from tests.system.kill_helpers import tree_bytes
 
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'medseg[distributed]'")
 pytest.importorskip("ray.data")

@@ -22,7 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("medseg.cli.train", "train a segmentation model from a YAML config into a model bundle"),
     "find-best": ("medseg.cli.find_best", "choose between trained configurations and their ensembles on "
                   "out-of-fold Dice"),
-    "predict": ("medseg.cli.predict", "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
+    "predict": ("medseg.cli.predict",
+                "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
     "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict"),
     "mil": ("medseg.cli.mil", "multiple-instance learning on bags of feature vectors (cross-validation)"),
 }

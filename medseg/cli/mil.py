@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
     from medseg.device import resolve_device
     from medseg.fsutil import atomic_write_text
-    from medseg.mil.crossval import cross_validate
     from medseg.mil.bags import load_bags
+    from medseg.mil.crossval import cross_validate
 
     cfg = _load_cfg(args)
     bags = load_bags(args.data)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered bundle name (e.g. hippocampus_unet) or bundle folder")
-    p.add_argument("--input", type=Path, required=True, help="a volume file, a DICOM series folder, or a folder of them")
+    p.add_argument("--input", type=Path, required=True,
+                   help="a volume file, a DICOM series folder, or a folder of them")
     p.add_argument("--output", type=Path, required=True, help="output folder (label maps, manifest.json)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--tta", nargs="?", const="0,1,2", default="", metavar="AXES",

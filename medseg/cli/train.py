@@ -26,7 +26,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      "with the defaults for this machine, then train the plan")
     p.add_argument("--configuration", default="3d_fullres",
                    help="with --plan/--dataset: configuration to train (default: %(default)s)")
-    p.add_argument("--fold", default="0", help="with --plan/--dataset: validation fold 0..4, or 'all' for every fold in turn "
+    p.add_argument("--fold", default="0",
+                   help="with --plan/--dataset: validation fold 0..4, or 'all' for every fold in turn "
                    "(default: %(default)s)")
     p.add_argument("--out", type=Path, default=None,
                    help="with --plan/--dataset: output folder (default: runs/DATASET/CONFIGURATION); folds go "

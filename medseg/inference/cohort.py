@@ -28,9 +28,10 @@ import io
 import logging
 import re
 import zipfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -262,9 +263,9 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
                    probability_dtype: str = "float16", progress: bool = False, prefetch: int = 2,
                    on_case: Callable[[str], None] | None = None, executor=None,
                    predictor_factory: Callable[[], Any] | None = None):
-    """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a :class:`medseg.batch.BatchReport`
-    whose ``timings`` (:class:`medseg.inference.timings.RunTimings`) say where the time went; they are
-    also written to ``out_dir/timings.csv`` (local executor only).
+    """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a
+    :class:`medseg.batch.BatchReport` whose ``timings`` (:class:`medseg.inference.timings.RunTimings`) say
+    where the time went; they are also written to ``out_dir/timings.csv`` (local executor only).
 
     A bad case (unreadable, wrong dimensions or channels...) is recorded as failed in the
     manifest with its error code and message, and the others go on.

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,8 @@ class Predictor:
     """
 
     def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] = (),
-                 tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian", postprocess: bool = True,
+                 tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian",
+                 postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
                  weights_path: str | Path | None = None):
         import torch
@@ -135,7 +137,7 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, spec: str | Path, *, device: Any = "cpu", weights: str = "best",
-                    folds: list[int] | None = None, **kwargs: Any) -> "Predictor":
+                    folds: list[int] | None = None, **kwargs: Any) -> Predictor:
         """Load a bundle by path or registered name (:func:`medseg.inference.bundles.resolve_bundle`).
 
         A fold ensemble loads every fold (or ``folds``); its prediction is the mean of the folds'
@@ -167,7 +169,8 @@ class Predictor:
                         h.update(k.encode())
                         h.update(v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
                 digest = h.hexdigest()
-            desc = {"model": self.meta["model"], "plan": self.plan, "labels": self.labels, "patch_size": self.patch_size}
+            desc = {"model": self.meta["model"], "plan": self.plan, "labels": self.labels,
+                    "patch_size": self.patch_size}
             self._identity = {"architecture": self.meta["model"]["name"], "weights_sha256": digest,
                               "meta_sha256": hashlib.sha256(json.dumps(desc, sort_keys=True, default=str)
                                                             .encode()).hexdigest()}
@@ -179,8 +182,13 @@ class Predictor:
 
         Returns a :class:`Prediction` whose label map lies on the grid of ``image`` (shape and affine).
         """
-        from medseg.inference.prepare import (labels_to_input_grid, preprocess, spacing_warning, stack_channels,
-                                              to_input_grid)
+        from medseg.inference.prepare import (
+            labels_to_input_grid,
+            preprocess,
+            spacing_warning,
+            stack_channels,
+            to_input_grid,
+        )
 
         t0 = time.perf_counter()
         chans = [image] if isinstance(image, Volume) else list(image)

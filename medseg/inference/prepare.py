@@ -21,7 +21,8 @@ same boundaries to within a fraction of a voxel, a fraction of the memory).
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

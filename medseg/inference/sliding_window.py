@@ -17,7 +17,7 @@ place afterwards, which callers (argmax, masking, post-processing) often want.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -73,7 +73,7 @@ class RunClock:
             self._rows.setdefault(case, {"case": case})["compute_s"] = t - start
             self._last_compute_end = t
 
-    def finish(self) -> "RunTimings":
+    def finish(self) -> RunTimings:
         wall = self.now()
         with self._lock:
             rows = [dict(r) for r in self._rows.values() if "compute_at_s" in r]

@@ -6,8 +6,9 @@ checked here, once: :func:`tta_axes_from_text`, :func:`tta_axes_from_param`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import combinations
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -32,7 +33,8 @@ def tta_axes_from_text(text: str) -> tuple[int, ...]:
     try:
         axes = tuple(int(a) for a in str(text).replace(" ", "").split(",") if a != "")
     except ValueError:
-        raise ConfigError(f"--tta takes axes like 0,1,2 (0 = z, 1 = y, 2 = x), got {text!r}", code="bad_params") from None
+        raise ConfigError(f"--tta takes axes like 0,1,2 (0 = z, 1 = y, 2 = x), got {text!r}",
+                          code="bad_params") from None
     if not valid_tta_axes(axes):
         raise ConfigError(f"--tta axes must be distinct values of 0, 1, 2, got {text!r}", code="bad_params")
     return axes

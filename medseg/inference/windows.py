@@ -14,9 +14,9 @@ MONAI), floored at ``max(min(weights), 1e-3)`` so that window corners never get 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from itertools import product
-from typing import Sequence
 
 import torch
 

@@ -15,7 +15,8 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ BOOTSTRAP_SEED = 0
 N_BOOT = 2000
 
 
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = N_BOOT, level: float = 0.95,
+def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = N_BOOT, level: float = 0.95,
                  seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (fixed seed: reproducible).
 

@@ -11,7 +11,7 @@ All functions take plain arrays: ``y_true`` in {0, 1}, ``prob`` in [0, 1].
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats

@@ -13,10 +13,11 @@ are filled in afterwards as ``both_empty`` (their values need nothing from the v
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from medseg.errors import InputError, MedsegError, status_of
 from medseg.metrics.evaluate import LabelResult, error_rows, evaluate_case, labels_present, tolerance_for
@@ -67,7 +68,8 @@ def pair_cases(pred: str | Path, ref: str | Path) -> tuple[list[tuple[str, Path,
     return pairs, sorted(set(p_files) - set(r_files)), sorted(set(r_files) - set(p_files))
 
 
-def _score_one(job: tuple[str, Path, Path, list[int] | None, Any, float, str]) -> tuple[str, list[LabelResult], str | None]:
+def _score_one(job: tuple[str, Path, Path, list[int] | None, Any, float, str]
+               ) -> tuple[str, list[LabelResult], str | None]:
     """Worker: read and score one case. Returns (case, rows, error status or None)."""
     from medseg.io import read_volume
 

@@ -13,7 +13,8 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from medseg.errors import ConfigError
 

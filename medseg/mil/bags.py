@@ -35,7 +35,7 @@ class Bags:
     def n_features(self) -> int:
         return int(self.features[0].shape[1]) if self.features else 0
 
-    def subset(self, idx) -> "Bags":
+    def subset(self, idx) -> Bags:
         idx = [int(i) for i in np.asarray(idx).ravel()]
         inst = [self.instance_labels[i] for i in idx] if self.instance_labels is not None else None
         return Bags([self.features[i] for i in idx], self.labels[idx], [self.ids[i] for i in idx], inst)

@@ -18,18 +18,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from medseg.config import check_keys
 from medseg.errors import ConfigError, InputError
-from medseg.models.mil import StackedMIL, create_mil_head
 from medseg.mil.bags import Bags
+from medseg.models.mil import StackedMIL, create_mil_head
 
 log = logging.getLogger("medseg.training.mil")
 
@@ -60,7 +61,7 @@ class MILTrainConfig:
     threshold: float = 0.5
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "MILTrainConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> MILTrainConfig:
         d = dict(d or {})
         check_keys(d, [f.name for f in fields(cls)], where="mil")
         cfg = cls(**d)
@@ -136,7 +137,7 @@ def _standardisation(bags: Bags, cfg: MILTrainConfig) -> tuple[np.ndarray, np.nd
     return mean, std
 
 
-def empty_ensemble(bags: Bags, cfg: MILTrainConfig) -> "MILEnsemble":
+def empty_ensemble(bags: Bags, cfg: MILTrainConfig) -> MILEnsemble:
     """Checks ``bags`` are trainable (non-empty, both classes) and returns an ensemble with no members
     yet, holding the standardisation fitted on these (training) bags."""
     if len(bags) == 0:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medseg.models.mil import StackedMIL
 from medseg.mil.fit import MILRun, Step, start_run, train_runs
+from medseg.models.mil import StackedMIL
 
 __all__ = ["MaskedAdam", "fit_mil_many", "padded_step"]
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError, InputError
-from medseg.mil.fit import MILEnsemble, MILTrainConfig, fit_mil, fit_mil_path, predict_bags, stratified_folds
-from medseg.mil.bags import Bags
 from medseg.metrics.classification import accuracy
+from medseg.mil.bags import Bags
+from medseg.mil.fit import MILEnsemble, MILTrainConfig, fit_mil, fit_mil_path, predict_bags, stratified_folds
 
 log = logging.getLogger("medseg.training.mil")
 

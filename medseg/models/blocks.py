@@ -11,7 +11,7 @@ torch.Size([1, 8, 5, 7])
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,8 @@ optionally each slice sees its neighbours as extra input channels (2.5D).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

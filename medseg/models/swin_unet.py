@@ -22,14 +22,14 @@ torch.Size([1, 2, 37, 22])
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models.seg_registry import register_seg_model
 from medseg.models.blocks import as_tuple, check_dims, check_input, conv_nd, match_size, pad_to_multiple
+from medseg.models.seg_registry import register_seg_model
 from medseg.models.swin import PatchExpand, PatchMerging, SwinBlock
 
 

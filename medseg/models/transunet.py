@@ -18,16 +18,26 @@ torch.Size([1, 2, 35, 19])
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
+from medseg.models.blocks import (
+    ConvNormAct,
+    ConvUnit,
+    as_tuple,
+    check_dims,
+    check_input,
+    conv_nd,
+    init_conv_weights,
+    level_logits,
+    match_size,
+    pad_single_voxel_bottleneck,
+)
 from medseg.models.seg_registry import register_seg_model
-from medseg.models.blocks import (ConvNormAct, ConvUnit, as_tuple, check_dims, check_input, conv_nd,
-                                  init_conv_weights, level_logits, match_size, pad_single_voxel_bottleneck)
 
 
 class Mlp(nn.Sequential):

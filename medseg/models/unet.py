@@ -12,15 +12,25 @@ torch.Size([1, 3, 35, 21])
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from medseg.errors import ConfigError
+from medseg.models.blocks import (
+    ConvUnit,
+    as_tuple,
+    check_dims,
+    check_input,
+    conv_nd,
+    conv_transpose_nd,
+    init_conv_weights,
+    level_logits,
+    match_size,
+    pad_single_voxel_bottleneck,
+)
 from medseg.models.seg_registry import register_seg_model
-from medseg.models.blocks import (ConvUnit, as_tuple, check_dims, check_input, conv_nd, conv_transpose_nd,
-                                  init_conv_weights, level_logits, match_size, pad_single_voxel_bottleneck)
 
 
 class UNet(nn.Module):

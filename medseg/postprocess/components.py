@@ -6,7 +6,7 @@ Connectivity follows ``scipy.ndimage.generate_binary_structure``: 1 = neighbours
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -17,12 +17,13 @@ from another label (a hole filled around a tumour label keeps the tumour).
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from medseg.errors import ConfigError
-from medseg.metrics.overlap import mask_dice as dice   # medseg.postprocess.dice: Dice of two boolean masks
+from medseg.metrics.overlap import mask_dice as dice  # medseg.postprocess.dice: Dice of two boolean masks
 from medseg.postprocess.components import fill_holes, keep_largest_component, remove_small_components
 from medseg.postprocess.morphology import binary_closing, binary_opening
 
@@ -164,7 +165,7 @@ def choose_postprocess(
     per_case = isinstance(spacing_mm[0], (list, tuple, np.ndarray))
     spacings = list(spacing_mm) if per_case else [tuple(spacing_mm)] * len(preds)
     if labels is None:
-        found = set()
+        found: set[int] = set()
         for arr in list(preds) + list(refs):
             found.update(int(v) for v in np.unique(arr))
         labels = sorted(v for v in found if v > 0)

@@ -7,8 +7,9 @@ voxel ``[i, j, k]`` of the crop is voxel ``start + [i, j, k]`` of the input at t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class CropBox:
         return {"start": list(self.start), "stop": list(self.stop), "full_shape": list(self.full_shape)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CropBox":
+    def from_dict(cls, d: dict[str, Any]) -> CropBox:
         return cls(tuple(int(v) for v in d["start"]), tuple(int(v) for v in d["stop"]),  # type: ignore[arg-type]
                    tuple(int(v) for v in d["full_shape"]))  # type: ignore[arg-type]
 
@@ -87,7 +88,7 @@ def crop_to_foreground(
     vol: Volume,
     *,
     threshold: float | None = None,
-    mask: "np.ndarray | Volume | None" = None,
+    mask: np.ndarray | Volume | None = None,
     margin_vox: int | Sequence[int] = 0,
 ) -> tuple[Volume, CropBox]:
     """Crop ``vol`` to the box around its foreground.
@@ -122,12 +123,12 @@ def crop_to_foreground(
 
 
 def uncrop(
-    data: "np.ndarray | Volume",
+    data: np.ndarray | Volume,
     box: CropBox,
     reference: Volume | None = None,
     *,
     fill: float = 0,
-) -> "np.ndarray | Volume":
+) -> np.ndarray | Volume:
     """Put a cropped array/Volume back into the full grid (``box.full_shape``), ``fill`` elsewhere.
 
     An array gives an array; a Volume gives a Volume on the grid of ``reference`` if given,

@@ -7,7 +7,7 @@ do not change these filters' output, so no orientation conversion is involved. O
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

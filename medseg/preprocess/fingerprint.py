@@ -11,8 +11,9 @@ The result is a plain dict (YAML-safe) so it can be saved next to the plan.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

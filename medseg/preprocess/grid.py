@@ -25,8 +25,9 @@ the whole extent, e.g. 0.2% for 200 voxels), so the geometry written to disk is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class Grid:
                 "origin_mm": list(self.origin_mm), "direction": self.direction.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Grid":
+    def from_dict(cls, d: dict[str, Any]) -> Grid:
         return cls(tuple(d["shape"]), tuple(d["spacing_mm"]), tuple(d["origin_mm"]), np.asarray(d["direction"]))
 
     def voxel_centres_mm(self) -> np.ndarray:
@@ -74,7 +75,7 @@ class Grid:
         return idx @ (self.direction * np.asarray(self.spacing_mm)[None, :]).T + np.asarray(self.origin_mm)
 
 
-def grid_of(obj: "Volume | Grid") -> Grid:
+def grid_of(obj: Volume | Grid) -> Grid:
     """The grid of a Volume (or the Grid itself)."""
     if isinstance(obj, Grid):
         return obj

@@ -54,7 +54,7 @@ def _image_only(vol: Volume, what: str) -> None:
                          f"({vol.meta.get('path', 'volume')})")
 
 
-def _mask_array(vol: Volume, mask: "np.ndarray | Volume | None") -> np.ndarray | None:
+def _mask_array(vol: Volume, mask: np.ndarray | Volume | None) -> np.ndarray | None:
     if mask is None:
         return None
     if isinstance(mask, Volume):
@@ -91,7 +91,7 @@ def zscore_array(a: np.ndarray, *, mask: np.ndarray | None = None, eps: float = 
     return out
 
 
-def zscore(vol: Volume, *, mask: "np.ndarray | Volume | None" = None, mask_nonzero: bool = False) -> Volume:
+def zscore(vol: Volume, *, mask: np.ndarray | Volume | None = None, mask_nonzero: bool = False) -> Volume:
     """Z-score normalisation; statistics inside ``mask`` (or the non-zero voxels if
     ``mask_nonzero``), applied to every voxel. With a mask, voxels outside it are set to 0
     (nnU-Net's behaviour for ``use_mask_for_norm``)."""

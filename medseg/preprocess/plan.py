@@ -36,17 +36,18 @@ normalising before resampling; read with those defaults, they preprocess exactly
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from medseg.errors import ConfigError, GeometryMismatchError
 from medseg.preprocess.crop import CropBox, foreground_box
 from medseg.preprocess.grid import Grid, grid_of, index_grid, spacing_grid
+from medseg.preprocess.interp import KERNELS
 from medseg.preprocess.normalize import channel_methods, method_spec, normalize_channels
 from medseg.preprocess.resample import LABEL_ORDERS, resample_array, resample_array_to_grid
-from medseg.preprocess.interp import KERNELS
 from medseg.volume import Volume
 
 log = logging.getLogger("medseg.preprocess.plan")
@@ -220,7 +221,7 @@ class Prepared:
                 "cropped_grid": self.cropped.to_dict(), "preprocessed_grid": self.grid.to_dict()}
 
     @classmethod
-    def from_info(cls, info: dict[str, Any], image: np.ndarray | None = None) -> "Prepared":
+    def from_info(cls, info: dict[str, Any], image: np.ndarray | None = None) -> Prepared:
         """The grids and crop box of :meth:`to_info` (``image`` empty unless given)."""
         pre = Grid.from_dict(info["preprocessed_grid"])
         return cls(np.empty((0, *pre.shape), np.float32) if image is None else image, pre,
@@ -241,7 +242,8 @@ def resample_case(image: np.ndarray, label: np.ndarray | None, spacing_mm: Seque
     sp, tg = np.asarray(spacing_mm, float), np.asarray(target_mm, float)
     if np.all(np.abs(sp / tg - 1) < tolerance):
         return image, label
-    kw = dict(anisotropy_threshold=anisotropy_threshold, anisotropic_order=anisotropic_order, threads=threads)
+    kw: dict[str, Any] = dict(anisotropy_threshold=anisotropy_threshold, anisotropic_order=anisotropic_order,
+                              threads=threads)
     img = resample_array(np.asarray(image, dtype=np.float32), tuple(sp), tuple(tg), order=order, **kw)
     lab = None
     if label is not None:

@@ -23,7 +23,8 @@ Every rule is a small function on numbers, written down with its reason in ``doc
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,8 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"memory_gb": 4.0, "gflop_per_iteration": 120.0, "base_features": 16, "max_features": 256,
             "max_features_2d": 256, "min_batch": 2, "max_batch": 2, "epochs": 100, "iters_per_epoch": 50, "amp": "off"},
     "cuda": {"memory_gb": 8.0, "gflop_per_iteration": None, "base_features": 32, "max_features": 320,
-             "max_features_2d": 512, "min_batch": 2, "max_batch": 64, "epochs": 1000, "iters_per_epoch": 250, "amp": "bf16"},
+             "max_features_2d": 512, "min_batch": 2, "max_batch": 64, "epochs": 1000, "iters_per_epoch": 250,
+             "amp": "bf16"},
 }
 
 
@@ -243,7 +245,7 @@ def plan_experiment(fp: dict[str, Any], *, modalities: Sequence[str], labels: di
     spacing, aniso_axis = target_spacing(fp)
     shape = _shape_at(fp, spacing)
     n_cls = max(labels) + 1
-    kw = dict(device=device, memory_gb=memory_gb, gflop_per_iteration=gflop_per_iteration,
+    kw: dict[str, Any] = dict(device=device, memory_gb=memory_gb, gflop_per_iteration=gflop_per_iteration,
               in_channels=len(modalities), out_channels=n_cls)
     all_vox = float(np.prod(shape)) * int(fp["n_cases"])
     norm = [normalization_for(m, cfp) for m, cfp in zip(modalities, channel_fps)]

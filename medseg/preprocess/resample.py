@@ -29,8 +29,8 @@ nnU-Net); smooth first (``denoise.gaussian``) if that matters.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def resample_array(
               anisotropy_threshold=anisotropy_threshold, anisotropic_order=anisotropic_order, fill=fill,
               threads=threads)
     if a.ndim == 4:
-        return np.stack([resample_array(ch, spacing_mm, **kw) for ch in a])  # type: ignore[arg-type]
+        return np.stack([resample_array(ch, spacing_mm, **kw) for ch in a])
     if a.ndim != 3:
         raise ValueError(f"resample_array needs a (z, y, x) or (C, z, y, x) array, got shape {a.shape}")
     if (target_mm is None) == (shape is None):
@@ -190,7 +190,7 @@ def resample_to_spacing(
 
 def resample_to_grid(
     vol: Volume,
-    reference: "Volume | Grid",
+    reference: Volume | Grid,
     *,
     order: str = "linear",
     label_order: str = "nearest",

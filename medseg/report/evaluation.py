@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from medseg.fsutil import remove_stale_tmp, safe_join
 from medseg.metrics.aggregate import BOOTSTRAP_SEED, N_BOOT, summarize_rows

@@ -6,8 +6,9 @@ import base64
 import html
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from medseg.fsutil import atomic_write_text
 
@@ -99,7 +100,8 @@ def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta
             s = ent[m]
             lo, hi = s["ci95"]
             parts.append(f"<td>{_num(s['mean'])} [{_num(lo)}, {_num(hi)}]</td>"
-                         f"<td>{_num(s['median'])} ({_num(s['iqr'])})</td><td>{_num(s['mean_without_both_empty'])}</td>")
+                         f"<td>{_num(s['median'])} ({_num(s['iqr'])})</td>"
+                         f"<td>{_num(s['mean_without_both_empty'])}</td>")
         parts.append("</tr>")
     parts.append("</table>")
 

@@ -14,9 +14,10 @@ This module sits below the stage modules (:mod:`medseg.stages.preprocess` ...) a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Literal
 
 from medseg.errors import ConfigError, MedsegError, status_of
 from medseg.fsutil import safe_join
@@ -53,7 +54,8 @@ class Context:
 
 
 # ---------------------------------------------------------------------------- volume stages
-def map_volumes(ctx: Context, fn: Callable[[Any], Any], *, input: str | None, kind: str | None = None,
+def map_volumes(ctx: Context, fn: Callable[[Any], Any], *, input: str | None,
+                kind: Literal["image", "label"] | None = None,
                 default_name: str) -> dict[str, Any]:
     """Apply ``fn(volume) -> volume`` to every case of ``input`` (default: the previous volume
     stage's output) and write ``OUTPUT/<stage name>/<case>.nii.gz``. A bad case is reported in

@@ -14,14 +14,15 @@ writes ``OUTPUT/<stage name>/<case>.nii.gz``. Example::
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from medseg.errors import ConfigError
-from medseg.stages.base import volume_stage
 from medseg.preprocess.crop import crop_to_foreground
 from medseg.preprocess.denoise import curvature_anisotropic_diffusion, gaussian, median
 from medseg.preprocess.normalize import ct_window, minmax, zscore
 from medseg.preprocess.resample import resample_to_spacing
+from medseg.stages.base import volume_stage
 from medseg.volume import Volume
 
 

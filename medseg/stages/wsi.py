@@ -138,9 +138,9 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
 
     With ``cv_folds >= 2`` it first runs stratified k-fold CV over the slides and writes
     ``mil_cv.json`` (AUC, accuracy, balanced accuracy, F1: mean, sd, 95 % t-interval over folds)."""
-    from medseg.mil.select import fit_mil_selected
-    from medseg.mil.fit import MILTrainConfig, predict_bags
     from medseg.mil.bags import Bags
+    from medseg.mil.fit import MILTrainConfig, predict_bags
+    from medseg.mil.select import fit_mil_selected
     from medseg.wsi.bundle import save_bundle
     from medseg.wsi.features import load_features
     from medseg.wsi.labels import read_labels
@@ -158,7 +158,7 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
             problems[sid] = f"slide '{sid}' features are at {meta['mpp']} um/px, not {st.tiling.mpp}"
             continue
         feats.append(x); ys.append(y); ids.append(sid)
-    for k, v in problems.items():
+    for v in problems.values():
         log.error("%s", v)
     if len(set(ys)) < 2:
         raise InputError(f"need labelled slides of both classes with features; have {len(ys)} "

@@ -13,7 +13,8 @@ from the ``rng`` passed in, so a sample is a pure function of its seed.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage

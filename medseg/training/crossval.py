@@ -14,8 +14,9 @@ was trained on, so the rules chosen are not fitted to training cases.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

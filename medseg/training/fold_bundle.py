@@ -4,8 +4,8 @@ predicts with the mean of the folds' probabilities (``--folds`` picks a subset).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from medseg.bundle import WEIGHTS, read_meta, write_meta
 from medseg.errors import InputError

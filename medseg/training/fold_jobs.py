@@ -10,8 +10,9 @@ finished fold is skipped; an interrupted one continues with ``resume``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from medseg.errors import MedsegError
 from medseg.executors import LOCAL, ExecutorSpec

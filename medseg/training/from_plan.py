@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError
-
 from medseg.preprocess.planner import PLAN_FORMAT
 
 

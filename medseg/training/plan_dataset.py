@@ -55,9 +55,9 @@ def plan_dataset(root: str | Path, *, device: str = "cpu", memory_gb: float | No
                  label_names: dict[int, str] | None = None) -> dict[str, Any]:
     """The plan (a YAML-safe dict) for the data set at ``root``; raises InputError on any bad case.
     ``label_names`` renames labels of the data set (a label it does not have is an error)."""
+    from medseg.io.dataset import scan_dataset
     from medseg.preprocess.fingerprint import fingerprint
     from medseg.preprocess.planner import plan_experiment
-    from medseg.io.dataset import scan_dataset
 
     t0 = time.perf_counter()
     root = Path(root)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError, InputError
-from medseg.preprocess.plan import apply_plan_arrays
 from medseg.io.dataset import DatasetInfo, scan_dataset
+from medseg.preprocess.plan import apply_plan_arrays
 from medseg.training.dataset import load_cases, train_val_split
 from medseg.training.plan import make_plan
 from medseg.training.sampling import TrainCase

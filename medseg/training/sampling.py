@@ -9,7 +9,8 @@ uninterrupted run would be. Under DDP, rank ``r`` of ``W`` takes the samples of 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

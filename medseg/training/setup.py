@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,8 +97,10 @@ def lr_at(step: int, *, total: int, base: float, warmup: int, schedule: str, pow
     ``cosine`` (``(1 + cos(pi f)) / 2``) or ``constant``, with ``f`` the fraction of the
     remaining steps done.
 
-    >>> lr_at(0, total=10, base=1.0, warmup=0, schedule="poly"), lr_at(5, total=10, base=1.0, warmup=0, schedule="cosine")
-    (1.0, 0.5)
+    >>> lr_at(0, total=10, base=1.0, warmup=0, schedule="poly")
+    1.0
+    >>> lr_at(5, total=10, base=1.0, warmup=0, schedule="cosine")
+    0.5
     """
     if step < warmup:
         return base * (0.01 + 0.99 * step / warmup)

@@ -33,7 +33,7 @@ from medseg.training.distributed import DistInfo, all_reduce_sum, barrier, init_
 from medseg.training.losses import deep_supervision_loss, seg_loss
 from medseg.training.prepare import PreparedData, prepare_data
 from medseg.training.sampling import EpochSampler, PatchDataset
-from medseg.training.setup import (build_model, make_loader, make_optimizer, lr_at, setup_torch, wrap_for_training)
+from medseg.training.setup import build_model, lr_at, make_loader, make_optimizer, setup_torch, wrap_for_training
 from medseg.training.validate import validate
 
 log = logging.getLogger("medseg.training")

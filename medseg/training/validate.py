@@ -9,7 +9,7 @@ volumes much larger than a patch.)
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

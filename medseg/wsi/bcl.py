@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,10 +31,9 @@ from torch import nn
 from medseg.config import check_keys
 from medseg.errors import ConfigError
 from medseg.fsutil import atomic_write_text
-from medseg.models.encoders import create_encoder, load_weights, save_weights
-from medseg.mil.fit import (MILTrainConfig, attention_weights, fit_mil, load_mil, predict_bags,
-                                       save_mil)
 from medseg.mil.bags import Bags
+from medseg.mil.fit import MILTrainConfig, attention_weights, fit_mil, load_mil, predict_bags, save_mil
+from medseg.models.encoders import create_encoder, load_weights, save_weights
 from medseg.wsi.patches import read_pairs
 
 log = logging.getLogger("medseg.wsi.bcl")
@@ -57,7 +57,7 @@ class BCLConfig:
     mil: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "BCLConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> BCLConfig:
         d = dict(d or {})
         check_keys(d, [f.name for f in fields(cls)], where="bcl")
         cfg = cls(**d)
@@ -213,7 +213,7 @@ def run_bcl(train, cfg: BCLConfig, out_dir: Path, *, device: torch.device, test=
             if r > 0 and cfg.use_classifier_prob:
                 a = a * probs[b]
             scores.append(a)
-        plabels = pseudo_labels(train.labels, scores, lambda n: cfg.k_for(r, n))
+        plabels = pseudo_labels(train.labels, scores, lambda n, r=r: cfg.k_for(r, n))
         np.savez(rdir / "pseudo_labels.npz", **{f"b{b}": lab for b, lab in enumerate(plabels)})
         save_weights(model, rdir / "patch_model.safetensors")
         save_mil(ens, rdir / "aggregator.safetensors")

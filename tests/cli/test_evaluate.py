@@ -16,7 +16,7 @@ from tests.paths import shared_path
 
 
 def _sd_pkg():
-    np.Inf = np.inf  # surface-distance 0.1 still uses np.Inf (removed in NumPy 2)
+    np.Inf = np.inf  # noqa: NPY201 -- surface-distance 0.1 still uses np.Inf (removed in NumPy 2)
     import surface_distance
 
     return surface_distance

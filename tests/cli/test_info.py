@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tests.paths import REPO, shared_path
 
 from medseg.cli.info import looks_like_labels
 from medseg.cli.main import main
+from tests.paths import REPO, shared_path
 
 
 def _json(capsys, *argv):

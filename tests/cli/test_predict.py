@@ -8,11 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.paths import shared_path
 from medseg.cli.main import main
 from medseg.inference.cohort import find_cases, run_predict
 from medseg.io import read_volume
 from tests.inference.helpers import blob_cohort, blob_image, make_bundle, save_nifti
+from tests.paths import shared_path
 
 
 def _cohort(root, n=3):

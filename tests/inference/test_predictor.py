@@ -9,7 +9,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-from tests.paths import shared_path
 from medseg.bundle import load_bundle, save_weights
 from medseg.errors import InputError
 from medseg.inference.bundles import registered_bundles, resolve_bundle
@@ -19,6 +18,7 @@ from medseg.io import read_volume, write_volume
 from medseg.preprocess.grid import Grid, spacing_grid
 from medseg.volume import Volume
 from tests.inference.helpers import blob_image, make_bundle, oblique_lps_affine, save_nifti
+from tests.paths import shared_path
 
 
 def _reference_probs(bundle, image: np.ndarray) -> np.ndarray:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.paths import REPO, SAMPLES
 from medseg.inference.bundles import registered_bundles
 from medseg.io import read_volume
 from medseg.metrics.overlap import dice_from_counts, label_counts
+from tests.paths import REPO, SAMPLES
 
 
 def _needs_bundle():

@@ -16,7 +16,8 @@ monai_utils = pytest.importorskip("monai.inferers.utils")
 
 def _net3d(out_ch=3, seed=0):
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, out_ch, 3, padding=1))
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv3d(4, out_ch, 3, padding=1))
     return net.eval()
 
 
@@ -94,7 +95,8 @@ def test_repeated_calls_identical_and_cache_untouched():
 @pytest.mark.parametrize("axis", [0, 2])
 def test_slicewise_2d_model(axis):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 2, 3, padding=1)).eval()
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(),
+                              torch.nn.Conv2d(4, 2, 3, padding=1)).eval()
     x = torch.randn(1, 1, 6, 21, 18)
     out = sliding_window(net, x, (16, 16), overlap=0.5, batch_size=3, axis=axis)
     assert out.shape == (1, 2, 6, 21, 18)

@@ -57,8 +57,12 @@ def test_mirror_tta_with_sliding_window_and_sigmoid():
 
 def test_ensemble_by_hand():
     x = torch.zeros(1, 1, 2, 2)
-    p1 = lambda t: torch.zeros(1, 2, 2, 2)  # softmax 0.5 / 0.5
-    p2 = lambda t: torch.stack([torch.full((1, 2, 2), math.log(3.0)), torch.zeros(1, 2, 2)], 1)  # 0.75 / 0.25
+    def p1(t):
+        return torch.zeros(1, 2, 2, 2)  # softmax 0.5 / 0.5
+
+    def p2(t):
+        return torch.stack([torch.full((1, 2, 2), math.log(3.0)), torch.zeros(1, 2, 2)], 1)  # 0.75 / 0.25
+
     out = ensemble([p1, p2], x)
     torch.testing.assert_close(out[0, 0], torch.full((2, 2), 0.625))
     out_w = ensemble([p1, p2], x, weights=[1, 3])
@@ -81,7 +85,8 @@ def test_ensemble_errors():
 # ---------------------------------------------------------------- mirroring inside the window loop
 def test_per_window_mirroring_by_hand():
     x = torch.randn(1, 1, 6, 5, 4, generator=torch.Generator().manual_seed(1))
-    # the ramp is the position inside the window the model sees; one window covering the image: flipping along y, predicting and flipping back gives x + (4 - y);
+    # the ramp is the position inside the window the model sees; one window covering the image: flipping along y,
+    # predicting and flipping back gives x + (4 - y);
     # the mean with the plain x + y is x + 2 everywhere
     out = sliding_window(_ramp_predictor(1), x, (6, 5, 4), blend="constant", mirror_axes=(1,))
     torch.testing.assert_close(out, torch.cat([x + 2.0, -x], 1))

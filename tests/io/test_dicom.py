@@ -8,12 +8,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from tests.paths import shared_path
 
 from medseg.errors import InputError
 from medseg.io import list_cases, read_volume
 from medseg.io.dicom import list_series, read_dicom_series
 from medseg.io.itk import sitk_to_volume
+from tests.paths import shared_path
 
 SERIES = [("dicom", "udacity_study3_T2reg"), ("dicom", "udacity_study3_HCropVolume"),
           ("totalsegmentator", "example_ct_dicom")]

@@ -11,10 +11,10 @@ import struct
 import nibabel as nib
 import numpy as np
 import pytest
-from tests.paths import shared_path
 
 from medseg.errors import InputError
 from medseg.io import read_volume, write_volume
+from tests.paths import shared_path
 
 
 def _raises(path, code, **kw):

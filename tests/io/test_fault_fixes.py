@@ -8,11 +8,11 @@ import struct
 
 import numpy as np
 import pytest
-from tests.paths import SAMPLES, shared_path
 
 from medseg.errors import InputError
 from medseg.io import read_volume, write_volume
 from medseg.io.itk import write_itk
+from tests.paths import SAMPLES, shared_path
 
 IMG = SAMPLES / "hippocampus" / "images" / "hippocampus_003.nii.gz"
 

@@ -6,13 +6,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tests.paths import shared_path
 from scipy.spatial.transform import Rotation
 
 from medseg.io import list_cases, read_volume, write_volume
 from medseg.io.itk import read_itk, sitk_to_volume, volume_to_sitk, write_itk
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
+from tests.paths import shared_path
 
 FILES = [
     ("hippocampus", "labelsTr", "hippocampus_003.nii.gz"),

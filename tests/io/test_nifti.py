@@ -7,12 +7,12 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from tests.paths import shared_path
 from scipy.spatial.transform import Rotation
 
 from medseg.io import read_volume, write_volume
 from medseg.io.nifti import read_nifti, write_nifti
 from medseg.volume import Volume
+from tests.paths import shared_path
 
 REAL = [
     ("hippocampus", "imagesTr", "hippocampus_001.nii.gz"),  # uint8 image

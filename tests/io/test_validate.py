@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.paths import shared_path
 
 from medseg.errors import InputError
 from medseg.fsutil import atomic_path
 from medseg.io import list_cases, read_volume, write_volume
 from medseg.io.validate import check_image, check_label
 from medseg.volume import Volume
+from tests.paths import shared_path
 
 
 def test_check_image_reports_count_and_first_voxel():

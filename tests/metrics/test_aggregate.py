@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from medseg.errors import ConfigError
 from medseg.metrics.aggregate import bootstrap_ci, summarize_rows, summarize_values
 from medseg.metrics.params import parse_label_names, parse_labels, parse_tolerances
-from medseg.errors import ConfigError
 
 
 def test_summary_values_by_hand():

@@ -9,13 +9,18 @@ import pytest
 from scipy import ndimage
 
 from medseg.metrics._surfel_table import surfel_area_table
-from medseg.metrics.surface import (compute_surface_distances, hd_percentile_mm, image_diagonal_mm,
-                                    neighbourhood_codes, nsd)
+from medseg.metrics.surface import (
+    compute_surface_distances,
+    hd_percentile_mm,
+    image_diagonal_mm,
+    neighbourhood_codes,
+    nsd,
+)
 from tests.paths import shared_path
 
 
 def _sd_pkg():
-    np.Inf = np.inf  # surface-distance 0.1 still uses np.Inf (removed in NumPy 2)
+    np.Inf = np.inf  # noqa: NPY201 -- surface-distance 0.1 still uses np.Inf (removed in NumPy 2)
     import surface_distance
 
     return surface_distance

@@ -10,9 +10,9 @@ import scipy.io
 import scipy.sparse
 import torch
 
-from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head, segment_softmax
-from medseg.mil.bags import load_bags
 from medseg.metrics import classification as M
+from medseg.mil.bags import load_bags
+from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head, segment_softmax
 from tests.paths import shared_path
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head
-from medseg.mil.folds import MaskedAdam
+from medseg.mil.bags import Bags
 from medseg.mil.crossval import cross_validate
 from medseg.mil.fit import MILTrainConfig
-from medseg.mil.bags import Bags
+from medseg.mil.folds import MaskedAdam
+from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head
 
 
 @pytest.mark.parametrize("name", MIL_MODELS)

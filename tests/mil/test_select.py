@@ -9,9 +9,9 @@ import pytest
 
 from medseg.errors import ConfigError
 from medseg.mil import select as mil_select
+from medseg.mil.bags import Bags, load_bags
 from medseg.mil.crossval import cross_validate
 from medseg.mil.fit import MILTrainConfig, fit_mil, fit_mil_path, predict_bags
-from medseg.mil.bags import Bags, load_bags
 from tests.mil.test_fit import _toy_bags, _write_csv
 
 

@@ -10,8 +10,6 @@ from medseg.models import create_seg_model
 from medseg.models.slicewise import SliceWise, slicewise_model, slicing_axis
 
 
-
-
 @pytest.mark.parametrize("spacing,axis", [
     ((5.0, 0.8, 0.8), 0), ((1.0, 1.0, 1.0), 0), ((0.7, 3.0, 0.7), 1), ((1.0, 1.0, 2.5), 2),
     ((0.9, 2.0, 2.0), 1), ((2.0, 2.0 * (1 - 1e-5), 1.0), 0),

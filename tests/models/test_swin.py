@@ -7,11 +7,16 @@ import itertools
 import pytest
 import torch
 
-from medseg.models.swin import (PatchExpand, PatchMerging, SwinBlock, effective_window,
-                                relative_position_index, shifted_window_mask, window_partition,
-                                window_reverse)
-
-
+from medseg.models.swin import (
+    PatchExpand,
+    PatchMerging,
+    SwinBlock,
+    effective_window,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 
 
 def test_window_partition_by_hand_and_roundtrip():

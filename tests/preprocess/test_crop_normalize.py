@@ -7,7 +7,14 @@ import pytest
 
 from medseg.errors import GeometryMismatchError
 from medseg.preprocess import (
-    CropBox, crop_to_foreground, ct_window, curvature_anisotropic_diffusion, gaussian, median, minmax, uncrop,
+    CropBox,
+    crop_to_foreground,
+    ct_window,
+    curvature_anisotropic_diffusion,
+    gaussian,
+    median,
+    minmax,
+    uncrop,
     zscore,
 )
 from medseg.volume import Volume

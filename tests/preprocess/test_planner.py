@@ -11,8 +11,14 @@ import pytest
 
 from medseg.cli.main import main
 from medseg.io import write_volume
-from medseg.preprocess.planner import (DEVICE_DEFAULTS, estimate, normalization_for, plan_configuration,
-                                       plan_experiment, topology)
+from medseg.preprocess.planner import (
+    DEVICE_DEFAULTS,
+    estimate,
+    normalization_for,
+    plan_configuration,
+    plan_experiment,
+    topology,
+)
 from medseg.volume import Volume
 
 
@@ -302,7 +308,7 @@ def test_out_of_fold_predictions_cover_every_case_once(tmp_path):
         for p in sorted((run / f"fold_{f}" / "oof").glob("*.nii.gz")):
             seen.setdefault(p.name[: -len(".nii.gz")], []).append(f)
     assert seen == {f"c{i}": [seen[f"c{i}"][0]] for i in range(5)}
-    cid, f = "c3", seen["c3"][0]
+    f = seen["c3"][0]
     own = Predictor.from_bundle(run / f"fold_{f}").predict_volume(read_volume(root / "imagesTr" / "c3_0000.nii.gz"))
     oof = run / f"fold_{f}" / "oof" / "c3.nii.gz"
     np.testing.assert_array_equal(read_volume(oof).array, own.label.array)

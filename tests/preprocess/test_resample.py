@@ -7,8 +7,16 @@ import pytest
 import scipy.ndimage as ndi
 
 from medseg.io import read_volume, write_volume
-from medseg.preprocess import (Grid, grid_of, resample_array, resample_array_to_grid, resample_to_grid,
-                               resample_to_spacing, shape_grid, spacing_grid)
+from medseg.preprocess import (
+    Grid,
+    grid_of,
+    resample_array,
+    resample_array_to_grid,
+    resample_to_grid,
+    resample_to_spacing,
+    shape_grid,
+    spacing_grid,
+)
 from medseg.volume import Volume
 from tests.paths import shared_path
 

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from medseg.batch import _TMP_NAME, MANIFEST, sha256_file
 from tests.paths import REPO
 from tests.system.kill_helpers import cases_recorded, tree_bytes
-
-from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
-
 
 WORKER = textwrap.dedent('''
     import sys, time

@@ -10,9 +10,17 @@ byte-identical to a clean run of the good cases alone.
 from __future__ import annotations
 
 import pytest
-from tests.paths import SHARED
 
-from tests.system.faults.campaign import GOOD_CASES, SAMPLES, build_batch, csv_rows_by_case, evaluate_cli, read_all, sources
+from tests.paths import SHARED
+from tests.system.faults.campaign import (
+    GOOD_CASES,
+    SAMPLES,
+    build_batch,
+    csv_rows_by_case,
+    evaluate_cli,
+    read_all,
+    sources,
+)
 from tests.system.faults.generate import make_corpus
 
 DICOM = SHARED / "dicom" / "udacity_study3_HCropVolume"

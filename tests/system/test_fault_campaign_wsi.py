@@ -11,8 +11,8 @@ different outputs, and never a truncation, wrong magic, broken header or zeroed 
 from __future__ import annotations
 
 import pytest
-from tests.paths import shared_path
 
+from tests.paths import shared_path
 from tests.system.faults.wsi_campaign import SLIDES, run_slide_batch
 from tests.system.faults.wsi_faults import SLIDE_CODES, make_slide_corpus
 

@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 import pytest
-from tests.paths import REPO, SAMPLES
 
 from medseg.cli.main import main
+from tests.paths import REPO, SAMPLES
 
 OUTPUTS = ("metrics.csv", "summary.json", "report.html")
 KILLER = '''

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from tests.paths import REPO, SAMPLES, shared_path
 
 from medseg import config as cfgmod
 from medseg.cli.main import main
 from medseg.errors import ConfigError, MedsegError
 from medseg.fsutil import case_id, safe_join, sanitize_name
+from tests.paths import REPO, SAMPLES, shared_path
 
 MEDSEG = REPO / "medseg"
 

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.system.kill_helpers import cases_recorded, output_bytes, tree_bytes
 
-from medseg.batch import MANIFEST, _TMP_NAME, sha256_file
+from medseg.batch import _TMP_NAME, MANIFEST, sha256_file
 from tests.inference.helpers import REPO_ROOT, blob_cohort, make_bundle
+from tests.system.kill_helpers import cases_recorded, output_bytes, tree_bytes
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
 

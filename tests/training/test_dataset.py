@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from medseg.errors import ConfigError, InputError
-from medseg.training.config import resolve_config
 from medseg.io.dataset import scan_dataset
-from medseg.training.dataset import load_cases, split_folds, train_val_split
 from medseg.preprocess.normalize import normalize_channels as normalize
+from medseg.training.config import resolve_config
+from medseg.training.dataset import load_cases, split_folds, train_val_split
 from medseg.training.plan import make_plan, round_up
-
 from tests.training.helpers import _save, make_dataset
 
 

@@ -25,7 +25,6 @@ import torch
 from medseg import config as cfgmod
 from medseg.bundle import load_bundle, load_weights
 from medseg.training.checkpoint import state_digest
-
 from tests.training.helpers import REPO_ROOT, make_dataset
 
 pytestmark = [

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from medseg.cli.main import main
-from tests.preprocess.test_planner import _dataset
 from tests.inference.helpers import REPO_ROOT
+from tests.preprocess.test_planner import _dataset
 
 TINY = ["--set", "training.epochs=1", "--set", "training.iters_per_epoch=2", "--set", "training.progress=false",
         "--set", "training.threads=1", "--set", "model.features=[4,8]"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medseg.training.losses import (deep_supervision_loss, deep_supervision_weights, downsample_target, seg_loss,
-                                    soft_dice_loss)
+from medseg.training.losses import (
+    deep_supervision_loss,
+    deep_supervision_weights,
+    downsample_target,
+    seg_loss,
+    soft_dice_loss,
+)
 from medseg.training.setup import lr_at
 from medseg.training.validate import dice_per_label, pad_to_multiple, predict_logits
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.training.augment import (crop_patch, intensity_augment, random_flip, rotation_matrix, warped_patch)
+from medseg.training.augment import crop_patch, intensity_augment, random_flip, rotation_matrix, warped_patch
 from medseg.training.config import DEFAULTS
 from medseg.training.sampling import EpochSampler, PatchDataset, TrainCase, choose_centre
 

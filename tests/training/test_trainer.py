@@ -13,7 +13,6 @@ import torch
 from medseg.bundle import load_bundle, load_weights
 from medseg.errors import ConfigError, InputError
 from medseg.training import train
-
 from tests.training.helpers import REPO_ROOT, TINY, make_dataset, tiny_config
 
 

@@ -13,7 +13,6 @@ from medseg.bundle import load_bundle, load_weights
 from medseg.errors import ConfigError
 from medseg.training import train
 from medseg.training.checkpoint import state_digest
-
 from tests.training.helpers import REPO_ROOT, _save, make_case, tiny_config
 
 # y is the coarsest axis: the slicing axis must be 1 (not the default 0), in training and in the predictor

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
-from medseg.wsi.bcl import BCLConfig, pseudo_labels, run_bcl
 from medseg.metrics.classification import binary_metrics
+from medseg.wsi.bcl import BCLConfig, pseudo_labels, run_bcl
 from medseg.wsi.patches import ArrayPatchSource, read_pairs
 
 
@@ -111,7 +111,8 @@ def _finetune_one_by_one(model, source, plabels, cfg, rng):
     model.train()
     for _ in range(cfg.finetune_epochs):
         for _ in range(max(1, 2 * max(len(pos), len(neg)) // cfg.batch_size)):
-            items = [pos[i] for i in rng.integers(0, len(pos), half)] + [neg[i] for i in rng.integers(0, len(neg), half)]
+            items = ([pos[i] for i in rng.integers(0, len(pos), half)]
+                     + [neg[i] for i in rng.integers(0, len(neg), half)])
             y = torch.tensor([1.0] * half + [0.0] * half)
             x = torch.cat([source.read(b, np.array([i])) for b, i in items])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)

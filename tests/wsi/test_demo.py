@@ -4,7 +4,6 @@ legible attention heatmap PNG of the heatmap thumbnail's size (needs openslide; 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest

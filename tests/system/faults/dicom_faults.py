@@ -7,8 +7,8 @@ Each variant is a folder: a copy of the source series with one change.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -78,12 +78,12 @@ def dicom_corpus(c, src: Path) -> None:
     step = float(np.median(np.diff([p for _, p in slices])))
     for i, frac in ((n // 3, 0.3), (2 * n // 3, -0.2)):
         d = variant(f"nonuniform_{i:02d}", "dicom_spacing", {"nonuniform_spacing", "missing_slice"})
-        _edit(d / files[i].name, lambda ds: ds.ImagePositionPatient.__setitem__(2, float(ds.ImagePositionPatient[2])
-                                                                               + frac * step))
+        _edit(d / files[i].name, lambda ds, frac=frac: ds.ImagePositionPatient.__setitem__(
+            2, float(ds.ImagePositionPatient[2]) + frac * step))
     d = variant("tilted_stack", "dicom_spacing", {"bad_geometry"})
     for k, f in enumerate(files):
-        _edit(d / f.name, lambda ds: ds.ImagePositionPatient.__setitem__(1, float(ds.ImagePositionPatient[1])
-                                                                         + 0.3 * k))
+        _edit(d / f.name, lambda ds, k=k: ds.ImagePositionPatient.__setitem__(
+            1, float(ds.ImagePositionPatient[1]) + 0.3 * k))
     # header fields
     mid = files[n // 2].name
     for tag, fn, exp in (

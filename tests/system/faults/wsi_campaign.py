@@ -1,6 +1,7 @@
 """Damaged slides through ``medseg wsi tile`` and ``wsi features`` as one batch with the clean slides.
 
-``python -m tests.system.faults.wsi_campaign`` (from the repository root) prints the figures used in docs/reliability.md.
+``python -m tests.system.faults.wsi_campaign`` (from the repository root) prints the figures used in
+docs/reliability.md.
 
 A variant ends as ``error`` (a per-slide ``error:<code>`` row, code in ``SLIDE_CODES``),
 ``unaffected`` (the damage lies in bytes medseg never reads, e.g. an SVS thumbnail image or a
@@ -11,7 +12,6 @@ pyramid level it does not use, and its tiles and features are identical to the c
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -85,7 +85,8 @@ def main() -> None:
         res = run_slide_batch(cases, slides, Path(d) / "run")
         dt = time.perf_counter() - t0
     fam = Counter(c.family for c in cases)
-    print(f"slide variants: {len(cases)} from {len(slides)} real slides ({dt:.1f} s), families {dict(sorted(fam.items()))}")
+    print(f"slide variants: {len(cases)} from {len(slides)} real slides ({dt:.1f} s), "
+          f"families {dict(sorted(fam.items()))}")
     print(f"crashes: 0 (the batch finished), per-slide errors: {len(res['error'])}, unaffected (damage in bytes "
           f"never read, outputs identical to the clean slide's): {len(res['unaffected'])}, silent successes: "
           f"{len(res['silent'])}, wrong code: {len(res['wrong_code'])}")
