@@ -18,18 +18,7 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models.blocks import (
-    ConvUnit,
-    as_tuple,
-    check_dims,
-    check_input,
-    conv_nd,
-    conv_transpose_nd,
-    init_conv_weights,
-    level_logits,
-    match_size,
-    pad_single_voxel_bottleneck,
-)
+from medseg.models import blocks
 from medseg.models.seg_registry import register_seg_model
 
 
@@ -67,7 +56,7 @@ class UNet(nn.Module):
                  residual: bool = False, deep_supervision: bool = False,
                  kernels: Sequence[int | Sequence[int]] | None = None):
         super().__init__()
-        d = self.spatial_dims = check_dims(spatial_dims, model="unet")
+        d = self.spatial_dims = blocks.check_dims(spatial_dims, model="unet")
         features = [int(f) for f in features]
         if len(features) < 2:
             raise ConfigError(f"unet: features needs at least 2 levels, got {features}")
@@ -76,37 +65,37 @@ class UNet(nn.Module):
         if len(strides) != len(features) - 1:
             raise ConfigError(f"unet: strides needs {len(features) - 1} entries (one per downsampling), "
                               f"got {list(strides)}")
-        self.strides = [as_tuple(s, d, name="unet strides") for s in strides]
+        self.strides = [blocks.as_tuple(s, d, name="unet strides") for s in strides]
         if kernels is None:
             kernels = [3] * len(features)
         if len(kernels) != len(features):
             raise ConfigError(f"unet: kernels needs {len(features)} entries (one per level), got {list(kernels)}")
-        ks = [as_tuple(k, d, name="unet kernels") for k in kernels]
+        ks = [blocks.as_tuple(k, d, name="unet kernels") for k in kernels]
         # cumulative downsampling factor of each level, per axis
         self.factors = [(1,) * d]
         for st in self.strides:
             self.factors.append(tuple(a * b for a, b in zip(self.factors[-1], st)))
         self.encoder = nn.ModuleList(
-            [ConvUnit(d, in_channels, features[0], norm=norm, residual=residual, kernel=ks[0])]
-            + [ConvUnit(d, features[i - 1], features[i], stride=self.strides[i - 1], norm=norm,
+            [blocks.ConvUnit(d, in_channels, features[0], norm=norm, residual=residual, kernel=ks[0])]
+            + [blocks.ConvUnit(d, features[i - 1], features[i], stride=self.strides[i - 1], norm=norm,
                         residual=residual, kernel=ks[i]) for i in range(1, len(features))])
         # decoder level i (from the bottom up) brings features[i + 1] up to features[i]
         self.up = nn.ModuleList(
-            [conv_transpose_nd(d)(features[i + 1], features[i], self.strides[i], stride=self.strides[i],
+            [blocks.conv_transpose_nd(d)(features[i + 1], features[i], self.strides[i], stride=self.strides[i],
                                   bias=False) for i in range(len(features) - 1)])
         self.decoder = nn.ModuleList(
-            [ConvUnit(d, 2 * features[i], features[i], norm=norm, residual=residual, kernel=ks[i])
+            [blocks.ConvUnit(d, 2 * features[i], features[i], norm=norm, residual=residual, kernel=ks[i])
              for i in range(len(features) - 1)])
-        self.head = conv_nd(d)(features[0], out_channels, 1)
+        self.head = blocks.conv_nd(d)(features[0], out_channels, 1)
         self.deep_supervision = bool(deep_supervision)
         if self.deep_supervision:
             self.aux_heads = nn.ModuleList(
-                [conv_nd(d)(features[i], out_channels, 1) for i in range(1, len(features) - 1)])
-        init_conv_weights(self)
+                [blocks.conv_nd(d)(features[i], out_channels, 1) for i in range(1, len(features) - 1)])
+        blocks.init_conv_weights(self)
 
     def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        check_input(x, self.spatial_dims, model="unet")
-        x = pad_single_voxel_bottleneck(x, self.factors[-1])
+        blocks.check_input(x, self.spatial_dims, model="unet")
+        x = blocks.pad_single_voxel_bottleneck(x, self.factors[-1])
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -115,14 +104,14 @@ class UNet(nn.Module):
         levels = []
         for i in reversed(range(len(self.decoder))):
             skip = skips[i]
-            x = match_size(self.up[i](x), skip.shape[2:])
+            x = blocks.match_size(self.up[i](x), skip.shape[2:])
             x = self.decoder[i](torch.cat([x, skip], dim=1))
             levels.append(x)
         return levels[::-1]  # highest resolution first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, out_channels, *S) for input (N, in_channels, *S)."""
-        return match_size(self.head(self._decode(x)[0]), x.shape[2:])
+        return blocks.match_size(self.head(self._decode(x)[0]), x.shape[2:])
 
     def forward_with_aux(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Main logits, then (with ``deep_supervision``) lower-resolution logits, highest first.
@@ -131,7 +120,7 @@ class UNet(nn.Module):
         downsample the target (nearest) to each entry's ``shape[2:]`` for the loss.
         """
         aux_heads = self.aux_heads if self.deep_supervision else ()
-        return level_logits(self._decode(x), self.head, aux_heads, factors=self.factors, size=x.shape[2:])
+        return blocks.level_logits(self._decode(x), self.head, aux_heads, factors=self.factors, size=x.shape[2:])
 
 
 @register_seg_model("unet")
