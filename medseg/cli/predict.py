@@ -19,8 +19,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="a volume file, a DICOM series folder, or a folder of them")
     p.add_argument("--output", type=Path, required=True, help="output folder (label maps, manifest.json)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--tta", nargs="?", const="0,1,2", default="", metavar="AXES",
-                   help="mirroring test-time augmentation; alone: all axes (8 passes), or axes e.g. 1,2")
+    tta = p.add_mutually_exclusive_group()
+    tta.add_argument("--tta", nargs="?", const="0,1,2", default=None, metavar="AXES",
+                     help="mirroring test-time augmentation; alone: all axes (8 passes), or axes e.g. 1,2 "
+                          "(default: the bundle's own default, shown by medseg predict in manifest.json: "
+                          "bundles trained with mirroring augmentation mirror at prediction, as nnU-Net)")
+    tta.add_argument("--no-tta", action="store_true", help="no test-time augmentation, whatever the bundle says")
     p.add_argument("--tta-per-window", action="store_true",
                    help="with --tta: flip each batch of windows and average logits (nnU-Net's way, less memory) "
                         "instead of flipping the whole volume and averaging probabilities")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.errors import ConfigError
     from medseg.inference.tta import tta_axes_from_text
 
-    tta = tta_axes_from_text(args.tta)
+    tta = () if args.no_tta else (None if args.tta is None else tta_axes_from_text(args.tta))
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}", code="bad_params")
     if args.batch_size < 1:

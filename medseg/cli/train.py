@@ -110,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
                               "val_dice_mean": last.get("val_dice_mean")}))
     if args.config is None and int(os.environ.get("RANK", "0")) == 0:
         from medseg.inference.oof import write_oof
-        from medseg.training.fold_bundle import write_fold_ensemble
+        from medseg.training.fold_bundle import fold_mirror_axes, write_fold_ensemble
 
         for cfg in cfgs:            # cases already predicted are kept, so a rerun only finishes what was cut short
-            write_oof(cfg["output"]["dir"], device=cfg.get("training", {}).get("device", "auto"))
+            write_oof(cfg["output"]["dir"], device=cfg.get("training", {}).get("device", "auto"),
+                      tta_axes=fold_mirror_axes(cfg["output"]["dir"]))
         if args.fold == "all":
             run_dir = Path(cfgs[0]["output"]["dir"]).parent
             write_fold_ensemble(run_dir, [int(c["data"]["fold"]) for c in cfgs])

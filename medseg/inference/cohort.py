@@ -319,7 +319,8 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
     from medseg.executors import as_spec
 
     spec = as_spec(executor)
-    factory = partial(build_predictor, model, device=device, weights=weights, tta_axes=tuple(tta_axes),
+    factory = partial(build_predictor, model, device=device, weights=weights,
+                      tta_axes=None if tta_axes is None else tuple(tta_axes),
                       tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
                       threads=workers, folds=folds)
     predictor = factory() if spec.is_local else factory(device="cpu")

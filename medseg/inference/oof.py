@@ -12,13 +12,14 @@ from medseg.errors import InputError
 from medseg.fsutil import atomic_path
 
 
-def write_oof(fold_dir: str | Path, *, device: str = "auto") -> list[Path]:
+def write_oof(fold_dir: str | Path, *, device: str = "auto", tta_axes: tuple[int, ...] | list[int] = ()) -> list[Path]:
     """Out-of-fold predictions of a finished fold: every validation case of ``fold_dir`` predicted by
     that fold's model on its own input grid, written to ``fold_dir/oof/CASE.nii.gz`` with its class
     probabilities in ``CASE.npz`` (``probabilities``, float16, (K, z, y, x)) - atomically, the
     probabilities first; cases already there are kept, so an interrupted run resumes. These are what
     post-processing and configuration choices are scored on: no fold ever predicts a case it was
-    trained on."""
+    trained on. ``tta_axes``: mirror as the ensemble bundle will at prediction, so that what is
+    chosen on these predictions is chosen on what the bundle outputs."""
     from medseg.inference.predictor import Predictor
     from medseg.io import read_volume, write_volume
     from medseg.io.dataset import scan_dataset
@@ -36,7 +37,7 @@ def write_oof(fold_dir: str | Path, *, device: str = "auto") -> list[Path]:
                          path=data["root"], code="missing")
     from medseg.device import resolve_device
 
-    predictor = Predictor.from_bundle(d, device=resolve_device(device))
+    predictor = Predictor.from_bundle(d, device=resolve_device(device), tta_axes=tuple(tta_axes))
     out = []
     for cid in val:
         target = d / "oof" / f"{cid}.nii.gz"

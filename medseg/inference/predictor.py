@@ -68,6 +68,11 @@ def check_meta(meta: dict[str, Any], path: Any = None) -> None:
     patch = meta.get("patch_size", plan.get("patch_size"))
     if not isinstance(patch, (list, tuple)) or len(patch) != dims or any(int(p) < 1 for p in patch):
         raise bad(f"patch_size {patch!r} must hold {dims} positive sizes for a {dims}D model")
+    inf = meta.get("inference", {})
+    axes = inf.get("tta_axes", []) if isinstance(inf, dict) else None
+    if not isinstance(axes, list) or not all(type(a) is int and a in (0, 1, 2) for a in axes) \
+            or len(set(axes)) != len(axes):
+        raise bad(f"inference {inf!r} must be a mapping whose tta_axes are distinct axes of 0, 1, 2")
     if dims == 2 and meta.get("slice_axis") not in (None, 0, 1, 2):
         raise bad(f"slice_axis {meta['slice_axis']!r} must be 0 (z), 1 (y) or 2 (x)")
     labels = meta.get("labels")
@@ -89,7 +94,8 @@ class Predictor:
     model : torch.nn.Module in eval mode, on ``device``.
     meta : the bundle's metadata (:func:`medseg.bundle.read_meta`).
     device : torch.device the model is on (resolve it once with :func:`medseg.device.resolve_device`).
-    tta_axes : spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation; ``()`` = off.
+    tta_axes : spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation; ``()`` = off;
+        ``None`` = the bundle's default (``inference.tta_axes`` in bundle.yaml, else off).
     tta_mode : ``"volume"`` (default): the whole volume is flipped and the softmax probabilities of the
         flips averaged (:func:`medseg.inference.mirror_tta`); ``"window"``: each batch of windows is
         flipped inside the sliding window and the logits averaged before blending (nnU-Net's way: no
@@ -103,7 +109,7 @@ class Predictor:
     threads : CPU threads for resampling (None: medseg's default).
     """
 
-    def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] = (),
+    def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] | None = (),
                  tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian",
                  postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
@@ -120,6 +126,8 @@ class Predictor:
         self.patch_size = tuple(int(p) for p in meta.get("patch_size", self.plan.get("patch_size")))
         self.channels = int(meta.get("channels", kw.get("in_channels", 1)))
         self.labels = {int(k): str(v) for k, v in meta["labels"].items()}
+        if tta_axes is None:      # the bundle's default (``inference: {tta_axes: [...]}``), else none
+            tta_axes = (meta.get("inference") or {}).get("tta_axes") or ()
         self.tta_axes = tuple(int(a) for a in tta_axes)
         for a in self.tta_axes:
             if a not in (0, 1, 2):

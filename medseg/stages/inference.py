@@ -28,7 +28,7 @@ log = logging.getLogger("medseg.inference")
 
 @register_stage("predict")
 def predict_stage(ctx: Context, model: str | None = None, input: str | None = None, overlap: float = 0.5,
-                  tta: Any = False, batch_size: int = 4, device: str = "auto", save_probabilities: bool = False,
+                  tta: Any = None, batch_size: int = 4, device: str = "auto", save_probabilities: bool = False,
                   workers: int | None = None, weights: str = "best", postprocess: bool = True,
                   tta_mode: str = "volume") -> dict[str, Any]:
     """Segment every case of ``input`` with the bundle ``model`` (a registered name or a bundle folder).
@@ -44,7 +44,7 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
     if not 0.0 <= float(overlap) < 1.0 or int(batch_size) < 1:
         raise ConfigError(f"stage 'predict': overlap must be in [0, 1) and batch_size >= 1, got {overlap}, "
                           f"{batch_size}", code="bad_params")
-    tta_axes = tta_axes_from_param(tta)
+    tta_axes = None if tta is None else tta_axes_from_param(tta)     # None: the bundle's default
     model_spec = str(model)
     as_path = ctx.resolve_input(model_spec)
     if as_path.is_dir():

@@ -14,6 +14,31 @@ from medseg.errors import InputError
 _SAME = ("model", "labels", "channels", "plan", "patch_size", "slice_axis", "spacing_mm")
 
 
+def trained_mirror_axes(flip: bool, slice_axis: int | None = None) -> list[int]:
+    """The mirror axes a model was trained to be invariant to, which its bundle then mirrors by
+    default at prediction (nnU-Net's rule: test-time mirroring on the axes mirrored in training).
+    ``flip``: the training config's ``augment.flip`` (every axis); a 2D model (``slice_axis``) is not
+    mirrored across slices, which would only reorder them.
+
+    >>> trained_mirror_axes(True), trained_mirror_axes(True, slice_axis=0), trained_mirror_axes(False)
+    ([0, 1, 2], [1, 2], [])
+    """
+    if not flip:
+        return []
+    return [a for a in (0, 1, 2) if a != slice_axis]
+
+
+def fold_mirror_axes(fold_dir: str | Path) -> list[int]:
+    """The ensemble mirrors at prediction on the axes its folds were mirrored on in training
+    (``augment.flip`` of the fold's resolved config; :func:`trained_mirror_axes`)."""
+    from medseg.config import load_yaml
+    fold_dir = Path(fold_dir)
+    resolved = fold_dir / "config.resolved.yaml"
+    cfg = load_yaml(resolved) if resolved.is_file() else {}
+    flip = bool(((cfg or {}).get("augment") or {}).get("flip", False))
+    return trained_mirror_axes(flip, read_meta(fold_dir).get("slice_axis"))
+
+
 def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int], *, choose_postprocess: bool = True) -> Path:
     """Write ``run_dir/bundle.yaml`` for the fold bundles ``run_dir/fold_F``; InputError when a fold is
     missing its weights or was trained with another model, plan or labels.
@@ -40,6 +65,7 @@ def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int], *, choose_pos
     meta["data"] = {"root": d0.get("root"), "num_folds": d0.get("num_folds"), "split_seed": d0.get("split_seed"),
                     "val_cases": {int(f): m.get("data", {}).get("val_cases", []) for f, m in metas.items()}}
     meta["training"] = {"folds": {int(f): m.get("training", {}) for f, m in metas.items()}}
+    meta["inference"] = {"tta_axes": fold_mirror_axes(run / f"fold_{folds[0]}")}
     if choose_postprocess:
         from medseg.training.crossval import choose_run_postprocess
 

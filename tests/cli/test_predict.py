@@ -197,3 +197,38 @@ def test_tta_per_window_flag_reaches_the_manifest(tmp_path, capsys):
     params = json.loads((out / "manifest.json").read_text())["params"]
     assert params["tta_axes"] == [1, 2] and params["tta_mode"] == "window"
     assert main(argv) == 0 and "1 already done" in capsys.readouterr().out   # same settings: resumed
+
+
+def test_bundle_default_tta_and_the_flags_that_override_it(tmp_path, capsys):
+    """A bundle's ``inference.tta_axes`` is what ``medseg predict`` mirrors when no flag is given;
+    ``--tta AXES`` replaces it, ``--no-tta`` turns it off; the manifest records what was used and the
+    prediction equals the Predictor's with the same axes given by hand."""
+    from medseg.inference.predictor import Predictor
+
+    src = _cohort(tmp_path / "in", n=1)
+    bundle = make_bundle(tmp_path / "b", extra={"inference": {"tta_axes": [1, 2]}})
+    base = ["predict", "--model", str(bundle), "--input", str(src), "--device", "cpu", "--no-progress"]
+    for flags, want in (([], [1, 2]), (["--no-tta"], []), (["--tta", "0"], [0]), (["--tta"], [0, 1, 2])):
+        out = tmp_path / ("out" + "".join(flags).replace("-", "_"))
+        assert main([*base, "--output", str(out), *flags]) == 0
+        assert json.loads((out / "manifest.json").read_text())["params"]["tta_axes"] == want
+    case = sorted(src.glob("*.nii.gz"))[0]
+    by_hand = Predictor.from_bundle(bundle, tta_axes=(1, 2)).predict_volume(read_volume(case))
+    plain = Predictor.from_bundle(bundle).predict_volume(read_volume(case))       # the API default stays off
+    assert plain.label is not None
+    got = read_volume(tmp_path / "out" / case.name.replace("_0000", ""))
+    np.testing.assert_array_equal(got.array, by_hand.label.array)
+    with pytest.raises(SystemExit):
+        main([*base, "--output", str(tmp_path / "x"), "--tta", "--no-tta"])     # mutually exclusive
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("bad", [{"tta_axes": [3]}, {"tta_axes": [1, 1]}, {"tta_axes": "all"}, ["tta_axes"]])
+def test_bad_bundle_default_tta_is_refused_naming_the_bundle(tmp_path, bad):
+    from medseg.errors import InputError
+    from medseg.inference.predictor import Predictor
+
+    bundle = make_bundle(tmp_path / "b", extra={"inference": bad})
+    with pytest.raises(InputError, match="tta_axes") as exc:
+        Predictor.from_bundle(bundle)
+    assert str(bundle) in str(exc.value) or exc.value.path is not None

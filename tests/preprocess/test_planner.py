@@ -286,8 +286,15 @@ def test_fold_ensemble_is_the_mean_of_the_folds_probabilities(tmp_path, capsys):
         Predictor.from_bundle(run, folds=[7])
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(run), "--input", str(root / "imagesTr"), "--output", str(out),
-                 "--folds", "0,2", "--no-progress"]) == 0
+                 "--folds", "0,2", "--no-progress", "--no-tta"]) == 0
     np.testing.assert_array_equal(read_volume(out / "c3.nii.gz").array, sub.label.array)
+    # trained with mirroring (augment.flip, the default), the ensemble mirrors every axis at prediction
+    assert read_meta(run)["inference"] == {"tta_axes": [0, 1, 2]}
+    out = tmp_path / "pred_tta"
+    assert main(["predict", "--model", str(run), "--input", str(root / "imagesTr"), "--output", str(out),
+                 "--no-progress"]) == 0
+    mirrored = Predictor.from_bundle(run, tta_axes=(0, 1, 2)).predict_volume(img)
+    np.testing.assert_array_equal(read_volume(out / "c3.nii.gz").array, mirrored.label.array)
 
 
 def test_out_of_fold_predictions_cover_every_case_once(tmp_path):
@@ -309,7 +316,9 @@ def test_out_of_fold_predictions_cover_every_case_once(tmp_path):
             seen.setdefault(p.name[: -len(".nii.gz")], []).append(f)
     assert seen == {f"c{i}": [seen[f"c{i}"][0]] for i in range(5)}
     f = seen["c3"][0]
-    own = Predictor.from_bundle(run / f"fold_{f}").predict_volume(read_volume(root / "imagesTr" / "c3_0000.nii.gz"))
+    # made as the ensemble predicts: mirrored on the axes mirrored in training (all three by default)
+    own = Predictor.from_bundle(run / f"fold_{f}", tta_axes=(0, 1, 2)).predict_volume(
+        read_volume(root / "imagesTr" / "c3_0000.nii.gz"))
     oof = run / f"fold_{f}" / "oof" / "c3.nii.gz"
     np.testing.assert_array_equal(read_volume(oof).array, own.label.array)
     mtime = oof.stat().st_mtime_ns

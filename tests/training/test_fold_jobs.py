@@ -79,3 +79,11 @@ def test_folds_on_ray_equal_folds_one_after_another(tmp_path, capsys, monkeypatc
 
     assert read_meta(par)["postprocess"] == read_meta(seq)["postprocess"]
     assert read_meta(par)["crossval"] == read_meta(seq)["crossval"]
+
+
+def test_trained_mirror_axes_rule():
+    from medseg.training.fold_bundle import trained_mirror_axes
+
+    assert trained_mirror_axes(True) == [0, 1, 2]
+    assert trained_mirror_axes(True, slice_axis=2) == [0, 1]     # a 2D net is not mirrored across its slices
+    assert trained_mirror_axes(False) == [] and trained_mirror_axes(False, slice_axis=0) == []
