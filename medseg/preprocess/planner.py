@@ -51,7 +51,7 @@ MAX_BATCH_FRACTION = 0.05
 #: budgets per device. CPU: a training iteration that stays affordable on a 2-core machine (about 3 s
 #: measured there for 120 GFLOP in fp32) and a memory cap; CUDA: the GPU memory.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": {"memory_gb": 4.0, "gflop_per_iteration": 120.0, "base_features": 16, "max_features": 256,
+    "cpu": {"memory_gb": 4.0, "gflop_per_iteration": 120.0, "base_features": 16, "max_features": 128,
             "max_features_2d": 256, "min_batch": 2, "max_batch": 2, "epochs": 100, "iters_per_epoch": 50, "amp": "off"},
     "cuda": {"memory_gb": 8.0, "gflop_per_iteration": None, "base_features": 32, "max_features": 320,
              "max_features_2d": 512, "min_batch": 2, "max_batch": 64, "epochs": 1000, "iters_per_epoch": 250,

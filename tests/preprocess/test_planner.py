@@ -434,3 +434,15 @@ def test_plan_label_names_rename_labels_and_reject_unknown_ones(tmp_path, caplog
     assert main(["plan", "--dataset", str(root), "--out", str(tmp_path / "p2.yaml"), "--label-names", "3=x"]) == 1
     assert "names label 3, which the data set does not have (labels: 1)" in caplog.text
     assert not (tmp_path / "p2.yaml").exists()
+
+
+def test_cpu_feature_caps_3d_128_2d_256():
+    """On the CPU a 3D network stops widening at 128 features (the deepest levels hold most of the
+    weights a five-fold ensemble ships, for little compute); 2D keeps 256; CUDA keeps nnU-Net's 320."""
+    big3 = plan_configuration([1.0, 1.0, 1.0], [160, 256, 256], device="cpu")
+    assert big3["model"]["features"] == [16, 32, 64, 128, 128, 128][: len(big3["model"]["features"])]
+    assert max(big3["model"]["features"]) == 128 and len(big3["model"]["features"]) >= 5
+    big2 = plan_configuration([1.0, 1.0], [512, 512], device="cpu")
+    assert max(big2["model"]["features"]) == 256
+    gpu = plan_configuration([1.0, 1.0, 1.0], [160, 256, 256], device="cuda")
+    assert max(gpu["model"]["features"]) == 320
