@@ -34,18 +34,81 @@ log = logging.getLogger("medseg.bundle")
 BUNDLE_FORMAT = "medseg-bundle/1"
 META_FILE = "bundle.yaml"
 WEIGHTS = {"best": "model.safetensors", "last": "last.safetensors"}
+#: how a weights file may store its floating-point tensors (``medseg export --weights-dtype``)
+STORAGE = ("float32", "float16", "int8")
+_SCALE = ".__int8_scale"      # key suffix of the per-output-channel scales of an int8-stored tensor
+
+
+def quantize_int8(w) -> tuple[Any, Any]:
+    """Symmetric per-output-channel int8 of a weight tensor (dim 0 = output channels):
+    ``q = round(w / s)``, ``s = max|w| / 127`` per channel (1 where a channel is all zero); returns
+    ``(q int8, s float32 of shape (C,))``. ``q * s`` differs from ``w`` by at most ``s / 2``."""
+    import torch
+
+    flat = w.detach().to("cpu", torch.float32).reshape(w.shape[0], -1)
+    s = flat.abs().amax(dim=1) / 127.0
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    q = torch.clamp(torch.round(flat / s[:, None]), -127, 127).to(torch.int8).reshape(w.shape)
+    return q, s
+
+
+def _stored(state: dict, storage: str) -> dict:
+    """The tensors to write for ``storage``: float32 as is; float16 halves every floating tensor;
+    int8 stores conv/linear weights (2+ dims) as int8 + per-channel scales and the small
+    1-dimensional ones (biases, norm parameters) as float16."""
+    import torch
+
+    if storage not in STORAGE:
+        raise ValueError(f"storage must be one of {STORAGE}, got {storage!r}")
+    out = {}
+    for k, v in state.items():
+        v = v.detach().to("cpu")
+        if storage == "float32" or not v.is_floating_point():
+            out[k] = v
+        elif storage == "int8" and v.ndim >= 2:
+            out[k], out[k + _SCALE] = quantize_int8(v)
+        else:
+            out[k] = v.to(torch.float16)
+    return out
+
+
+def _restored(tensors: dict, storage: str, path: Path) -> dict:
+    """float32 tensors back from what :func:`_stored` wrote (``storage`` from the file's metadata)."""
+    import torch
+
+    if storage == "float32":
+        return tensors
+    if storage not in STORAGE:
+        raise InputError(f"weights stored as {storage!r}, which this medseg cannot read (known: {STORAGE})",
+                         path=path, code="corrupt")
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(_SCALE):
+            continue
+        if v.dtype == torch.int8 and k + _SCALE in tensors:
+            s = tensors[k + _SCALE].to(torch.float32)
+            out[k] = v.to(torch.float32) * s.reshape(-1, *([1] * (v.ndim - 1)))
+        elif v.is_floating_point():
+            out[k] = v.to(torch.float32)
+        else:
+            out[k] = v
+    return out
 
 
 def save_weights(state_dict: dict, path: str | Path, *, architecture: str | None = None,
-                 extra: dict[str, str] | None = None) -> Path:
+                 extra: dict[str, str] | None = None, storage: str = "float32") -> Path:
     """Write a state dict as safetensors, atomically (tensors copied to contiguous CPU memory).
 
-    ``architecture`` and ``extra`` (strings) go into the file's metadata header.
+    ``architecture`` and ``extra`` (strings) go into the file's metadata header. ``storage``
+    (:data:`STORAGE`): ``float16`` or ``int8`` (per-output-channel) make smaller files for shipping;
+    :func:`load_weights` gives float32 tensors back whatever the storage.
     """
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    tensors = {k: v.contiguous().clone() for k, v in _stored(state_dict, storage).items()}
     meta = {"format": BUNDLE_FORMAT}
+    if storage != "float32":
+        meta["storage"] = storage
     if architecture:
         meta["architecture"] = architecture
     meta.update({str(k): str(v) for k, v in (extra or {}).items()})
@@ -68,7 +131,7 @@ def load_weights(path: str | Path) -> tuple[dict, dict[str, str]]:
     except Exception as exc:  # safetensors raises SafetensorError, OSError, ValueError... for damaged files
         raise InputError(f"not a readable safetensors file ({exc.__class__.__name__}: {exc}); the file is "
                          "damaged or of another format - retrain or copy it again", path=p, code="corrupt") from None
-    return tensors, meta
+    return _restored(tensors, meta.get("storage", "float32"), p), meta
 
 
 def load_state_into(model, state: dict, *, path: str | Path, architecture: str = "?") -> None:
@@ -187,3 +250,39 @@ def load_models(bundle_dir: str | Path, *, weights: str = "best", device: str | 
         load_state_into(model, state, path=wpath, architecture=arch)
         models.append(model.to(device).eval())
     return models, meta, paths
+
+
+def export_bundle(src: str | Path, dst: str | Path, *, storage: str = "float16", weights: str = "best") -> Path:
+    """Copy the bundle ``src`` to the new folder ``dst`` with only what prediction needs:
+    ``bundle.yaml`` and the chosen weights (``model.safetensors``; per fold ``fold_F/model.safetensors``
+    for a fold ensemble), re-stored as ``storage`` (:data:`STORAGE`), plus the training curves.
+    No optimiser state, last-epoch weights or out-of-fold predictions. ``dst`` must not exist; it
+    appears whole or not at all (written beside it, then renamed)."""
+    import shutil
+
+    s, d = Path(src), Path(dst)
+    if d.exists():
+        raise InputError("output folder already exists; give a new one", path=d, code="exists")
+    meta = read_meta(s)
+    paths = fold_weight_paths(s, meta, weights=weights)
+    arch = meta["model"]["name"]
+    tmp = d.with_name(f".{d.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for wpath in paths:
+            rel = wpath.relative_to(s)
+            state, fmeta = load_weights(wpath)
+            out = tmp / rel.parent / WEIGHTS["best"]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(state, out, architecture=fmeta.get("architecture", arch), storage=storage)
+            for extra in ("curves.csv",):
+                if (wpath.parent / extra).is_file():
+                    shutil.copy2(wpath.parent / extra, out.parent / extra)
+        meta = {k: v for k, v in meta.items() if k != "format"}
+        meta["weights_storage"] = storage
+        write_meta(tmp, meta)
+        tmp.rename(d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,60 @@ def test_checkpoint_of_another_architecture(tmp_path):
     save_weights(net.state_dict(), d / "last.safetensors", architecture=TINY, extra={"epoch": "2"})
     with pytest.raises(InputError, match="interrupted while saving"):
         load_checkpoint(d, model=net, architecture=TINY, optimizer=opt, scaler=None)
+
+
+def test_int8_storage_is_per_channel_symmetric_by_hand(tmp_path):
+    import torch
+
+    from medseg.bundle import load_weights, quantize_int8, save_weights
+
+    w = torch.tensor([[[0.5, -1.0], [0.25, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[2.54, -0.01], [1.27, 0.02]]])
+    q, s = quantize_int8(w)
+    # channel 0: s = 1/127 -> q = round(127 * w); channel 1 all zero: s = 1, q = 0; channel 2: s = 0.02
+    np.testing.assert_allclose(s.numpy(), [1 / 127, 1.0, 0.02], rtol=1e-6)
+    assert q[0].tolist() == [[64, -127], [32, 0]] and q[1].abs().sum() == 0
+    assert q[2].tolist() == [[127, -0], [64, 1]]          # round(-0.5) = -0 (half to even), 63.5 -> 64
+    state = {"conv.weight": w, "conv.bias": torch.tensor([0.1, -0.2, 0.3]), "steps": torch.tensor(3)}
+    for storage, tol in (("float32", 0.0), ("float16", 1e-3), ("int8", 0.011)):
+        p = save_weights(state, tmp_path / f"{storage}.safetensors", architecture="unet", storage=storage)
+        back, meta = load_weights(p)
+        assert set(back) == set(state) and all(v.dtype == state[k].dtype for k, v in back.items())
+        err = (back["conv.weight"] - w).abs()
+        assert float(err.max()) <= tol + 1e-7
+        if storage == "int8":        # at most half a step of each channel
+            assert bool((err <= s.reshape(-1, 1, 1) / 2 + 1e-7).all())
+        assert meta.get("storage", "float32") == storage and back["steps"].item() == 3
+    big = {"w": torch.randn(64, 32, 3, 3, 3, generator=torch.Generator().manual_seed(0))}
+    sizes = {st: save_weights(big, tmp_path / f"big_{st}.safetensors", storage=st).stat().st_size
+             for st in ("float32", "float16", "int8")}
+    assert sizes["int8"] < 0.3 * sizes["float32"] and sizes["float16"] < 0.55 * sizes["float32"]
+
+
+def test_export_keeps_only_what_prediction_needs_and_predicts_alike(tmp_path):
+    from medseg.bundle import export_bundle, read_meta
+    from medseg.errors import InputError
+    from medseg.inference.predictor import Predictor
+    from medseg.volume import Volume
+    from tests.inference.helpers import blob_image, make_bundle
+
+    src = make_bundle(tmp_path / "run" / "fold_0", seed=1)
+    make_bundle(tmp_path / "run" / "fold_1", seed=2)
+    (src / "train_state.pt").write_bytes(b"x")
+    meta = read_meta(src)
+    meta.pop("format")
+    from medseg.bundle import write_meta
+
+    write_meta(tmp_path / "run", {**meta, "folds": [0, 1]})
+    vol = Volume(blob_image((16, 16, 16), seed=3), (1.0, 1.0, 1.0))
+    want = Predictor.from_bundle(tmp_path / "run").predict_volume(vol, probabilities=True).probabilities
+    for storage, atol in (("float16", 2e-3), ("int8", 5e-2)):   # untrained tiny nets: the worst voxel
+        out = export_bundle(tmp_path / "run", tmp_path / f"exp_{storage}", storage=storage)
+        files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        assert files == ["bundle.yaml", "fold_0/model.safetensors", "fold_1/model.safetensors"]
+        assert read_meta(out)["weights_storage"] == storage and read_meta(out)["folds"] == [0, 1]
+        got = Predictor.from_bundle(out).predict_volume(vol, probabilities=True).probabilities
+        np.testing.assert_allclose(got, want, atol=atol)
+        assert float(np.abs(got - want).mean()) < atol / 10
+    with pytest.raises(InputError, match="already exists"):
+        export_bundle(tmp_path / "run", tmp_path / "exp_int8")
+    assert not list(tmp_path.glob(".*partial"))
