@@ -14,6 +14,13 @@ from medseg.errors import InputError
 _SAME = ("model", "labels", "channels", "plan", "patch_size", "slice_axis", "spacing_mm")
 
 
+def _comparable(meta: dict, key: str):
+    """``meta[key]`` as far as prediction depends on it: a plan's ``median_shape`` is a statistic of
+    each fold's own training cases (folds differ by a voxel), not a preprocessing setting."""
+    v = meta.get(key)
+    return {k: x for k, x in v.items() if k != "median_shape"} if key == "plan" and isinstance(v, dict) else v
+
+
 def trained_mirror_axes(flip: bool, slice_axis: int | None = None) -> list[int]:
     """The mirror axes a model was trained to be invariant to, which its bundle then mirrors by
     default at prediction (nnU-Net's rule: test-time mirroring on the axes mirrored in training).
@@ -55,7 +62,7 @@ def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int], *, choose_pos
         metas[f] = read_meta(d)
     first = metas[folds[0]]
     for f, m in metas.items():
-        diff = [k for k in _SAME if m.get(k) != first.get(k)]
+        diff = [k for k in _SAME if _comparable(m, k) != _comparable(first, k)]
         if diff:
             raise InputError(f"fold {f} differs from fold {folds[0]} in {', '.join(diff)}: the folds cannot be "
                              "averaged", path=run / f"fold_{f}", code="bad_bundle")

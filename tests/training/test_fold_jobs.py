@@ -87,3 +87,26 @@ def test_trained_mirror_axes_rule():
     assert trained_mirror_axes(True) == [0, 1, 2]
     assert trained_mirror_axes(True, slice_axis=2) == [0, 1]     # a 2D net is not mirrored across its slices
     assert trained_mirror_axes(False) == [] and trained_mirror_axes(False, slice_axis=0) == []
+
+
+def test_folds_may_differ_in_their_training_cases_median_shape_only(tmp_path):
+    """Each fold's plan records the median shape of its own training cases; that does not stop the
+    ensemble, a different preprocessing setting does (the error names the fold and the key)."""
+    import pytest
+
+    from medseg.bundle import read_meta
+    from medseg.errors import InputError
+    from medseg.training.fold_bundle import write_fold_ensemble
+    from tests.inference.helpers import make_bundle
+
+    run = tmp_path / "run"
+    make_bundle(run / "fold_0", seed=0, extra={"plan": {"spacing_mm": [1.0, 1.0, 1.0], "patch_size": [16, 16, 16],
+                                                         "normalization": "zscore", "median_shape": [35, 51, 35]}})
+    make_bundle(run / "fold_1", seed=1, extra={"plan": {"spacing_mm": [1.0, 1.0, 1.0], "patch_size": [16, 16, 16],
+                                                         "normalization": "zscore", "median_shape": [36, 50, 35]}})
+    write_fold_ensemble(run, [0, 1], choose_postprocess=False)
+    assert read_meta(run)["folds"] == [0, 1]
+    make_bundle(run / "fold_2", seed=2, extra={"plan": {"spacing_mm": [2.0, 1.0, 1.0], "patch_size": [16, 16, 16],
+                                                         "normalization": "zscore", "median_shape": [35, 51, 35]}})
+    with pytest.raises(InputError, match="fold 2 differs from fold 0 in plan"):
+        write_fold_ensemble(run, [0, 1, 2], choose_postprocess=False)
