@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+import medseg.models.blocks as blocks
 from medseg.errors import ConfigError
-from medseg.models import blocks
 from medseg.models.seg_registry import register_seg_model
 
 
