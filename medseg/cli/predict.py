@@ -17,8 +17,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered bundle name (e.g. hippocampus_unet) or bundle folder")
     p.add_argument("--input", type=Path, required=True,
                    help="a volume file, a DICOM series folder, or a folder of them")
-    p.add_argument("--output", type=Path, required=True, help="output folder (label maps, manifest.json)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    from medseg.cli.common import DEVICE_HELP, THREADS_HELP, add_output
+
+    add_output(p, "output folder (label maps, manifest.json)")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
     tta = p.add_mutually_exclusive_group()
     tta.add_argument("--tta", nargs="?", const="0,1,2", default=None, metavar="AXES",
                      help="mirroring test-time augmentation; alone: all axes (8 passes), or axes e.g. 1,2 "
@@ -32,9 +34,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write DIR/CASE_probabilities.npz (K, z, y, x) on the input grid")
-    p.add_argument("--probability-dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--workers", type=int, default=None,
-                   help="CPU threads for the model and resampling (default: torch's default)")
+    p.add_argument("--probability-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage of --save-probabilities (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--workers", type=int, dest="threads_old", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", choices=["best", "last"], default="best",
                    help="model.safetensors (best, default) or last.safetensors")
     p.add_argument("--folds", default=None, metavar="F,F",
@@ -47,16 +50,25 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.cli.common import check_input, check_output_dir
     from medseg.errors import ConfigError
     from medseg.inference.tta import tta_axes_from_text
 
+    if args.threads_old is not None:   # before --threads, predict took CPU threads as --workers
+        import logging
+
+        logging.getLogger("medseg").warning("predict --workers is deprecated: it sets CPU threads, use --threads "
+                                            "(--workers means worker processes in the other verbs)")
+        args.threads = args.threads if args.threads is not None else args.threads_old
+    check_input(args.input, "--input")
+    check_output_dir(args.output)
     tta = () if args.no_tta else (None if args.tta is None else tta_axes_from_text(args.tta))
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}", code="bad_params")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}", code="bad_params")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}", code="bad_params")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}", code="bad_params")
     folds = None
     if args.folds is not None:
         try:
@@ -73,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                          tta_axes=tta, tta_mode="window" if args.tta_per_window else "volume",
                          overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
-                         workers=args.workers, weights=args.weights, postprocess=not args.no_postprocess,
+                         workers=args.threads, weights=args.weights, postprocess=not args.no_postprocess,
                          progress=not args.no_progress, executor=spec, folds=folds)
     print(summary_table(report))
     return 1 if report.failed else 0

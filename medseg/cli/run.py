@@ -1,7 +1,9 @@
 """Run a staged pipeline: ``medseg run CONFIG.yaml [--set key=value ...]``.
 
 The resolved config (after overrides and pipeline expansion) is written to
-``OUTPUT/config.resolved.yaml``.
+``OUTPUT/config.resolved.yaml``. The whole resolved config is checked before any stage runs:
+every stage name, every stage's parameters against what the stage takes (a misspelt key is named,
+with the closest known one) and the output folder; a problem exits with code 2 and nothing is done.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
+    from medseg.cli.common import check_input
     from medseg.pipeline import run_pipeline
 
+    check_input(args.config, "config", kind="file")
     cfg = cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)
     ctx = run_pipeline(cfg, config_path=args.config.resolve())
     summary = {k: v for k, v in ctx.results.items() if not k.startswith("_")}

@@ -133,7 +133,7 @@ def test_channel_files_are_grouped(tmp_path):
 def test_bad_options_are_refused(tmp_path, bad, caplog):
     src = _cohort(tmp_path / "in", n=1)
     bundle = make_bundle(tmp_path / "b")
-    assert main(["predict", "--model", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"), *bad]) == 1
+    assert main(["predict", "--model", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"), *bad]) == 2
     assert not (tmp_path / "o").exists()
 
 

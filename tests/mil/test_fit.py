@@ -213,7 +213,7 @@ def test_cli_rejects_unknown_key(tmp_path):
     from medseg.cli.main import main
     _write_csv(tmp_path / "b.csv", [[1, 1, 0.5], [0, 2, 0.1]])
     assert main(["mil", "cv", "--data", str(tmp_path / "b.csv"), "--out", str(tmp_path / "o"),
-                 "--set", "epoch=3"]) == 1
+                 "--set", "epoch=3"]) == 2
 
 
 def test_musk1_counts():

@@ -47,7 +47,7 @@ def test_train_dataset_plans_then_trains_and_reuses_its_plan(tmp_path, capsys, c
 
 def test_ray_executor_needs_fold_all(tmp_path, caplog):
     root = _dataset(tmp_path, n=5)
-    assert main(["train", "--dataset", str(root), "--out", str(tmp_path / "r"), "--executor", "ray"]) == 1
+    assert main(["train", "--dataset", str(root), "--out", str(tmp_path / "r"), "--executor", "ray"]) == 2
     assert "--executor ray runs the folds of --fold all" in caplog.text
 
 
