@@ -43,6 +43,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", default=None, metavar="F,F",
                    help="of a fold-ensemble bundle, use only these folds, e.g. 0,2 (default: all of them)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the bundle's post-processing rules")
+    p.add_argument("--force", action="store_true",
+                   help="predict cases the bundle's input guard refuses as another modality or body region "
+                   "(checked before inference: e.g. a CT given to an MRI model); they are only warned about")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from medseg.executors import add_executor_args
 
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                          overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.threads, weights=args.weights, postprocess=not args.no_postprocess,
-                         progress=not args.no_progress, executor=spec, folds=folds)
+                         progress=not args.no_progress, executor=spec, folds=folds, force=args.force)
     print(summary_table(report))
     return 1 if report.failed else 0
 

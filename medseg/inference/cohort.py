@@ -133,7 +133,7 @@ def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, la
 
 def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "best", tta_axes=(),
                     tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True,
-                    threads: int | None = None, folds: list[int] | None = None):
+                    threads: int | None = None, folds: list[int] | None = None, force: bool = False):
     """Resolve the device and load the bundle into a :class:`Predictor` (also run once per Ray actor)."""
     import torch
 
@@ -145,7 +145,7 @@ def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "
         torch.set_num_threads(int(threads))
     return Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
                                  overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=threads,
-                                 folds=folds)
+                                 folds=folds, force=force)
 
 
 def _predict_fn(factory: Callable[[], Any], save_probabilities: bool) -> Callable[[str, Any], Any]:
@@ -308,11 +308,12 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
                 tta_axes=(), tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4,
                 save_probabilities: bool = False, probability_dtype: str = "float16", workers: int | None = None,
                 weights: str = "best", postprocess: bool = True, progress: bool = False, executor=None,
-                folds: list[int] | None = None):
+                folds: list[int] | None = None, force: bool = False):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
 
     ``workers``: CPU threads for torch and resampling (None: leave torch's setting alone).
+    ``force``: predict cases the bundle's input guard refuses (:mod:`medseg.preprocess.guard`).
     ``executor``: local (default) or ray (:mod:`medseg.executors`); on Ray the bundle is loaded here
     on the CPU (to check it and hash the run's parameters) and once more on each model actor.
     """
@@ -322,7 +323,7 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
     factory = partial(build_predictor, model, device=device, weights=weights,
                       tta_axes=None if tta_axes is None else tuple(tta_axes),
                       tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
-                      threads=workers, folds=folds)
+                      threads=workers, folds=folds, force=force)
     predictor = factory() if spec.is_local else factory(device="cpu")
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
                           probability_dtype=probability_dtype, progress=progress, executor=spec,

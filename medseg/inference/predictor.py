@@ -107,13 +107,15 @@ class Predictor:
     blend : "gaussian" or "constant" window weights.
     postprocess : apply the bundle's ``postprocess`` rules (if it has any).
     threads : CPU threads for resampling (None: medseg's default).
+    force : predict cases the bundle's ``input_guard`` refuses (another modality or body region; see
+        :mod:`medseg.preprocess.guard`); they are then only warned about.
     """
 
     def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] | None = (),
                  tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian",
                  postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
-                 weights_path: str | Path | None = None):
+                 weights_path: str | Path | None = None, force: bool = False):
         import torch
 
         check_meta(meta, source)
@@ -138,6 +140,9 @@ class Predictor:
         self.overlap, self.batch_size, self.blend = float(overlap), int(batch_size), blend
         self.rules = meta.get("postprocess") if postprocess else None
         self.threads = threads
+        self.force = bool(force)
+        self.guard = meta.get("input_guard") if isinstance(meta.get("input_guard"), dict) else None
+        self.on_windows: Any = None     # progress: called with (windows done, windows in this case)
         self.source = str(source) if source is not None else None
         wp = weights_path if isinstance(weights_path, (list, tuple)) else [weights_path]
         self.weights_paths = [Path(p) for p in wp if p is not None]
@@ -206,8 +211,9 @@ class Predictor:
         arr, ref = stack_channels(chans, expected=self.channels, path=path)
         target = grid_of(ref)
         warnings = []
+        warnings += self.check_input(arr[0], ref.spacing_mm, path)
         msg = spacing_warning(ref.spacing_mm, self.plan)
-        if msg:
+        if msg and self.guard is None:   # a bundle with an input guard warns about the spacing there
             log.warning("%s: %s", path or "input", msg)
             warnings.append(msg)
         prepared = preprocess(arr, target, self.plan)
@@ -235,6 +241,21 @@ class Predictor:
         t4 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "forward": t2 - t1, "invert": t3 - t2, "postprocess": t4 - t3}
         return Prediction(out, full if probabilities else None, warnings, timings)
+
+    def check_input(self, image: np.ndarray, spacing_mm: Sequence[float], path: Any = None) -> list[str]:
+        """Warnings about a case (channel 0, raw intensities) against the bundle's ``input_guard``; raises
+        InputError (code ``wrong_input``) for a case it refuses, unless ``force``. Runs before any inference."""
+        from medseg.preprocess.guard import check_case
+
+        warnings, refusals = check_case(image, spacing_mm, self.guard)
+        for w in warnings:
+            log.warning("%s: %s", path or "input", w)
+        if refusals and not self.force:
+            raise InputError("; ".join(refusals) + " - not predicted (medseg predict --force predicts it anyway)",
+                             path=path, code="wrong_input")
+        for r in refusals:
+            log.warning("%s: %s (predicted anyway: --force)", path or "input", r)
+        return warnings + refusals
 
     def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
         """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x)."""

@@ -354,6 +354,7 @@ def _bundle_meta(cfg: dict, data: PreparedData, arch_kwargs: dict, patch, slice_
         "patch_size": in_plane,
         **extra,
         "spacing_mm": list(data.plan["spacing_mm"]),
+        **({"input_guard": data.input_guard} if data.input_guard else {}),
         "data": {"root": str(cfg["data"]["root"]), "fold": cfg["data"]["fold"],
                  "num_folds": cfg["data"]["num_folds"], "split_seed": cfg["data"]["seed"],
                  "train_cases": [c.case for c in data.train], "val_cases": [c.case for c in data.val]},
