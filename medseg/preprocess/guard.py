@@ -88,7 +88,7 @@ def looks_like_ct(values: np.ndarray) -> bool:
     return bool(v.min() >= -4000 and lo <= -500 and hi >= 0)
 
 
-def _fmt(values: Sequence[float]) -> str:
+def _fmt(values: Any) -> str:
     return " x ".join(f"{v:.3g}" for v in values)
 
 
