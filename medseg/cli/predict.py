@@ -90,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.threads, weights=args.weights, postprocess=not args.no_postprocess,
                          progress=not args.no_progress, executor=spec, folds=folds, force=args.force)
-    print(summary_table(report))
+    print(summary_table(report, timings=args.verbosity > 0))
     return 1 if report.failed else 0
 
 
-def summary_table(report) -> str:
-    """Counts, then one line per failed case (code and message)."""
+def summary_table(report, *, timings: bool = False) -> str:
+    """Counts, then one line per failed case (code and message); with ``timings`` (``-v``) where the time went."""
     lines = [f"{len(report.outcomes)} cases: {report.count('done')} predicted, {report.count('skipped')} already done, "
              f"{report.count('failed')} failed"]
     if report.failed:
@@ -106,7 +106,7 @@ def summary_table(report) -> str:
             msg = " ".join(str(err.get("message", "")).split())
             lines.append(f"  {o.case_id.ljust(w)}  {err.get('code', 'error')}: {msg}")
     lines.append(f"manifest: {report.manifest_path}")
-    timings = getattr(report, "timings", None)
-    if timings is not None and timings.rows:
-        lines.append(f"{timings.summary()} (per case: {report.manifest_path.parent / 'timings.csv'})")
+    run_timings = getattr(report, "timings", None) if timings else None
+    if run_timings is not None and run_timings.rows:
+        lines.append(f"{run_timings.summary()} (per case: {report.manifest_path.parent / 'timings.csv'})")
     return "\n".join(lines)

@@ -165,9 +165,15 @@ class _CaseSteps:
     :meth:`case_done` reports progress."""
 
     def __init__(self, predictor, clock, *, save_probabilities: bool, probability_dtype: str, bar=None,
-                 on_case: Callable[[str], None] | None = None):
+                 on_case: Callable[[str], None] | None = None, windows: bool = False, todo: int = 0):
         self.predictor, self.clock, self.save_probabilities = predictor, clock, save_probabilities
         self.bar, self.on_case = bar, on_case
+        # windows: the bar counts the sliding windows of the case in the model (with the time left), its
+        # description the cases; otherwise (Ray) it counts cases
+        self.windows = windows and bar is not None
+        self.todo, self.cases_done, self._wdone = todo, 0, -1
+        if self.windows:
+            predictor.on_windows = self.window_progress
         self.write = partial(write_prediction, save_probabilities=save_probabilities,
                              label_values=sorted(predictor.labels), probability_dtype=probability_dtype)
 
@@ -186,6 +192,9 @@ class _CaseSteps:
     def compute(self, cid: str, vols):
         """Predict one case (the model thread)."""
         start = self.clock.compute_started(cid)
+        if self.windows:
+            self._wdone = -1
+            self.bar.set_description(f"predict {cid} (case {self.cases_done + 1}/{self.todo})", refresh=False)
         try:
             if isinstance(vols, _LoadFailure):
                 raise vols.exc
@@ -203,9 +212,18 @@ class _CaseSteps:
         self.clock.set(cid, write_at_s=t, write_s=self.clock.now() - t)
         return paths
 
+    def window_progress(self, done: int, total: int) -> None:
+        """The predictor's report of the windows done for the current case (the model thread)."""
+        if self._wdone < 0:        # the first batch of windows of this case
+            self.bar.reset(total=total)
+            self._wdone = 0
+        self.bar.update(done - self._wdone)
+        self._wdone = done
+
     def case_done(self, cid: str) -> None:
         """Progress: the bar and the ``on_case`` hook (after compute; on Ray, when a result comes back)."""
-        if self.bar is not None:
+        self.cases_done += 1
+        if self.bar is not None and not self.windows:
             self.bar.set_postfix_str(cid, refresh=False)
             self.bar.update(1)
         if self.on_case is not None:
@@ -221,15 +239,12 @@ class _CaseSteps:
         self.clock.set(outcome.case_id, status=outcome.status, done_at_s=t, **extra)
 
 
-def _progress_bar(cases: list[tuple[str, list[Path]]], out: Path, params: dict[str, Any]):
-    """A tqdm bar over the cases still to do (those the manifest does not hold complete)."""
-    from tqdm import tqdm
-
+def _cases_to_do(cases: list[tuple[str, list[Path]]], out: Path, params: dict[str, Any]) -> int:
+    """How many of ``cases`` the manifest does not hold complete."""
     from medseg.batch import is_complete, params_hash, read_manifest
 
     man, ph = read_manifest(out), params_hash(params)
-    todo = sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
-    return tqdm(total=todo, desc="predict", unit="case", leave=True)
+    return sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
 
 
 def _remote_stages(predictor_factory: Callable[[], Any] | None, save_probabilities: bool, write):
@@ -282,10 +297,16 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     out = Path(out_dir)
     cases = find_cases(input_path, channels=predictor.channels)
     params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype)
-    bar = _progress_bar(cases, out, params) if progress else None
-    steps = _CaseSteps(predictor, clock, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
-                       bar=bar, on_case=on_case)
     spec = as_spec(executor)
+    bar, todo = None, 0
+    if progress:
+        from medseg.progress import progress_bar
+
+        todo = _cases_to_do(cases, out, params)
+        # locally: windows of each case with the time left, cases in the description; on Ray: cases
+        bar = progress_bar(todo if not spec.is_local else None, "predict", "case" if not spec.is_local else "windows")
+    steps = _CaseSteps(predictor, clock, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
+                       bar=bar, on_case=on_case, windows=spec.is_local, todo=todo)
     remote = None if spec.is_local else _remote_stages(predictor_factory, save_probabilities, steps.write)
     report = None
     try:
@@ -301,6 +322,7 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     finally:
         if bar is not None:
             bar.close()
+        predictor.on_windows = None
         _finish_timings(clock, out, report)
 
 

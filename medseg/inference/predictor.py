@@ -278,8 +278,16 @@ class Predictor:
 
         x = torch.from_numpy(image)[None].to(self.device)
         total = None
+        models = self.models
+        if self.on_windows is not None:        # progress over the windows of this case
+            from medseg.inference.windows import count_windows
+
+            n = count_windows(image.shape[1:], self.patch_size, self.overlap, axis=axis) * len(self.models) \
+                * 2 ** len(axes)
+            counter = _WindowCounter(self.on_windows, n)
+            models = [_Counted(m, counter) for m in self.models]
         with torch.inference_mode():
-            for model in self.models:          # a fold ensemble: the mean of the folds' probabilities
+            for model in models:          # a fold ensemble: the mean of the folds' probabilities
                 def run(x: torch.Tensor, mirror_axes: Sequence[int] = (), model=model) -> torch.Tensor:
                     return sliding_window(model, x, self.patch_size, overlap=self.overlap,
                                           batch_size=self.batch_size, blend=self.blend, axis=axis,
@@ -294,3 +302,39 @@ class Predictor:
             if len(self.models) > 1:
                 total /= len(self.models)
             return total.numpy()
+
+
+class _WindowCounter:
+    """Windows through the model so far for one case, reported as ``(done, total)``."""
+
+    def __init__(self, report, total: int):
+        self.report, self.total, self.done = report, int(total), 0
+
+    def add(self, n: int) -> None:
+        self.done = min(self.done + int(n), self.total)    # an out-of-memory retry re-runs windows
+        self.report(self.done, self.total)
+
+
+def _counted_class():
+    import torch
+
+    class Counted(torch.nn.Module):
+        """A model that counts the windows it is given (a batch ``(B, C, ...)`` is B windows)."""
+
+        def __init__(self, inner, counter: _WindowCounter):
+            super().__init__()
+            self.inner, self.counter = inner, counter
+            self.train(inner.training)
+
+        def forward(self, x):
+            out = self.inner(x)
+            self.counter.add(x.shape[0])
+            return out
+
+    return Counted
+
+
+def _Counted(inner, counter: _WindowCounter):
+    if not hasattr(_Counted, "cls"):
+        _Counted.cls = _counted_class()  # type: ignore[attr-defined]
+    return _Counted.cls(inner, counter)  # type: ignore[attr-defined]
