@@ -28,9 +28,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="memory budget of one training iteration (default: 4 on cpu, 8 on cuda)")
     p.add_argument("--gflop-per-iteration", type=float, default=None,
                    help="compute budget of one training iteration on the CPU (default: 120, about 3 s on 2 cores)")
-    p.add_argument("--label-names", default=None, metavar="1=NAME,2=NAME",
-                   help="name the labels (over dataset.json's names; for a data set without dataset.json "
-                   "they are label_1, label_2 ...)")
+    p.add_argument("--label-names", default=None, metavar="1=NAME,2=NAME|FILE",
+                   help="name the labels: 1=anterior,2=posterior (commas between pairs) or a file (a "
+                   "dataset.json, or N=NAME lines); over dataset.json's names (default: dataset.json's, else "
+                   "label_1, label_2 ...)")
     p.add_argument("--samples-per-case", type=int, default=10_000,
                    help="foreground voxels sampled per case for intensity statistics (default: %(default)s)")
 
