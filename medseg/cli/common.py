@@ -84,10 +84,13 @@ class MedsegParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         unknown = self.unknown_options()
         if unknown:
-            opts = [o for o in self._option_string_actions if o.startswith("--")]
+            # each option by its first long name (--output, not its alias --out)
+            opts = [next(o for o in a.option_strings if o.startswith("--")) for a in self._actions
+                    if any(o.startswith("--") for o in a.option_strings)]
             hints = []
             for u in unknown:
-                close = difflib.get_close_matches(u, opts, n=1, cutoff=0.7)
+                close = [o for o in opts if len(u) > 3 and o.startswith(u)] or difflib.get_close_matches(
+                    u, opts, n=1, cutoff=0.6)
                 hints.append(f"{u} (did you mean {close[0]}?)" if close else u)
             message = f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")

@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
         args.threads = args.threads if args.threads is not None else args.threads_old
     check_input(args.input, "--input")
     check_output_dir(args.output)
+    if args.input.is_dir():
+        from medseg.io import list_cases
+
+        if not list_cases(args.input):    # before the model is loaded
+            raise ConfigError(f"--input {args.input}: no volumes in this folder (NIfTI, NRRD/MHA/MHD files or DICOM "
+                              "series folders)", code="empty")
     tta = () if args.no_tta else (None if args.tta is None else tta_axes_from_text(args.tta))
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}", code="bad_params")

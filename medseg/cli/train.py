@@ -113,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
         cfgs = [cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)]
     else:
         cfgs = _plan_configs(args)
-    for cfg in cfgs:      # before any data is read or a model built
+    from medseg.training.config import resolve_config
+
+    for cfg in cfgs:      # before any data is read or a model built: every key, the output folder, the data
+        resolve_config(cfg)
         check_output_dir((cfg.get("output") or {}).get("dir"), "output.dir")
         root = (cfg.get("data") or {}).get("root")
         if root is not None:
