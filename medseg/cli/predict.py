@@ -39,7 +39,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--workers", type=int, dest="threads_old", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", choices=["best", "last"], default="best",
-                   help="model.safetensors (best, default) or last.safetensors")
+                   help="best: model.safetensors, the best validation epoch (exported bundles such as the shipped "
+                   "ones hold only these); last: last.safetensors (default: %(default)s)")
     p.add_argument("--folds", default=None, metavar="F,F",
                    help="of a fold-ensemble bundle, use only these folds, e.g. 0,2 (default: all of them)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the bundle's post-processing rules")

@@ -185,7 +185,9 @@ def _train(args: argparse.Namespace) -> int:
         short = {k: v for k, v in (res or {}).items() if k not in ("rows",)}
         print(f"{name}: {json.dumps(short, default=str)[:600]}")
     print(f"model bundle: {ctx.output_dir / 'model'}")
-    return 0
+    from medseg.cli.run import report_failures
+
+    return report_failures({k: v for k, v in ctx.results.items() if not k.startswith("_")})
 
 
 def _predict(args: argparse.Namespace) -> int:

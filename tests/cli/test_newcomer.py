@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -103,6 +102,9 @@ def _cases(w: Path) -> list[tuple[str, list[str], int, str]]:
         ("wsi predict empty folder", ["wsi", "predict", "--model", empty, "--input", empty, "--output", "o"], 2,
          "no slide files"),
         ("train empty data set", ["train", "--dataset", empty], 1, "missing folder imagesTr/"),
+        # the shipped bundle holds its best weights only
+        ("predict --weights last", ["predict", "--model", "hippocampus_unet", "--input", imgs, "--output",
+                                    str(w / "wl"), "--weights", "last", "--no-progress"], 1, "use --weights best"),
         # a slide given to the volume verb points to the slide verb
         ("info on a slide", ["info", str(w / "slide.svs")], 1, "medseg wsi info"),
     ]
@@ -126,7 +128,8 @@ def test_every_verb_with_bad_arguments_one_line_no_traceback_documented_exit_cod
 
 def test_wrong_modality_is_refused_quickly_before_inference(tmp_path):
     """An abdominal CT (3 mm, Hounsfield units, a field of view of 300 x 510 x 510 mm) given to the shipped
-    hippocampus MRI model: refused before inference, exit 1, in well under 10 s; --force would run it."""
+    hippocampus MRI model: refused before inference (no forward pass in timings.csv), exit 1. How long
+    that takes is measured in benchmarks/bench_wrong_modality.py (docs/benchmarks.md), not here."""
     src = tmp_path / "ct"
     src.mkdir()
     rng = np.random.default_rng(0)
@@ -135,15 +138,17 @@ def test_wrong_modality_is_refused_quickly_before_inference(tmp_path):
     a[:, ((yy - 85) / 70) ** 2 + ((xx - 85) / 80) ** 2 < 1] = 40      # soft tissue in air
     a += rng.integers(-20, 20, size=a.shape, dtype=np.int16)
     nib.save(nib.Nifti1Image(a.transpose(2, 1, 0), np.diag([3.0, 3.0, 3.0, 1.0])), str(src / "abdomen.nii.gz"))
-    t0 = time.perf_counter()
     r = _medseg(["predict", "--model", "hippocampus_unet", "--input", str(src), "--output", str(tmp_path / "out"),
                  "--device", "cpu", "--no-progress"], tmp_path)
-    seconds = time.perf_counter() - t0
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "wrong_input" in r.stdout and "look like CT" in r.stdout and "trained on MRI" in r.stdout
     assert "another body region" in r.stdout and "--force" in r.stdout
     assert not (tmp_path / "out" / "abdomen.nii.gz").exists()
-    assert seconds < 10, f"refusing the CT took {seconds:.1f} s"
+    import csv
+
+    with open(tmp_path / "out" / "timings.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["status"] == "failed" and row["forward_s"] == "" and row["preprocess_s"] == ""   # no inference
 
 
 def test_flags_version_and_verbosity_anywhere(tmp_path):
