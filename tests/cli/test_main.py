@@ -76,3 +76,48 @@ def test_verbosity_counts_before_and_after_the_verb():
     args, extra = parser.parse_known_args(argv)
     assert not extra and args.output == Path("o")      # --out is --output
     assert verbosity(args) == 2
+
+
+def _args(argv):
+    parser, _ = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    assert not extra
+    return args
+
+
+def test_device_defaults_to_auto_and_threads_are_threads():
+    assert _args(["mil", "cv", "--data", "d", "--output", "o"]).device == "auto"
+    assert _args(["predict", "--model", "m", "--input", "i", "--output", "o"]).device == "auto"
+    assert _args(["wsi", "predict", "--model", "m", "--input", "i", "--output", "o"]).device == "auto"
+    assert _args(["plan", "--dataset", "d"]).device == "auto"
+    a = _args(["predict", "--model", "m", "--input", "i", "--output", "o", "--threads", "2"])
+    assert a.threads == 2 and a.threads_old is None
+
+
+def test_predict_workers_is_a_deprecated_spelling_of_threads(tmp_path, caplog):
+    """predict took CPU threads as --workers; it still works, with a warning naming --threads."""
+    import logging
+
+    from medseg.cli.main import main
+    from tests.inference.helpers import blob_cohort, make_bundle
+
+    src = blob_cohort(tmp_path / "in", 1)
+    bundle = make_bundle(tmp_path / "b")
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", "--model", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"),
+                     "--workers", "1", "--no-progress", "--device", "cpu"]) == 0
+    assert "use --threads" in caplog.text
+
+
+def test_abbreviations_are_refused_and_unknown_options_named(capsys):
+    from medseg.cli.main import main
+
+    for argv, needle in [(["predict", "--model", "m", "--input", "i", "--outp", "o"],
+                          "--outp (did you mean --output?)"),
+                         (["evaluate", "--pred", "p", "--ref", "r", "--output", "o", "--label-name", "1=a"],
+                          "--label-name (did you mean --label-names?)")]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err
