@@ -200,6 +200,13 @@ def evaluate_cohort(
     opt = ScoreOptions(fixed, tolerance_mm, percent, mode, tuple(columns), empty_reference,
                        tuple(float(s) for s in pixel_spacing_mm) if pixel_spacing_mm is not None else None,  # type: ignore[arg-type]
                        binary_2d)
+    if pixel_spacing_mm is None:
+        from medseg.io.mask2d import is_mask2d_file
+
+        first = next((f for _, p, r in pairs for f in (p, r) if is_mask2d_file(f)), None)
+        if first is not None:
+            raise InputError("PNG/TIFF masks carry no reliable pixel spacing: give it with --pixel-spacing-mm "
+                             "(row,column in mm; pipeline param pixel_spacing_mm)", path=first, code="no_spacing")
     ref_dir = Path(ref)
     jobs: list[tuple[str, Path | None, Path, ScoreOptions]] = [(c, p, r, opt) for c, p, r in pairs]
     ref_files = _case_files(ref_dir) if ref_only else {}
