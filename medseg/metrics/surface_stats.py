@@ -56,8 +56,14 @@ def _weighted_mean(d: np.ndarray, w: np.ndarray) -> float:
 
 
 def mean_surface_distances_mm(sd: Any) -> tuple[float, float]:
-    """Directed mean surface distances ``(ref -> pred, pred -> ref)`` in mm."""
+    """Directed mean surface distances ``(ref -> pred, pred -> ref)`` in mm.
+
+    With one surface empty, surfel distances give ``(inf, nan)`` / ``(nan, inf)`` as surface-distance
+    does; edge-voxel distances give ``(inf, inf)`` as MONAI does.
+    """
     (d_r, w_r), (d_p, w_p) = directions(sd)
+    if not hasattr(sd, "areas_ref_mm2") and (d_r.size == 0) != (d_p.size == 0):
+        return float("inf"), float("inf")
     return _weighted_mean(d_r, w_r), _weighted_mean(d_p, w_p)
 
 
