@@ -238,7 +238,8 @@ def test_monai_surface_dice_2d_shift(spacing):
         rows = evaluate_arrays(p, r, spacing_mm=spacing, labels=[2, 1], mode="monai", tolerance_mm=tol)
         return [row.nsd for row in rows]
 
-    exp0 = [1 - (478 + 480 + 9 * 2) / (480 * 4 + 48 * 2 + 58 * 2), 1 - (478 + 480 + 9 * 2) / (480 * 4 + 588 * 2 + 578 * 2)]
+    far = 478 + 480 + 9 * 2  # edge pixels farther than 0 from the other edge
+    exp0 = [1 - far / (480 * 4 + 48 * 2 + 58 * 2), 1 - far / (480 * 4 + 588 * 2 + 578 * 2)]
     np.testing.assert_allclose(nsd_at(0.0), exp0, rtol=1e-7)
     r0, r1, r9, r10, r11 = (nsd_at(t) for t in (0, 1, 9, 10, 11))
     for c in range(2):
