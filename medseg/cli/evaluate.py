@@ -18,7 +18,11 @@ from pathlib import Path
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pred", type=Path, required=True, help="prediction file or folder")
+    p.add_argument("--pred", type=Path, required=True, action="append",
+                   help="prediction file or folder; give it twice or more for a paired comparison of methods "
+                        "(the first is the baseline)")
+    p.add_argument("--method-names", default=None,
+                   help="names of the --pred methods in order, e.g. unet,nnunet (default: folder names)")
     p.add_argument("--ref", type=Path, required=True, help="reference file or folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--labels", default=None,
@@ -62,21 +66,44 @@ def run(args: argparse.Namespace) -> int:
         from medseg.errors import ConfigError
 
         raise ConfigError("--workers must be >= 1", code="bad_params")
-    result, paths = run_evaluation(args.pred, args.ref, args.out, labels=labels, label_names=names,
-                                   tolerance_mm=tol, mode=args.mode, workers=args.workers,
-                                   progress=not args.no_progress, executor=spec, metrics=metrics,
-                                   empty_reference=args.empty_reference,
-                                   failed="exclude" if args.exclude_failed else "worst",
-                                   pixel_spacing_mm=pixel_spacing, binary_2d=not args.mask_labels)
-    print(f"{len(result.cases)} cases, {len(result.labels)} labels, {len(result.failed)} failed, "
+    kwargs = dict(labels=labels, label_names=names, tolerance_mm=tol, mode=args.mode, workers=args.workers,
+                  progress=not args.no_progress, executor=spec, metrics=metrics,
+                  empty_reference=args.empty_reference, failed="exclude" if args.exclude_failed else "worst",
+                  pixel_spacing_mm=pixel_spacing, binary_2d=not args.mask_labels)
+    if len(args.pred) > 1:
+        return _compare(args, kwargs)
+    result, paths = run_evaluation(args.pred[0], args.ref, args.out, **kwargs)
+    _print_result(result, args.exclude_failed)
+    print(f"metrics: {paths['metrics_csv']}\nsummary: {paths['summary']}\nreport:  {paths['report']}")
+    return 1 if result.failed else 0
+
+
+def _print_result(result, exclude_failed: bool, prefix: str = "") -> None:
+    print(f"{prefix}{len(result.cases)} cases, {len(result.labels)} labels, {len(result.failed)} failed, "
           f"{len(result.pred_only)} predictions without reference")
     for c, st in sorted(result.failed.items()):
         print(f"  {c}: {st}")
     for c in result.pred_only:
         print(f"  {c}: no reference (not scored)")
     if result.failed:
-        how = ("left out of the means (--exclude-failed)" if args.exclude_failed
+        how = ("left out of the means (--exclude-failed)" if exclude_failed
                else "counted in every mean with the worst value of each metric")
-        print(f"{len(result.failed)} failed or missing cases {how}")
-    print(f"metrics: {paths['metrics_csv']}\nsummary: {paths['summary']}\nreport:  {paths['report']}")
-    return 1 if result.failed else 0
+        print(f"  {len(result.failed)} failed or missing cases {how}")
+
+
+def _compare(args: argparse.Namespace, kwargs: dict) -> int:
+    from medseg.metrics.params import parse_names
+    from medseg.report.comparison import run_comparison
+
+    names = parse_names(args.method_names) or None
+    results, comparison, paths = run_comparison(args.pred, args.ref, args.out, names=names, **kwargs)
+    for name, res in results.items():
+        _print_result(res, args.exclude_failed, prefix=f"{name}: ")
+    excluded = False
+    for comp in comparison["comparisons"]:
+        print(f"{comp['method']} vs {comparison['baseline']}: {comp['n_paired_cases']} paired cases")
+        for c, why in comp["excluded"].items():
+            excluded = True
+            print(f"  left out of the paired statistics: {c} ({why})")
+    print(f"comparison: {paths['comparison_csv']}\n            {paths['comparison_html']}")
+    return 1 if excluded or any(r.failed for r in results.values()) else 0

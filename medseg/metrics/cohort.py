@@ -245,7 +245,8 @@ def evaluate_cohort(
             d = {"case": case, "label": k, "label_name": names.get(k, "")}
             d.update({key: v for key, v in r.as_dict().items() if key != "label"})
             out_rows.append(d)
-    return CohortResult(out_rows, label_list, sorted(by_case), pred_only, ref_only, failures, columns, failed,
+    shown = list(metrics) if metrics else list(DEFAULT_METRICS)  # the columns the outputs report
+    return CohortResult(out_rows, label_list, sorted(by_case), pred_only, ref_only, failures, shown, failed,
                         empty_reference)
 
 

@@ -34,6 +34,11 @@ def _items(value: Any) -> list[str]:
     raise ConfigError(f"cannot read {value!r} as a list", code="bad_params")
 
 
+def parse_names(value: Any) -> list[str]:
+    """Names from "a,b" / ["a", "b"] (empty list for None)."""
+    return _items(value)
+
+
 def parse_labels(value: Any) -> list[int] | None:
     """``None`` (all labels found) or a list of distinct labels > 0 from "1,2" / [1, 2]."""
     items = _items(value)
