@@ -43,6 +43,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="row,column spacing in mm of PNG/TIFF masks (required for them), e.g. 0.5,0.5")
     p.add_argument("--mask-labels", action="store_true",
                    help="read PNG/TIFF values as label numbers (default: binary masks, 0 and one other value)")
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder of the images (case.nii.gz or case_0000.nii.gz): the report shows, per label, the "
+                        "worst / median / best cases as slices through the largest error, one page per case")
     p.add_argument("--workers", type=int, default=1, help="parallel processes over cases (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from medseg.executors import add_executor_args
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(labels=labels, label_names=names, tolerance_mm=tol, mode=args.mode, workers=args.workers,
                   progress=not args.no_progress, executor=spec, metrics=metrics,
                   empty_reference=args.empty_reference, failed="exclude" if args.exclude_failed else "worst",
-                  pixel_spacing_mm=pixel_spacing, binary_2d=not args.mask_labels)
+                  pixel_spacing_mm=pixel_spacing, binary_2d=not args.mask_labels, images=args.images)
     if len(args.pred) > 1:
         return _compare(args, kwargs)
     result, paths = run_evaluation(args.pred[0], args.ref, args.out, **kwargs)

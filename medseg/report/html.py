@@ -73,7 +73,8 @@ def _num(v: Any, digits: int = 4) -> str:
     return html.escape(str(v))
 
 
-def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta: dict[str, Any]) -> str:
+def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta: dict[str, Any],
+                extra_html: str = "", case_pages: dict[str, str] | None = None) -> str:
     """The report page as a string. ``meta`` holds pred, ref, mode_description, tolerances, pairing."""
     e = html.escape
     parts = [
@@ -90,8 +91,8 @@ def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta
         "with the voxel spacing of each case; NSD = normalised surface Dice at the tolerance below.</li>",
         f"<li>NSD tolerance (mm): {e(str(meta.get('nsd_tolerance_mm', '')))}</li>",
         "<li>Empty cases are kept: both empty gives Dice = IoU = NSD = 1 and HD95 = 0; one empty gives "
-        "Dice = IoU = NSD = 0 and HD95 = the image diagonal in mm. Errors carry no numbers and are counted "
-        "as failed.</li>",
+        "Dice = IoU = NSD = 0 and HD95 = the image diagonal in mm. Failed or missing cases are counted as "
+        "failed (their treatment in the statistics below).</li>",
         "<li>Summary: mean, sample std, median, IQR, 95% CI of the mean by percentile bootstrap "
         f"({meta.get('n_boot', '')} resamples, seed {meta.get('seed', '')}).</li></ul>",
     ]
@@ -130,6 +131,7 @@ def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta
         parts.append("</tr>")
     parts.append("</table>")
 
+    parts.append(extra_html)
     if summary:
         parts.append("<h2>Distributions</h2>")
         for m in metrics:
@@ -140,7 +142,7 @@ def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta
                  "enter the statistics with (unless excluded).</p><table class='sortable'><tr><th>case</th>"
                  "<th>label</th>" + "".join(f"<th>{e(metric_title(m))}</th>" for m in metrics)
                  + "<th>status</th></tr>")
-    page_of = meta.get("case_pages") or {}
+    page_of = case_pages or {}
     for r in rows:
         st = str(r["status"])
         cls = "err" if st.startswith("error") else ("empty" if st != "ok" else "")
@@ -157,6 +159,8 @@ def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta
 
 
 def write_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], path: str | Path, *,
-               meta: dict[str, Any]) -> Path:
-    """Write the report atomically."""
-    return atomic_write_text(path, render_html(rows, summary, meta=meta))
+               meta: dict[str, Any], extra_html: str = "", case_pages: dict[str, str] | None = None) -> Path:
+    """Write the report atomically (``extra_html``: a section after the summary; ``case_pages``:
+    case -> link of its page)."""
+    return atomic_write_text(path, render_html(rows, summary, meta=meta, extra_html=extra_html,
+                                               case_pages=case_pages))
