@@ -170,3 +170,26 @@ def test_pipeline_stage(cohort, tmp_path):
     assert res["report"].endswith("report.html") and res["failed"]["hippocampus_006"] == "error:missing_pred"
     rows = read_metrics_csv(tmp_path / "run" / "evaluate" / "metrics.csv")
     assert {r["label"]: r["nsd_tolerance_mm"] for r in rows if r["status"] == "ok"} == {1: 1.0}
+
+
+def test_cli_empty_reference_nan_convention(tmp_path):
+    from tests.paths import SAMPLES
+
+    ref = tmp_path / "ref"
+    shutil.copytree(SAMPLES / "hippocampus" / "labels", ref)
+    v = read_volume(ref / "hippocampus_001.nii.gz", is_label=True)
+    write_volume(v.with_array(np.where(v.array == 2, 0, v.array)), ref / "hippocampus_001.nii.gz")  # no label 2
+    pred = SAMPLES / "hippocampus" / "pred"
+    rows = _run(pred, ref, tmp_path / "score", "--metrics", "dice,assd")
+    r = next(x for x in rows if x["case"] == "hippocampus_001" and x["label"] == 2)
+    assert r["status"] == "ref_empty" and r["dice"] == 0.0
+    assert r["assd_mm"] == pytest.approx(_diag(ref / "hippocampus_001.nii.gz"))
+    rows = _run(pred, ref, tmp_path / "nan", "--metrics", "dice,assd", "--empty-reference", "nan")
+    r = next(x for x in rows if x["case"] == "hippocampus_001" and x["label"] == 2)
+    assert r["status"] == "ref_empty" and np.isnan(r["dice"]) and np.isnan(r["assd_mm"])
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    s2 = summary["labels"]["2"]
+    assert summary["meta"]["empty_reference"] == "nan" and "MONAI" in summary["meta"]["empty_reference_description"]
+    assert s2["dice"]["n"] == 3 and s2["dice"]["n_left_out"] == 1 and s2["assd_mm"]["n_left_out"] == 1
+    others = [x["dice"] for x in rows if x["label"] == 2 and x["case"] != "hippocampus_001"]
+    assert s2["dice"]["mean"] == pytest.approx(np.mean(others))
