@@ -106,3 +106,19 @@ def test_png_with_more_than_two_values_is_reported(tmp_path, caplog):
     # read as label maps instead, the 7 becomes a label of its own
     assert _evaluate(tmp_path / "p", tmp_path / "r", tmp_path / "o2", "--pixel-spacing-mm", "1",
                      "--mask-labels") == 0
+
+
+def test_png_report_with_images(tmp_path):
+    rng = np.random.default_rng(4)
+    for d in ("p", "r", "img"):
+        (tmp_path / d).mkdir()
+    for i, (a, b) in enumerate(_masks(rng, 2)):
+        Image.fromarray((a * 255).astype(np.uint8)).save(tmp_path / "r" / f"c{i}.png")
+        Image.fromarray((b * 255).astype(np.uint8)).save(tmp_path / "p" / f"c{i}.png")
+        Image.fromarray((rng.random(a.shape) * 200).astype(np.uint8)).save(tmp_path / "img" / f"c{i}.png")
+    assert _evaluate(tmp_path / "p", tmp_path / "r", tmp_path / "o", "--pixel-spacing-mm", "0.5",
+                     "--images", str(tmp_path / "img")) == 0
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "Label 1: worst" in html and "cases/c0.html" in html
+    page = (tmp_path / "o" / "cases" / "c1.html").read_text()
+    assert "data:image/png;base64," in page and "No image given" not in page
