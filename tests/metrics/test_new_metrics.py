@@ -208,3 +208,19 @@ def test_any_percentile_column_in_both_modes():
         (row,) = evaluate_arrays(pred, ref, spacing_mm=(1.0, 1.0, 1.0), labels=[1], metrics=["hd80_mm", "hd100_mm"],
                                  mode=mode)
         assert row.value("hd80_mm") <= row.value("hd100_mm") == 1.0
+
+
+@pytest.mark.parametrize("mode, name", [("surface-distance", "surface_distances_cropped"),
+                                        ("monai", "compute_voxel_surface_distances")])
+def test_all_metrics_from_one_surface_computation_per_label(monkeypatch, mode, name):
+    import medseg.metrics.evaluate as ev
+
+    calls = []
+    real = getattr(ev, name)
+    monkeypatch.setattr(ev, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = np.zeros((8, 9, 10), np.uint8)
+    ref[2:6, 2:6, 2:6] = 1
+    ref[1:3, 6:8, 6:9] = 2
+    pred = np.roll(ref, 1, axis=1)
+    rows = evaluate_arrays(pred, ref, spacing_mm=(2.0, 1.0, 0.5), labels=[1, 2], metrics=ALL, mode=mode)
+    assert len(rows) == 2 and len(calls) == 2  # one per label, shared by HD, NSD, ASSD, MSD, overlaps
