@@ -6,6 +6,10 @@ follow DeepMind surface-distance's surfel-based definitions (``--mode monai`` re
 voxel-based numbers instead). Empty cases are kept and flagged in the status column; unreadable
 or mismatching cases are reported as errors and the others finish; they enter every mean with the
 worst value of each metric (``--exclude-failed`` leaves them out, said in the summary).
+``--metrics`` adds ASSD, directed mean distances, any HD percentile, surface overlaps, sensitivity,
+specificity, precision and volumes; 2D masks (2D NIfTI, PNG/TIFF with ``--pixel-spacing-mm``) are
+scored in 2D. ``--images DIR`` adds slices with contours (worst / median / best case per label, one
+page per case). Two or more ``--pred`` give a paired comparison (DIR/<method>/ and DIR/comparison.*).
 
 Exit status: 0 when every reference was scored, 1 when any case is missing or failed (after all
 outputs are written), 2 for bad arguments.
