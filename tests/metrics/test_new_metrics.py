@@ -224,3 +224,29 @@ def test_all_metrics_from_one_surface_computation_per_label(monkeypatch, mode, n
     pred = np.roll(ref, 1, axis=1)
     rows = evaluate_arrays(pred, ref, spacing_mm=(2.0, 1.0, 0.5), labels=[1, 2], metrics=ALL, mode=mode)
     assert len(rows) == 2 and len(calls) == 2  # one per label, shared by HD, NSD, ASSD, MSD, overlaps
+
+
+def test_totalsegmentator_new_metrics_match_surface_distance():
+    from medseg.io import read_volume
+    from tests.paths import shared_path
+
+    d = shared_path("totalsegmentator")
+    ref = read_volume(d / "example_seg.nii.gz", is_label=True)
+    pred = read_volume(d / "example_seg_fast.nii.gz", is_label=True)
+    labels = sorted(set(np.unique(ref.array).tolist()) & set(np.unique(pred.array).tolist()) - {0})
+    rows = evaluate_arrays(pred.array, ref.array, spacing_mm=ref.spacing_mm, labels=labels, metrics=ALL,
+                           tolerance_mm=3.0)
+    sdp = _sd_pkg()
+    voxel_ml = float(np.prod(ref.spacing_mm)) / 1000
+    for r in rows:
+        a, b = ref.array == r.label, pred.array == r.label
+        sd = sdp.compute_surface_distances(a, b, ref.spacing_mm)
+        v = r.as_dict()
+        assert (v["msd_ref_to_pred_mm"], v["msd_pred_to_ref_mm"]) == pytest.approx(
+            sdp.compute_average_surface_distance(sd), rel=1e-9)
+        assert (v["surface_overlap_ref"], v["surface_overlap_pred"]) == pytest.approx(
+            sdp.compute_surface_overlap_at_tolerance(sd, 3.0), rel=1e-9)
+        assert v["hd100_mm"] == pytest.approx(sdp.compute_robust_hausdorff(sd, 100), rel=1e-9)
+        assert v["vol_diff_ml"] == pytest.approx((b.sum() - a.sum()) * voxel_ml)
+        assert v["sensitivity"] == pytest.approx((a & b).sum() / a.sum())
+    assert len(rows) >= 30
