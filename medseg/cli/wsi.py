@@ -48,11 +48,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     ev = sub.add_parser("evaluate", help="slide-level ROC / PR curves, AUC with CI, confusion matrix")
     ev.add_argument("--pred", type=Path, required=True, help="predictions.csv of 'medseg wsi predict'")
     ev.add_argument("--labels", type=Path, required=True, help="slide_id,label[,split] CSV")
-    ev.add_argument("--output", "--out", dest="output", type=Path, required=True, help="output folder")
+    add_output(ev, "output folder (report.html, ROC and PR curves)")
     ev.add_argument("--threshold", type=float, default=None, help="positive when probability >= this (default 0.5)")
     ev.add_argument("--choose-threshold", default=None, metavar="RULE",
                     help="choose the threshold on the split=val slides: youden, sens:0.9 or spec:0.9")
-    ev.add_argument("--classes", default=None, help="class names negative,positive as written in the labels CSV")
+    ev.add_argument("--classes", default=None,
+                    help="class names negative,positive as written in the labels CSV (default: labels 0 and 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,11 +64,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from medseg.cli.common import check_input, check_output_dir
     from medseg.errors import ConfigError
     from medseg.metrics.params import parse_names
     from medseg.report.slides import write_slide_report
     from medseg.wsi.evaluate import evaluate_slide_predictions
 
+    check_input(args.pred, "--pred", kind="file")
+    check_input(args.labels, "--labels", kind="file")
+    check_output_dir(args.output)
     if args.threshold is not None and args.choose_threshold:
         raise ConfigError("give --threshold or --choose-threshold, not both", code="bad_params")
     classes = parse_names(args.classes) or None

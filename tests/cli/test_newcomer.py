@@ -60,6 +60,11 @@ def _cases(w: Path) -> list[tuple[str, list[str], int, str]]:
         ("plan output in a file", ["plan", "--dataset", empty, "--output", f"{afile}/plan.yaml"], 2,
          "afile is an existing file; give a folder"),
         ("export output exists", ["export", "--model", "hippocampus_unet", "--output", afile], 2, "already exists"),
+        ("wsi evaluate output file", ["wsi", "evaluate", "--pred", str(w / "bags.csv"), "--labels",
+                                      str(w / "bags.csv"), "--output", afile], 2,
+         "afile is an existing file; give a folder"),
+        ("wsi evaluate missing", ["wsi", "evaluate", "--pred", "nowhere.csv", "--labels", str(w / "bags.csv"),
+                                  "--output", "o"], 2, "--pred nowhere.csv does not exist"),
         ("wsi features output file", ["wsi", "features", "--tiles", empty, "--output", afile], 2,
          "afile is an existing file; give a folder"),
         # unknown flags are named (with the closest known one), never taken as abbreviations
@@ -75,6 +80,11 @@ def _cases(w: Path) -> list[tuple[str, list[str], int, str]]:
         # a typo in a config key, found before any stage or training runs
         ("run config typo", ["run", cfg, "--set", f"output={w / 'r'}", "--set", "params.evaluate.nsd_tolerence_mm=2"],
          2, "unknown parameter 'nsd_tolerence_mm' (did you mean 'nsd_tolerance_mm'?)"),
+        ("wsi train output file", ["wsi", "train", "--config", str(REPO / "configs" / "wsi" / "train_demo.yaml"),
+                                   "--set", f"output={afile}"], 2, "is an existing file; give a folder"),
+        ("wsi train config typo", ["wsi", "train", "--config", str(REPO / "configs" / "wsi" / "train_demo.yaml"),
+                                   "--set", f"output={w / 'r'}", "--set", "params.wsi_tile.tile_sise=64"], 2,
+         "unknown parameter 'tile_sise' (did you mean 'tile_size'?)"),
         ("train config typo", ["train", "--config", train_cfg, "--set", "training.epocs=3"], 2,
          "epocs (did you mean epochs?)"),
         ("mil config typo", ["mil", "cv", "--data", str(w / "bags.csv"), "--output", str(w / "m"), "--set",
