@@ -1,6 +1,6 @@
 """What every verb shares: the argument parser, the ``--output`` option and the checks made before any work.
 
-* :class:`MedsegParser`: no prefix abbreviations (``--out`` is not taken for ``--output-dtype``),
+* :class:`MedsegParser`: no prefix abbreviations (``--outp`` is an error, not ``--output``),
   ``-v`` / ``-q`` on every (sub)command, defaults shown in ``--help``, and a one-line usage error that
   names an unknown option (with the closest known one) before complaining about a missing one;
   exit code 2.
