@@ -32,7 +32,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     from medseg.cli.common import add_output
 
     add_output(p, "with --plan/--dataset: output folder (default: runs/DATASET/CONFIGURATION); folds go in "
-               "fold_F/; with --config: output.dir of the config", required=False)
+               "fold_F/; with --config: sets the config's output.dir", required=False)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=10 --set data.fold=1")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output.dir")
@@ -106,11 +106,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset is not None:
         check_output_dir(args.output or Path("runs"))
     if args.config is not None:
-        if args.output is not None:
-            from medseg.errors import ConfigError
-
-            raise ConfigError("--output is for --plan/--dataset; with --config set output.dir (--set output.dir=DIR)")
-        cfgs = [cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)]
+        cfg = cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)
+        if args.output is not None:      # the config's output.dir, as --set output.dir=DIR
+            cfg = cfgmod.apply_overrides(cfg, [f"output.dir={args.output}"])
+        cfgs = [cfg]
     else:
         cfgs = _plan_configs(args)
     from medseg.training.config import resolve_config
