@@ -63,7 +63,7 @@ class MedsegParser(argparse.ArgumentParser):
         self.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, dest=f"_verbose_{n}",
                           help="more output: per-case timings, debug messages with -vv (anywhere on the line)")
         self.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS, dest=f"_quiet_{n}",
-                          help="less output: warnings and errors only (anywhere on the line)")
+                          help="less output: warnings and errors only, no progress (anywhere on the line)")
         self.set_defaults(_parser=self)
 
     def unknown_options(self) -> list[str]:

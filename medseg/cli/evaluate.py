@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError("--workers must be >= 1", code="bad_params")
     kwargs = dict(labels=labels, label_names=names, tolerance_mm=tol, mode=args.mode, workers=args.workers,
-                  progress=not args.no_progress, executor=spec, metrics=metrics,
+                  progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0, executor=spec, metrics=metrics,
                   empty_reference=args.empty_reference, failed="exclude" if args.exclude_failed else "worst",
                   pixel_spacing_mm=pixel_spacing, binary_2d=not args.mask_labels, images=args.images)
     if len(args.pred) > 1:

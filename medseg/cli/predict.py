@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
                          overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.threads, weights=args.weights, postprocess=not args.no_postprocess,
-                         progress=not args.no_progress, executor=spec, folds=folds, force=args.force)
-    print(summary_table(report, timings=args.verbosity > 0))
+                         progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0, executor=spec,
+                         folds=folds, force=args.force)
+    print(summary_table(report, timings=getattr(args, "verbosity", 0) > 0))
     return 1 if report.failed else 0
 
 
