@@ -25,7 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "predict": ("medseg.cli.predict",
                 "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
     "export": ("medseg.cli.export", "copy a model bundle for shipping, weights stored as float16 or int8"),
-    "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict"),
+    "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict, evaluate"),
     "mil": ("medseg.cli.mil", "multiple-instance learning on bags of feature vectors (cross-validation)"),
 }
 
