@@ -121,3 +121,23 @@ def test_abbreviations_are_refused_and_unknown_options_named(capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err
+
+
+def test_run_exits_1_and_lists_the_cases_a_stage_failed(tmp_path, capsys):
+    import numpy as np
+
+    from medseg import config as cfgmod
+    from medseg.cli.main import main
+    from tests.inference.helpers import blob_image, save_nifti
+
+    src = tmp_path / "in"
+    src.mkdir()
+    save_nifti(blob_image((8, 8, 8)), src / "good.nii.gz", np.eye(4))
+    (src / "bad.nii.gz").write_bytes(b"not a volume")
+    cfg = tmp_path / "c.yaml"
+    cfgmod.save_yaml({"output": str(tmp_path / "out"), "stages": [{"stage": "zscore", "params": {"input": str(src)}}]},
+                     cfg)
+    assert main(["run", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "zscore: 1 failed: bad (error:" in out
+    assert (tmp_path / "out" / "zscore" / "good.nii.gz").is_file()      # the others finished
