@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +286,7 @@ class Predictor:
             n = count_windows(image.shape[1:], self.patch_size, self.overlap, axis=axis) * len(self.models) \
                 * 2 ** len(axes)
             counter = _WindowCounter(self.on_windows, n)
-            models = [_Counted(m, counter) for m in self.models]
+            models = [_counted(m, counter) for m in self.models]
         with torch.inference_mode():
             for model in models:          # a fold ensemble: the mean of the folds' probabilities
                 def run(x: torch.Tensor, mirror_axes: Sequence[int] = (), model=model) -> torch.Tensor:
@@ -315,7 +316,9 @@ class _WindowCounter:
         self.report(self.done, self.total)
 
 
+@lru_cache(maxsize=1)
 def _counted_class():
+    """The module class below, made on first use (this module imports torch only inside functions)."""
     import torch
 
     class Counted(torch.nn.Module):
@@ -334,7 +337,6 @@ def _counted_class():
     return Counted
 
 
-def _Counted(inner, counter: _WindowCounter):
-    if not hasattr(_Counted, "cls"):
-        _Counted.cls = _counted_class()  # type: ignore[attr-defined]
-    return _Counted.cls(inner, counter)  # type: ignore[attr-defined]
+def _counted(inner, counter: _WindowCounter):
+    """``inner`` wrapped so that every forward pass reports its windows to ``counter``."""
+    return _counted_class()(inner, counter)

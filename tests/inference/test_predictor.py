@@ -332,3 +332,15 @@ def test_input_guard_refuses_ct_for_an_mri_bundle_unless_forced(tmp_path, caplog
     assert any("look like CT" in w for w in pred.warnings)
     mri = Volume(np.random.default_rng(0).uniform(0, 800, (20, 20, 20)).astype(np.float32), (1.0, 1.0, 1.0))
     assert Predictor.from_bundle(bundle).predict_volume(mri).warnings == []  # like the training data: silent
+
+
+def test_window_progress_counts_every_window_of_every_pass(tmp_path):
+    """30 x 20 x 20 voxels, 16^3 windows at overlap 0.5: starts z 0, 8, 14; y 0, 4; x 0, 4 -> 12 windows,
+    times 4 mirror passes (axes 0, 1) = 48, reported as they go through the model."""
+    bundle = make_bundle(tmp_path / "b")
+    p = Predictor.from_bundle(bundle, tta_axes=(0, 1))
+    seen = []
+    p.on_windows = lambda done, total: seen.append((done, total))
+    p.predict_volume(Volume(np.random.default_rng(0).random((30, 20, 20)).astype(np.float32), (1.0, 1.0, 1.0)))
+    assert seen[-1] == (48, 48) and all(t == 48 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
