@@ -115,3 +115,28 @@ def test_preview_orientation():
     out, order = _to_ras_axes(arr, direction)
     assert order == [0, 1, 2] and out.shape == (2, 3, 4)
     assert out[0, 2, 3] == 1
+
+
+def test_bundle_without_label_names(tmp_path, capsys):
+    """Labels named only by numbers become ``label N`` segments with the generic code; a bundle
+    without ``labels`` is refused before any case."""
+    folder = shared_path("dicom", "udacity_study3_HCropVolume")
+    bundle = make_bundle(tmp_path / "model", patch=(16, 16, 16), extra={"labels": {0: "0", 1: "1", 2: "2"}})
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(bundle), "--input", str(folder), "--output", str(out), "--device", "cpu",
+                 "--no-progress", "--output-format", "dicom-seg,seg-nrrd", "--statistics"]) == 0
+    nifti = read_volume(out / f"{folder.name}.nii.gz", kind="label")
+    present = [int(v) for v in np.unique(nifti.array) if v > 0]
+    ds = pydicom.dcmread(out / f"{folder.name}_seg.dcm")
+    assert [s.SegmentLabel for s in ds.SegmentSequence] == [f"label {v}" for v in present]
+    assert {s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for s in ds.SegmentSequence} == {"Tissue"}
+    assert "label 1" in (out / "statistics.csv").read_text()
+
+    from medseg.bundle import read_meta, write_meta
+
+    meta = read_meta(bundle)
+    del meta["labels"]
+    write_meta(bundle, meta)
+    assert main(["predict", "--model", str(bundle), "--input", str(folder), "--output", str(tmp_path / "o2"),
+                 "--device", "cpu", "--no-progress", "--output-format", "dicom-seg"]) != 0
+    assert not (tmp_path / "o2").exists()
