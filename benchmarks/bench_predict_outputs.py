@@ -120,8 +120,9 @@ def main() -> None:
     wa, wb = statistics.median(writes["A"]), statistics.median(writes["B"])
     print(f"\npredict {' '.join(base) or '(bundle defaults)'} on {len(writes['A']) // args.rounds} DICOM cases, "
           f"{args.rounds} rounds interleaved, 1-min load average at the end {load:.1f} (cpu count {os.cpu_count()})")
-    print(f"A (NIfTI only):                       median wall {a:.2f} s  (all: {', '.join(f'{x:.2f}' for x in walls['A'])})")
-    print(f"B (+ DICOM SEG, statistics, preview): median wall {b:.2f} s  (all: {', '.join(f'{x:.2f}' for x in walls['B'])})")
+    for v, name, med in (("A", "A (NIfTI only):                      ", a),
+                         ("B", "B (+ DICOM SEG, statistics, preview):", b)):
+        print(f"{name} median wall {med:.2f} s  (all: {', '.join(f'{x:.2f}' for x in walls[v])})")
     print(f"ratio B/A = {b / a:.3f}  (+{100 * (b / a - 1):.1f} %)")
     print(f"writer thread per case: median {wa * 1000:.0f} ms (A) vs {wb * 1000:.0f} ms (B)")
 
