@@ -10,7 +10,8 @@ process, exactly as a user runs it, in two variants, A/B interleaved (ABBA...) `
 * **A**: the label maps only (NIfTI);
 * **B**: the same plus ``--output-format dicom-seg --statistics --preview``.
 
-Reported: process wall time per variant (median over rounds), the ratio B/A, and the writer
+Reported: process wall time and CPU time (user + sys; less sensitive to other jobs on a shared
+machine) per variant (median over rounds), the ratios B/A, and the writer
 thread's time per case from ``timings.csv`` (``write_s``: label map only in A, every output in B).
 By default one fold without test-time augmentation (the fastest predict, so the largest relative
 overhead); ``--folds all --tta`` gives the shipped default (5 folds x 8 mirrorings).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -75,18 +77,19 @@ def write_dicom_series(vol, folder: Path, *, series_number: int = 1) -> Path:
     return folder
 
 
-def run(src: Path, out: Path, extra: list[str], base: list[str]) -> tuple[float, list[float]]:
+def run(src: Path, out: Path, extra: list[str], base: list[str]) -> tuple[float, float, list[float]]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "medseg", "predict", "--model", "hippocampus_unet", "--input", str(src),
            "--output", str(out), "--device", "cpu", "--no-progress", *base, *extra]
-    t = time.perf_counter()
+    t, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
-    wall = time.perf_counter() - t
+    wall, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"medseg predict failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
     with open(out / "timings.csv", newline="") as fh:
         writes = [float(r["write_s"]) for r in csv.DictReader(fh)]
-    return wall, writes
+    return wall, cpu, writes
 
 
 def main() -> None:
@@ -105,13 +108,16 @@ def main() -> None:
         for i, f in enumerate(sorted(SAMPLES.glob("*.nii.gz"))):
             write_dicom_series(read_volume(f), cohort / f.name.replace(".nii.gz", ""), series_number=i + 1)
         walls: dict[str, list[float]] = {"A": [], "B": []}
+        cpus: dict[str, list[float]] = {"A": [], "B": []}
         writes: dict[str, list[float]] = {"A": [], "B": []}
         for r in range(args.rounds):
             for v in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                wall, w = run(cohort, tmp / f"out_{v}_{r}", variants[v], base)
+                wall, cpu, w = run(cohort, tmp / f"out_{v}_{r}", variants[v], base)
                 walls[v].append(wall)
+                cpus[v].append(cpu)
                 writes[v] += w
-                print(f"round {r} {v}: {wall:.2f} s wall, write {sum(w):.3f} s for {len(w)} cases", flush=True)
+                print(f"round {r} {v}: {wall:.2f} s wall, {cpu:.2f} s CPU, write {sum(w):.3f} s for {len(w)} cases",
+                      flush=True)
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -123,7 +129,10 @@ def main() -> None:
     for v, name, med in (("A", "A (NIfTI only):                      ", a),
                          ("B", "B (+ DICOM SEG, statistics, preview):", b)):
         print(f"{name} median wall {med:.2f} s  (all: {', '.join(f'{x:.2f}' for x in walls[v])})")
-    print(f"ratio B/A = {b / a:.3f}  (+{100 * (b / a - 1):.1f} %)")
+    print(f"ratio B/A = {b / a:.3f}  (+{100 * (b / a - 1):.1f} %) wall")
+    ca, cb = statistics.median(cpus["A"]), statistics.median(cpus["B"])
+    print(f"CPU time (user + sys of the process, less sensitive to the load): median {ca:.2f} s (A) vs {cb:.2f} s "
+          f"(B): ratio {cb / ca:.3f} (+{100 * (cb / ca - 1):.1f} %)")
     print(f"writer thread per case: median {wa * 1000:.0f} ms (A) vs {wb * 1000:.0f} ms (B)")
 
 
