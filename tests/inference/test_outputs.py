@@ -140,3 +140,21 @@ def test_bundle_without_label_names(tmp_path, capsys):
     assert main(["predict", "--model", str(bundle), "--input", str(folder), "--output", str(tmp_path / "o2"),
                  "--device", "cpu", "--no-progress", "--output-format", "dicom-seg"]) != 0
     assert not (tmp_path / "o2").exists()
+
+
+def test_predict_stage_takes_the_output_options(tmp_path):
+    from medseg.pipeline import run_pipeline
+    from tests.inference.helpers import REPO_ROOT
+
+    src = blob_cohort(tmp_path / "images", 2, (16, 16, 16))
+    bundle = make_bundle(tmp_path / "b")
+    cfg = {"name": "t", "output": str(tmp_path / "run"),
+           "stages": [{"stage": "predict", "params": {"model": str(bundle), "input": str(src), "device": "cpu",
+                                                      "output_format": ["seg-nrrd"], "statistics": True,
+                                                      "preview": True}}]}
+    ctx = run_pipeline(cfg, config_path=REPO_ROOT / "configs" / "x.yaml")
+    assert ctx.results["predict"]["done"] == ["case_0", "case_1"]
+    out = tmp_path / "run" / "predict"
+    for cid in ("case_0", "case_1"):
+        assert {f"{cid}.seg.nrrd", f"{cid}_statistics.json", f"{cid}_preview.png"} <= {p.name for p in out.iterdir()}
+    assert len((out / "statistics.csv").read_text().splitlines()) == 1 + 2 * 2
