@@ -32,10 +32,25 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"   # DICOM Segmentation Storage
+
+
+def _is_dicom_seg(path: Path) -> bool:
+    """True for a readable DICOM Segmentation object (e.g. medseg's own ``CASE_seg.dcm`` outputs)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:
+        return False          # unreadable: counted as a (damaged) slice, the reader names it
+    return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS
+
+
 def _is_dicom_folder(path: Path, *, probe: int = 8) -> bool:
-    """True when one of the first ``probe`` visible files of the folder is DICOM."""
+    """True when one of the first ``probe`` visible files of the folder is a DICOM image (a DICOM SEG
+    does not make a folder a series: an output folder of ``medseg predict --output-format dicom-seg``)."""
     files = sorted(c for c in path.iterdir() if c.is_file() and not c.name.startswith("."))
-    return any(_is_dicom_file(c) for c in files[:probe])
+    return any(_is_dicom_file(c) and not _is_dicom_seg(c) for c in files[:probe])
 
 
 def _format(path: Path) -> str:
@@ -117,8 +132,9 @@ def write_volume(vol: Volume, path: str | Path) -> Path:
 
 def list_cases(path: str | Path) -> list[Path]:
     """The volumes under ``path``: the file itself, or every volume file / DICOM folder in a folder
-    (sorted, non-recursive; hidden files, temporary files of atomic writes and the data files of
-    detached headers are ignored). A folder that itself holds DICOM files is one case."""
+    (sorted, non-recursive; hidden files, temporary files of atomic writes, the data files of
+    detached headers and 3D Slicer ``.seg.nrrd`` segmentations (outputs, not images) are ignored).
+    A folder that itself holds DICOM image files is one case (DICOM SEG files do not count)."""
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=p, code="missing")
@@ -130,7 +146,7 @@ def list_cases(path: str | Path) -> list[Path]:
     for c in sorted(p.iterdir()):
         if c.name.startswith(".") or _TMP_NAME.match(c.name):
             continue
-        if c.is_file() and c.name.lower().endswith(VOLUME_EXT):
+        if c.is_file() and c.name.lower().endswith(VOLUME_EXT) and not c.name.lower().endswith(".seg.nrrd"):
             out.append(c)
         elif c.is_dir() and _is_dicom_folder(c):
             out.append(c)

@@ -86,6 +86,9 @@ def _scan(folder: Path) -> list[_Slice]:
         ds = _read_header(f)
         if ds is None:
             continue  # not DICOM
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.66.4":
+            log.debug("%s: a DICOM SEG, not a slice of the series: ignored", f.name)
+            continue
         if "Rows" not in ds or "Columns" not in ds:
             sop = ds.get("SOPClassUID")
             if sop is None or "Image Storage" in str(getattr(sop, "name", "")):

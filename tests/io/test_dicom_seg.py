@@ -229,3 +229,21 @@ def test_seg_reader_refuses_other_objects(tmp_path):
     with pytest.raises(InputError) as ei:
         read_dicom_seg(f)
     assert ei.value.code == "not_seg"
+
+
+def test_seg_files_are_not_slices_or_series(tmp_path, hcrop):
+    """A SEG beside the slices is ignored by the series reader; an output folder holding SEGs (and
+    Slicer .seg.nrrd files) is not a DICOM series: its label maps are the cases."""
+    from medseg.io import list_cases, write_volume
+
+    vol = read_volume(hcrop)
+    label = vol.with_array(_label_map(vol.shape), is_label=True)
+    write_dicom_seg(label, hcrop / "zz_seg.dcm", source=hcrop, segments=describe_labels(LABELS), algorithm=ALGO)
+    np.testing.assert_array_equal(read_volume(hcrop).array, vol.array)
+    out = tmp_path / "out"
+    write_dicom_seg(label, out / "a_seg.dcm", source=hcrop, segments=describe_labels(LABELS), algorithm=ALGO)
+    write_volume(label, out / "a.nii.gz")
+    from medseg.io.seg_nrrd import write_seg_nrrd
+
+    write_seg_nrrd(label, out / "a.seg.nrrd", segments=describe_labels(LABELS))
+    assert list_cases(out) == [out / "a.nii.gz"]
