@@ -98,6 +98,18 @@ def _sources(headers: list[Any], folder: Path) -> list[Any]:
     return out
 
 
+def _check_grid(label: Volume, headers: list[Any], folder: Path) -> None:
+    """The label map must lie on the series' grid: first slice position and in-plane axes (as the reader)."""
+    iop = np.asarray([float(v) for v in headers[0].ImageOrientationPatient])
+    ipp = np.asarray([float(v) for v in headers[0].ImagePositionPatient])
+    ok = (np.allclose(label.origin_mm, LPS_RAS @ ipp, atol=1e-3)
+          and np.allclose(label.direction[:, 2], LPS_RAS @ iop[:3], atol=1e-4)
+          and np.allclose(label.direction[:, 1], LPS_RAS @ iop[3:], atol=1e-4))
+    if not ok:
+        raise InputError("the label map's origin or axes differ from the series' (not predicted on this series?)",
+                         path=folder, code="grid_mismatch")
+
+
 def write_dicom_seg(label: Volume, path: str | Path, *, source: str | Path, segments: Mapping[int, Segment],
                     algorithm: Mapping[str, str], series_uid: str | None = None) -> Path | None:
     """Write ``label`` (on the grid of the DICOM series in ``source``) as a DICOM SEG at ``path``.
@@ -130,6 +142,7 @@ def write_dicom_seg(label: Volume, path: str | Path, *, source: str | Path, segm
     if label.shape != (len(headers), rows, cols):
         raise InputError(f"the label map {label.shape} is not on the grid of the series ({len(headers)} slices of "
                          f"{rows}x{cols})", path=folder, code="grid_mismatch")
+    _check_grid(label, headers, folder)
     present = [int(v) for v in np.unique(label.array) if v > 0]
     unknown = [v for v in present if v not in segments]
     if unknown:

@@ -174,6 +174,11 @@ def test_values_without_a_name_and_other_grids_are_refused(tmp_path):
     with pytest.raises(InputError) as ei:
         write_dicom_seg(small, tmp_path / "s.dcm", source=folder, segments=describe_labels(LABELS), algorithm=ALGO)
     assert ei.value.code == "grid_mismatch"
+    shifted = Volume(_label_map(vol.shape), vol.spacing_mm, tuple(np.add(vol.origin_mm, (0, 0, 1.0))), vol.direction,
+                     is_label=True)
+    with pytest.raises(InputError) as ei:
+        write_dicom_seg(shifted, tmp_path / "s.dcm", source=folder, segments=describe_labels(LABELS), algorithm=ALGO)
+    assert ei.value.code == "grid_mismatch"
     other = read_volume(shared_path("dicom", "udacity_study3_T2reg"))
     out = write_dicom_seg(vol.with_array(_label_map(vol.shape), is_label=True), tmp_path / "ok.dcm", source=folder,
                           segments=describe_labels(LABELS), algorithm=ALGO)
