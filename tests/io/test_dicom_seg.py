@@ -252,3 +252,23 @@ def test_seg_files_are_not_slices_or_series(tmp_path, hcrop):
 
     write_seg_nrrd(label, out / "a.seg.nrrd", segments=describe_labels(LABELS))
     assert list_cases(out) == [out / "a.nii.gz"]
+
+
+def test_totalsegmentator_multi_organ_map_round_trip(tmp_path):
+    """The real TotalSegmentator segmentation of example_ct_dicom (dozens of organs, stored with the row
+    axis flipped), moved onto the series' grid, through a SEG and back: every voxel, one segment per organ."""
+    folder = shared_path("totalsegmentator", "example_ct_dicom")
+    ct = read_volume(folder)
+    seg = read_volume(shared_path("totalsegmentator", "example_seg_dicom.nii.gz"), kind="label")
+    arr = np.ascontiguousarray(np.flip(seg.array, axis=1))     # LAS -> the series' LPS rows (see test_dicom.py)
+    label = ct.with_array(arr.astype(np.uint8), is_label=True)
+    present = [int(v) for v in np.unique(arr) if v > 0]
+    names = {0: "background", **{v: f"organ {v}" for v in range(1, int(arr.max()) + 1)}}
+    out = write_dicom_seg(label, tmp_path / "ct_seg.dcm", source=folder, segments=describe_labels(names),
+                          algorithm=ALGO)
+    ds = pydicom.dcmread(out)
+    assert len(ds.SegmentSequence) == len(present) > 20
+    np.testing.assert_array_equal(read_dicom_seg(out, reference=ct).array, arr)
+    uids, _ = _source_uids(folder)
+    numbers = hd.seg.Segmentation.from_dataset(ds).get_pixels_by_source_instance(uids, combine_segments=True)
+    np.testing.assert_array_equal(np.asarray([0] + present)[numbers], arr)   # segment k = k-th label present
