@@ -68,7 +68,8 @@ def _format(path: Path) -> str:
 
 def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | None = None,
                 kind: Literal["image", "label"] | None = None) -> Volume:
-    """Read a NIfTI file, an ITK file (NRRD/MHA/MHD) or a DICOM series folder into a Volume.
+    """Read a NIfTI file, an ITK file (NRRD/MHA/MHD), a DICOM series folder or a DICOM SEG file
+    (:func:`medseg.io.dicom_seg.read_dicom_seg`: a label map on the grid its frames span) into a Volume.
 
     Parameters
     ----------
@@ -97,6 +98,10 @@ def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | N
         from medseg.io.itk import read_itk
 
         vol = read_itk(p, is_label=is_label)
+    elif fmt == "dicom" and p.is_file() and _is_dicom_seg(p):
+        from medseg.io.dicom_seg import read_dicom_seg
+
+        vol = read_dicom_seg(p)     # on the grid its frames span; read_dicom_seg(p, reference=...) for the series'
     elif fmt == "dicom":
         from medseg.io.dicom import read_dicom_series
 

@@ -87,6 +87,7 @@ def test_round_trip_on_the_shared_series(tmp_path, parts):
     np.testing.assert_array_equal(back.array, lab)
     assert back.same_grid(vol)
     alone = read_dicom_seg(out)
+    np.testing.assert_array_equal(read_volume(out, kind="label").array, alone.array)   # read_volume: SEG too
     zs = np.flatnonzero(lab.any(axis=(1, 2)))
     np.testing.assert_array_equal(alone.array, lab[zs[0]:zs[-1] + 1])
     np.testing.assert_allclose(alone.affine[:3, :3], vol.affine[:3, :3], atol=1e-4)
