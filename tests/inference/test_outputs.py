@@ -158,3 +158,26 @@ def test_predict_stage_takes_the_output_options(tmp_path):
     for cid in ("case_0", "case_1"):
         assert {f"{cid}.seg.nrrd", f"{cid}_statistics.json", f"{cid}_preview.png"} <= {p.name for p in out.iterdir()}
     assert len((out / "statistics.csv").read_text().splitlines()) == 1 + 2 * 2
+
+
+def test_failed_seg_write_fails_the_case_and_keeps_its_nifti(tmp_path, monkeypatch):
+    import highdicom as hd
+
+    from medseg.inference.cohort import run_predict
+
+    folder = shared_path("dicom", "udacity_study3_HCropVolume")
+    bundle = make_bundle(tmp_path / "hippocampus_unet", patch=(16, 16, 16), extra={"labels": LABELS})
+
+    def disk_full(self, path, *a, **k):
+        with open(path, "wb") as fh:
+            fh.write(b"DICM partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hd.seg.Segmentation, "save_as", disk_full)
+    out = tmp_path / "out"
+    rep = run_predict(model=bundle, input_path=folder, output=out, device="cpu", output_formats=["dicom-seg"])
+    (o,) = rep.outcomes
+    assert o.status == "failed" and o.error["code"] == "disk_full" and "_seg.dcm" in o.error["message"]
+    names = {p.name for p in out.iterdir()}
+    assert f"{folder.name}.nii.gz" in names and not any("seg.dcm" in n for n in names)
+    read_volume(out / f"{folder.name}.nii.gz", kind="label")          # the NIfTI is complete
