@@ -48,6 +48,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="predict cases the bundle's input guard refuses as another modality or body region "
                    "(checked before inference: e.g. a CT given to an MRI model); they are only warned about")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--output-format", action="append", default=None, metavar="FMT[,FMT]",
+                   help="formats to write besides CASE.nii.gz (always written): dicom-seg (DICOM SEG referencing "
+                        "a DICOM input series), seg-nrrd (3D Slicer CASE.seg.nrrd); repeat or comma-separate")
+    p.add_argument("--statistics", action="store_true",
+                   help="per-label volume, intensity and bounding box: CASE_statistics.json and statistics.csv")
+    p.add_argument("--preview", action="store_true", help="CASE_preview.png: three slices with the labels")
     from medseg.executors import add_executor_args
 
     add_executor_args(p)
@@ -97,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.threads, weights=args.weights, postprocess=not args.no_postprocess,
                          progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0, executor=spec,
-                         folds=folds, force=args.force)
+                         folds=folds, force=args.force, output_formats=args.output_format,
+                         statistics=args.statistics, preview=args.preview)
     print(summary_table(report, timings=getattr(args, "verbosity", 0) > 0))
     return 1 if report.failed else 0
 
