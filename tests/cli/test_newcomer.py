@@ -50,7 +50,7 @@ def _cases(w: Path) -> list[tuple[str, list[str], int, str]]:
         ("train output file", ["train", "--config", train_cfg, "--set", f"output.dir={afile}"], 2,
          "afile is an existing file; give a folder"),
         ("train --output file", ["train", "--config", train_cfg, "--output", afile], 2,
-         "output.dir afile is an existing file; give a folder"),
+         "afile is an existing file; give a folder"),
         ("wsi tile output file", ["wsi", "tile", str(w / "bags.csv"), "--output", afile], 2,
          "afile is an existing file; give a folder"),
         ("wsi predict output file", ["wsi", "predict", "--model", str(w / "empty"), "--input", str(w / "bags.csv"),
