@@ -202,6 +202,11 @@ def _features(args: argparse.Namespace) -> int:
     check_input(args.tiles, "--tiles", kind="folder")
     check_input(args.weights, "--weights", kind="file")
     check_output_dir(args.output)
+    if not any(args.tiles.glob("*/tiles.h5")):
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"--tiles {args.tiles}: no tiled slides (SLIDE/tiles.h5); run medseg wsi tile first",
+                          code="no_slides")
     ex = spec_from_args(args)
     spec = EncoderSpec(name=args.encoder, weights=str(args.weights) if args.weights else None)
     if spec.weights is None:

@@ -113,6 +113,8 @@ def _cases(w: Path) -> list[tuple[str, list[str], int, str]]:
          "no volumes in this folder"),
         ("wsi predict empty folder", ["wsi", "predict", "--model", empty, "--input", empty, "--output", "o"], 2,
          "no slide files"),
+        ("wsi features empty folder", ["wsi", "features", "--tiles", empty, "--output", "o"], 2,
+         "no tiled slides"),
         ("train empty data set", ["train", "--dataset", empty], 1, "missing folder imagesTr/"),
         # the shipped bundle holds its best weights only
         ("predict --weights last", ["predict", "--model", "hippocampus_unet", "--input", imgs, "--output",
