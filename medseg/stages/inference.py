@@ -64,7 +64,7 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
     for cid, st in failed.items():
         log.error("predict: case %s failed (%s)", cid, st)
     if report.timings is not None and report.timings.rows:
-        log.info("predict: %s", report.timings.summary())
+        log.debug("predict: %s", report.timings.summary())   # developer detail: shown with -v
     ctx.results["_last_volume_dir"] = out_dir
     return {"output": str(out_dir), "manifest": str(report.manifest_path),
             "done": [o.case_id for o in report.outcomes if o.status == "done"],
