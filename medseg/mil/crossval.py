@@ -8,19 +8,22 @@ with :func:`medseg.mil.folds.fit_jobs`) and predicts its test bags.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from medseg.errors import ConfigError
 from medseg.metrics.classification import binary_metrics, t_interval
 from medseg.mil.bags import Bags
 from medseg.mil.fit import MILTrainConfig, predict_bags, stratified_folds
-from medseg.mil.folds import Job, fit_jobs, predict_jobs
+from medseg.mil.folds import Job, fit_jobs, predict_jobs, structure_key
+from medseg.mil.grid import grid_points, select_and_fit
 from medseg.mil.select import fit_mil_selected
 
 log = logging.getLogger("medseg.training.mil")
@@ -48,6 +51,8 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
     if parallel_folds is None:
         parallel_folds = True
     parallel = parallel_folds and cfg.batch_bags == 1 and not cfg.select_epochs
+    if cfg.select_grid and not parallel:
+        raise ConfigError("mil: select_grid trains side by side (batch_bags 1, parallel folds, no select_epochs)")
     head = {"n_bags": len(bags), "n_positive": int(bags.labels.sum()), "folds": folds, "seed": seed,
             "config": asdict(cfg), "parallel_folds": parallel}
     splits = []
@@ -57,6 +62,9 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
                        [seed + 100 * r + f for f in range(folds)]))
     done = [0]
     total = cfg.epochs if parallel else repeats * folds
+    if cfg.select_grid:  # epochs of the inner stacks, then about as many for the refits
+        marks = cfg.select_grid.get("epochs", [cfg.epochs])
+        total = 2 * max(marks) * len({structure_key(replace(cfg, **p)) for p in grid_points(cfg.select_grid)})
 
     def tick(n: int) -> None:
         done[0] += n
@@ -64,13 +72,20 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
             progress(done[0], total, time.perf_counter() - t0)
 
     if parallel:
-        jobs = [Job(tr, sd, cfg) for tests, trains, seeds in splits for tr, sd in zip(trains, seeds)]
-        fitted = [snaps[cfg.epochs] for snaps in fit_jobs(bags, jobs, device=device, progress=tick)]
+        all_trains = [tr for _, trains, _ in splits for tr in trains]
+        all_seeds = [sd for _, _, seeds in splits for sd in seeds]
+        if cfg.select_grid:  # chosen on each outer training set's bags only
+            picked = select_and_fit(bags, all_trains, all_seeds, cfg, cfg.select_grid, device=device, progress=tick)
+            fitted, infos = [p[0] for p in picked], [p[1] for p in picked]
+        else:
+            jobs = [Job(tr, sd, cfg) for tr, sd in zip(all_trains, all_seeds)]
+            fitted = [snaps[cfg.epochs] for snaps in fit_jobs(bags, jobs, device=device, progress=tick)]
+            infos = [{"epochs": cfg.epochs} for _ in jobs]
         probs = predict_jobs(bags, fitted, [t for tests, _, _ in splits for t in tests], device=device)
     for r, (tests, trains, seeds) in enumerate(splits):
         for f, test in enumerate(tests):
             if parallel:
-                prob, chosen = probs[r * folds + f], {"epochs": cfg.epochs}
+                prob, chosen = probs[r * folds + f], infos[r * folds + f]
             else:  # epochs chosen by inner CV on this fold's training bags when configured
                 ens, chosen = fit_mil_selected(bags.subset(trains[f]), cfg, seed=seeds[f], device=device)
                 prob = predict_bags(ens, bags.subset(test))
@@ -102,6 +117,9 @@ def _summarise(head, per_fold, oof, labels, threshold, t0) -> dict[str, Any]:
                                         for r in range(repeats)]
     chosen = [p["epochs"] for p in per_fold]
     summary["epochs_chosen"] = {str(e): chosen.count(e) for e in sorted(set(chosen))}
+    if any("chosen" in p for p in per_fold):  # model selection: how often each configuration was chosen
+        picks = [json.dumps(p["chosen"], sort_keys=True) for p in per_fold]
+        summary["configs_chosen"] = {c: picks.count(c) for c in sorted(set(picks), key=lambda c: -picks.count(c))}
     summary["per_fold"] = per_fold
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
