@@ -106,5 +106,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {n:3d}  {c}")
     if cfg.select_epochs:
         print(f"epochs chosen by inner {cfg.inner_folds}-fold CV (count of outer folds): {summary['epochs_chosen']}")
+    if "instance_auc_mean" in summary:
+        print(f"instance AUC of the attention (positive bags) {summary['instance_auc_mean']:.3f} "
+              f"+- {summary['instance_auc_std']:.3f}")
     print(f"summary: {args.out / 'summary.json'}")
     return 0

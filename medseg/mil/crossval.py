@@ -24,6 +24,7 @@ from medseg.mil.bags import Bags
 from medseg.mil.fit import MILTrainConfig, predict_bags, stratified_folds
 from medseg.mil.folds import Job, fit_jobs, predict_jobs, structure_key
 from medseg.mil.grid import grid_points, select_and_fit
+from medseg.mil.instances import instance_auc
 from medseg.mil.select import fit_mil_selected
 
 log = logging.getLogger("medseg.training.mil")
@@ -85,13 +86,15 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
     for r, (tests, trains, seeds) in enumerate(splits):
         for f, test in enumerate(tests):
             if parallel:
-                prob, chosen = probs[r * folds + f], infos[r * folds + f]
+                ens, prob, chosen = fitted[r * folds + f], probs[r * folds + f], infos[r * folds + f]
             else:  # epochs chosen by inner CV on this fold's training bags when configured
                 ens, chosen = fit_mil_selected(bags.subset(trains[f]), cfg, seed=seeds[f], device=device)
                 prob = predict_bags(ens, bags.subset(test))
                 tick(1)
             oof[r, test] = prob
             m = binary_metrics(bags.labels[test], prob, threshold=cfg.threshold)
+            if bags.instance_labels is not None:  # does the attention find the positive instances?
+                m["instance_auc"] = instance_auc(ens, bags.subset(test))
             per_fold.append({"repeat": r, "fold": f, "n_test": int(len(test)), **m, **chosen})
         log.debug("repeat %d/%d done (%.1f s)", r + 1, repeats, time.perf_counter() - t0)
         if on_repeat is not None and r + 1 < repeats:
@@ -103,7 +106,8 @@ def _summarise(head, per_fold, oof, labels, threshold, t0) -> dict[str, Any]:
     repeats = oof.shape[0]
     summary: dict[str, Any] = {**head, "repeats": repeats,
                                "ci": "two-sided 95% Student-t interval of the mean over all folds"}
-    for key in ("accuracy", "auc", "balanced_accuracy", "f1"):
+    keys = ["accuracy", "auc", "balanced_accuracy", "f1"] + (["instance_auc"] if "instance_auc" in per_fold[0] else [])
+    for key in keys:
         vals = [p[key] for p in per_fold]
         arr = np.asarray([v for v in vals if not np.isnan(v)])
         mean, lo, hi = t_interval(vals)
