@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, InputError
 from medseg.mil.bags import Bags
 from medseg.mil.fit import DEFAULT_GRID, GRID_KEYS, MILEnsemble, MILTrainConfig, stratified_folds
 from medseg.mil.folds import Job, fit_jobs, predict_jobs
@@ -87,9 +87,9 @@ def select_and_fit(bags: Bags, trains: list[np.ndarray], seeds: list[int], cfg: 
     for tr in trains:
         lab = bags.labels[tr]
         if min((lab == 1).sum(), (lab == 0).sum()) < k:
-            raise ConfigError(f"mil: inner {k}-fold model selection needs {k} training bags of each class; "
-                              f"a training set has {int((lab == 1).sum())} positive, {int((lab == 0).sum())} "
-                              "negative; lower inner_folds or turn selection off")
+            raise InputError(f"mil: inner {k}-fold model selection needs {k} training bags of each class; "
+                             f"a training set has {int((lab == 1).sum())} positive, {int((lab == 0).sum())} "
+                             "negative; lower inner_folds or turn selection off", code="too_few_bags")
     jobs: list[Job] = []
     tests: list[np.ndarray] = []
     for tr, sd in zip(trains, seeds):
