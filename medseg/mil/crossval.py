@@ -22,7 +22,7 @@ from medseg.errors import ConfigError
 from medseg.metrics.classification import binary_metrics, t_interval
 from medseg.mil.bags import Bags
 from medseg.mil.fit import MILTrainConfig, predict_bags, stratified_folds
-from medseg.mil.folds import Job, fit_jobs, predict_jobs, structure_key
+from medseg.mil.folds import STACK_LIMIT_BYTES, Job, fit_jobs, predict_jobs, stack_bytes, structure_key
 from medseg.mil.grid import grid_points, select_and_fit
 from medseg.mil.instances import instance_auc
 from medseg.mil.select import fit_mil_selected
@@ -41,7 +41,8 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
     ``on_repeat`` gets the summary of the repeats done so far after each one (partial results);
     ``progress`` gets the work done so far (epochs of stacked training, or folds one by one).
 
-    With ``parallel_folds`` (the default, when ``batch_bags == 1``) the folds of all repeats train
+    With ``parallel_folds`` (the default when ``batch_bags == 1`` and the padded bags fit in
+    :data:`~medseg.mil.folds.STACK_LIMIT_BYTES`) the folds of all repeats train
     side by side as one stacked network (:func:`medseg.mil.folds.fit_jobs`: the same seeds, bag
     orders and updates as one by one) and their test bags are evaluated the same way. Otherwise
     (or with ``cfg.select_epochs``, the inner-CV epoch choice of :mod:`medseg.mil.select`) each fold
@@ -49,8 +50,10 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
     per_fold: list[dict[str, Any]] = []
     oof = np.full((repeats, len(bags)), np.nan)
     t0 = time.perf_counter()
-    if parallel_folds is None:
-        parallel_folds = True
+    if parallel_folds is None:  # side by side unless the padded bags would not fit in memory
+        parallel_folds = stack_bytes(bags, folds * repeats * cfg.ensemble) <= STACK_LIMIT_BYTES
+        if not parallel_folds:
+            log.info("bags too long to train %d folds side by side; training them one by one", folds * repeats)
     parallel = parallel_folds and cfg.batch_bags == 1 and not cfg.select_epochs
     if cfg.select_grid and not parallel:
         raise ConfigError("mil: select_grid trains side by side (batch_bags 1, parallel folds, no select_epochs)")

@@ -28,7 +28,10 @@ from medseg.mil.bags import Bags
 from medseg.mil.fit import MILEnsemble, few_threads, start_run
 from medseg.models.mil import StackedMIL
 
-__all__ = ["MaskedAdam", "Job", "PaddedBags", "fit_jobs", "predict_jobs", "structure_key"]
+__all__ = ["MaskedAdam", "Job", "PaddedBags", "fit_jobs", "predict_jobs", "structure_key", "stack_bytes",
+           "STACK_LIMIT_BYTES"]
+
+STACK_LIMIT_BYTES = 2 << 30  # above this, cross-validation trains folds one by one (slide bags of 10^4 tiles)
 
 
 class MaskedAdam:
@@ -53,8 +56,8 @@ class MaskedAdam:
         for p in self.params:  # gradients kept in place, so that the per-member views below stay valid
             p.grad = torch.zeros_like(p)
         self._grads = [p.grad for p in self.params]
-        # per member and parameter: the step count (float32 scalar, as torch's fused Adam keeps it)
-        self.steps = [[torch.zeros((), device=p.device) for p in self.params] for _ in range(n_members)]
+        # per member: the step count (float32, as torch's fused Adam keeps it; a 0-d view per member)
+        self.t = torch.zeros(n_members, device=self.params[0].device)
         self.fused = hasattr(torch, "_fused_adam_") and self.params[0].device.type in ("cpu", "cuda")
         self._groups: dict[tuple, tuple] = {}
 
@@ -72,7 +75,7 @@ class MaskedAdam:
                 for k, p in enumerate(self.params):
                     for lst, t in zip(lists, (p, p.grad, self.m[k], self.v[k])):
                         lst.append(t[e])
-                    lists[4].append(self.steps[e][k])
+                    lists[4].append(self.t[e])
             self._groups[key] = lists
         return self._groups[key]
 
@@ -90,7 +93,10 @@ class MaskedAdam:
                 by_hyper.setdefault((self.lr[e], self.wd[e]), []).append(e)
         for (lr, wd), members in by_hyper.items():
             ps, gs, ms, vs, ts = self._views(tuple(members))
-            torch._foreach_add_(ts, 1.0)
+            if len(members) == self.n:
+                self.t += 1
+            else:
+                self.t[torch.tensor(members, device=self.t.device)] += 1
             if self.fused:
                 torch._fused_adam_(ps, gs, ms, vs, [], ts, lr=lr, beta1=self.betas[0], beta2=self.betas[1],
                                    weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False)
@@ -149,6 +155,13 @@ class PaddedBags:
         g = torch.from_numpy(gid).to(self.dev)
         x = ((self.x[g, :n].double() - mean) / std).float()
         return x, torch.arange(n, device=self.dev) < self.lens_t[g].unsqueeze(1)
+
+
+def stack_bytes(bags: Bags, members: int) -> int:
+    """Memory of one padded step of ``members`` networks (float64 standardisation of the longest
+    bag for each) plus the padded data set: what side-by-side training needs at least."""
+    n = max((len(f) for f in bags.features), default=0)
+    return n * bags.n_features * (8 * members + 4 * len(bags))
 
 
 def fit_jobs(bags: Bags, jobs: list[Job], *, device: torch.device | str = "cpu",

@@ -111,3 +111,14 @@ def test_choice_is_deterministic_for_a_seed(toy):
     assert 0.0 <= info["inner_error"] <= 1.0
     n = len(trains[0])
     assert info["inner_se"] == pytest.approx(np.sqrt(info["inner_error"] * (1 - info["inner_error"]) / n), abs=1e-4)
+
+
+def test_progress_prints_time_left(capsys):
+    from medseg.cli.mil import _progress_printer
+
+    show = _progress_printer(every_s=5.0)
+    show(1, 4, 10.0)  # 10 s for 1 of 4 -> 30 s left
+    show(2, 4, 12.0)  # within 5 s of the last line: quiet
+    show(4, 4, 13.0)  # the end is always shown
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["progress 1/4 (25%), 10 s, about 30 s left", "progress 4/4 (100%), 13 s, about 0 s left"]
