@@ -64,6 +64,9 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
         tests = stratified_folds(bags.labels, folds, np.random.default_rng(seed + 7919 * r))
         splits.append((tests, [np.setdiff1d(np.arange(len(bags)), t) for t in tests],
                        [seed + 100 * r + f for f in range(folds)]))
+    # instance labels that say more than the bag label (.mat files often repeat the bag label)
+    informative = bags.instance_labels is not None and any(
+        y == 1 and np.min(inst) == 0 for y, inst in zip(bags.labels, bags.instance_labels))
     done = [0]
     total = cfg.epochs if parallel else repeats * folds
     if cfg.select_grid:  # epochs of the inner stacks, then about as many for the refits
@@ -96,7 +99,7 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
                 tick(1)
             oof[r, test] = prob
             m = binary_metrics(bags.labels[test], prob, threshold=cfg.threshold)
-            if bags.instance_labels is not None:  # does the attention find the positive instances?
+            if informative:  # does the attention find the positive instances?
                 m["instance_auc"] = instance_auc(ens, bags.subset(test))
             per_fold.append({"repeat": r, "fold": f, "n_test": int(len(test)), **m, **chosen})
         log.debug("repeat %d/%d done (%.1f s)", r + 1, repeats, time.perf_counter() - t0)
