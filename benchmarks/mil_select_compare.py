@@ -6,7 +6,7 @@ when it holds a 9, as Ilse et al.'s MNIST-bags). Rule fixed before the results: 
 becomes the default when its mean accuracy over these data sets is not below the fixed recipe's.
 
     PYTHONPATH=. python benchmarks/mil_select_compare.py --out out/select_compare.json \
-        [--data birds protein digits corel] [--folds 10] [--repeats 1]
+        [--data birds protein digits digits:1 corel] [--folds 10] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ def main() -> int:
     res = json.loads(args.out.read_text()) if args.out.is_file() else {}
     procs = {"fixed_gated": {}, "fixed_attention": {"model": "attention_mil"}, "grid": {"select_grid": "default"}}
     for name in args.data:
-        bags = digit_feature_bags() if name == "digits" else load_bags(SHARED / FILES[name])
+        if name.startswith("digits"):  # digits or digits:SEED (another draw of the bags)
+            bags = digit_feature_bags(seed=int(name.partition(":")[2] or 0))
+        else:
+            bags = load_bags(SHARED / FILES[name])
         for proc in args.procedures:
             key = f"{name}/{proc}"
             if key in res:
