@@ -3,7 +3,8 @@
 
 The default configuration (:class:`MILTrainConfig`) is what a user gets on a new data set; it is
 the same for every benchmark in ``docs/benchmarks.md``. Optionally (``select_epochs``) the epoch count
-is chosen per training set by an inner CV on that set's bags (:mod:`medseg.mil.select`).
+is chosen per training set by an inner CV on that set's bags (:mod:`medseg.mil.select`), or
+(``select_grid``) the whole configuration from a small grid (:mod:`medseg.mil.grid`).
 Features are standardised with the
 mean and standard deviation of the *training* instances only; an ensemble of ``ensemble``
 networks with different seeds is averaged (probabilities).
