@@ -29,7 +29,7 @@ from medseg.mil.fit import MILEnsemble, few_threads, start_run
 from medseg.models.mil import StackedMIL
 
 __all__ = ["MaskedAdam", "Job", "PaddedBags", "fit_jobs", "predict_jobs", "structure_key", "stack_bytes",
-           "STACK_LIMIT_BYTES"]
+           "length_groups", "STACK_LIMIT_BYTES"]
 
 STACK_LIMIT_BYTES = 2 << 30  # above this, cross-validation trains folds one by one (slide bags of 10^4 tiles)
 
@@ -183,6 +183,25 @@ def fit_jobs(bags: Bags, jobs: list[Job], *, device: torch.device | str = "cpu",
     return out
 
 
+def length_groups(lens: np.ndarray, *, depth: int = 2, gain: float = 0.7) -> list[np.ndarray]:
+    """Members of one step split by the length of their bags, so that a few long bags do not pad
+    every member: the members sorted by length are cut where padding each part to its longest bag
+    costs least, if that is below ``gain`` times padding all to the longest; the shorter part is cut
+    again (``depth`` parts at most + 1). Returns index arrays, together a partition of the members."""
+    order = np.argsort(lens, kind="stable")
+    srt = lens[order]
+    m = len(srt)
+    if depth == 0 or m < 2 or srt[0] == srt[-1]:
+        return [np.arange(m)]
+    k = np.arange(m - 1)
+    cost = (k + 1) * srt[:-1] + (m - k - 1) * srt[-1]
+    best = int(np.argmin(cost))
+    if cost[best] >= gain * m * srt[-1]:
+        return [np.arange(m)]
+    low = order[:best + 1]
+    return [low[g] for g in length_groups(lens[low], depth=depth - 1, gain=gain)] + [order[best + 1:]]
+
+
 def _per_member(rows: list[np.ndarray], e: int, dev: torch.device) -> torch.Tensor:
     """Per-run vectors ``(D,)`` -> float64 ``(runs * e, 1, D)``, each repeated for the run's ``e`` members."""
     return torch.from_numpy(np.stack(rows)).double().repeat_interleave(e, 0).unsqueeze(1).to(dev)
@@ -214,13 +233,20 @@ def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
                 gid = order[:, s]
                 active = gid >= 0
                 gid = np.repeat(np.where(active, gid, gid[active][0]), e)
-                x, mask = data.take(gid, mean, std)
                 act = torch.from_numpy(np.repeat(active, e))
-                losses = lossf(stack.forward_padded(x, mask), data.labels[torch.from_numpy(gid).to(dev)])
                 opt.zero_grad()
-                losses.sum().backward()
+                losses = torch.zeros(len(flat), dtype=torch.float64, device=dev)
+                total: torch.Tensor | None = None
+                for grp in length_groups(data.lens[gid]):
+                    sel = None if len(grp) == len(flat) else torch.from_numpy(grp).to(dev)  # all: in order
+                    x, mask = data.take(gid[grp], mean[grp], std[grp])
+                    lg = lossf(stack.forward_padded(x, mask, sel), data.labels[torch.from_numpy(gid[grp]).to(dev)])
+                    total = lg.sum() if total is None else total + lg.sum()
+                    losses[torch.from_numpy(grp).to(dev)] = lg.detach().double()
+                assert total is not None
+                total.backward()
                 opt.step(act)
-                tot += losses.detach().double() * act.to(dev)
+                tot += losses * act.to(dev)
             per_run = tot.cpu().numpy().reshape(len(jobs), e).mean(1) / sizes
             for r, t in zip(runs, per_run):
                 r.ens.history.append(float(t))

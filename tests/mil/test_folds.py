@@ -107,3 +107,18 @@ def test_batched_jobs_give_the_weights_of_separate_fits(rng, model):
     ens = [snaps[max(snaps)] for snaps in got]
     for p, e, t in zip(predict_jobs(bags, ens, tests), ens, tests):
         np.testing.assert_allclose(p, predict_bags(e, bags.subset(t)), rtol=1e-5, atol=1e-6)
+
+
+def test_length_groups_partition_and_cut():
+    from medseg.mil.folds import length_groups
+
+    # sorted lengths 2 3 4 4 5 5 6 7 | 900 1000: padding all to 1000 costs 10,000; cut after the 8 short
+    # ones: 8 x 7 + 2 x 1000 = 2,056 (< 0.7 x 10,000); the short part is not cut again (gain too small)
+    lens = np.array([3, 1000, 5, 4, 900, 2, 6, 7, 5, 4])
+    groups = length_groups(lens)
+    assert [sorted(lens[g].tolist()) for g in groups] == [[2, 3, 4, 4, 5, 5, 6, 7], [900, 1000]]
+    assert sorted(np.concatenate(groups).tolist()) == list(range(10))
+    # equal lengths, or no gain: one group in member order
+    for lens in (np.array([5, 5, 5]), np.array([4, 5, 6])):
+        (g,) = length_groups(lens)
+        assert g.tolist() == list(range(len(lens)))
