@@ -4,7 +4,9 @@ cross-validation, and all inner-CV candidates of a model selection (:func:`fit_j
 Tiny MIL networks trained one bag per step are bound by per-operation overhead, not arithmetic,
 so the networks of every :class:`Job` of one structure (:func:`structure_key`) train as one stacked
 network (:class:`~medseg.models.mil.StackedMIL`): each step, every job's networks get the next bag
-of their own epoch order, gathered from the data set padded once (:class:`PaddedBags`) and masked.
+of their own epoch order, gathered from the data set padded once (:class:`PaddedBags`) and masked;
+networks whose bags of the step are short run apart from the few with long ones, so that one long bag
+does not pad them all (:func:`length_groups`).
 Each job keeps exactly what :func:`~medseg.mil.fit.fit_mil` would give it: its own standardisation,
 initial weights and per-epoch bag order from its seed, Adam updates of its own with its own learning
 rate and weight decay (a job whose epoch is shorter skips the step: :class:`MaskedAdam`), and
