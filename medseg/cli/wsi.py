@@ -5,7 +5,8 @@
 ``tiles.h5`` (coordinates + metadata), ``mask.png`` (tissue and grid over the thumbnail) and
 ``summary.json`` (status, tile count, tissue area in mm^2); a bad slide is reported, the rest go on.
 ``medseg wsi features --tiles DIR --output DIR --encoder tile_resnet18 --weights W.safetensors``
-encodes the tiles (resumable per slide). ``medseg wsi train --config configs/wsi/train_demo.yaml``
+encodes the tiles (resumable per slide); without ``--weights`` the encoder is random only when asked
+for with ``--random-encoder --seed N``. ``medseg wsi train --config configs/wsi/train_demo.yaml``
 runs the stages tile, features, MIL and BCL. ``medseg wsi predict --model OUT/model --input
 SLIDES... --output DIR`` writes predictions.csv, heatmaps and top-attended tiles.
 ``medseg wsi evaluate --pred predictions.csv --labels labels.csv --output DIR`` writes ROC and PR
@@ -166,7 +167,11 @@ def _add_ml_parsers(sub) -> None:
     add_output(f, "output folder: features/<slide>/features.h5 per slide")
     f.add_argument("--encoder", default="tile_resnet18", help="registered tile encoder")
     f.add_argument("--weights", type=Path, default=None,
-                   help="encoder weights (.safetensors or .pt; default: none, randomly initialised)")
+                   help="encoder weights (.safetensors, .pt or .pth; torchvision / timm layouts for resnet50_trunc, "
+                        "vit_small_patch16, vit_base_patch16; default: none, then --random-encoder is needed)")
+    f.add_argument("--random-encoder", action="store_true",
+                   help="no weights: encode with random weights initialised from --seed (recorded in the features)")
+    f.add_argument("--seed", type=int, default=None, help="seed of --random-encoder (default: none)")
     f.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
     f.add_argument("--workers", type=int, default=2, help="worker processes reading tiles (DataLoader workers)")
     f.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -196,6 +201,7 @@ def _add_ml_parsers(sub) -> None:
 def _features(args: argparse.Namespace) -> int:
     from medseg.cli.common import check_input, check_output_dir
     from medseg.device import resolve_device
+    from medseg.errors import ConfigError
     from medseg.executors import spec_from_args
     from medseg.wsi.features import EncoderSpec, extract_features_batch
 
@@ -203,14 +209,18 @@ def _features(args: argparse.Namespace) -> int:
     check_input(args.weights, "--weights", kind="file")
     check_output_dir(args.output)
     if not any(args.tiles.glob("*/tiles.h5")):
-        from medseg.errors import ConfigError
-
         raise ConfigError(f"--tiles {args.tiles}: no tiled slides (SLIDE/tiles.h5); run medseg wsi tile first",
                           code="no_slides")
     ex = spec_from_args(args)
-    spec = EncoderSpec(name=args.encoder, weights=str(args.weights) if args.weights else None)
+    if args.weights is not None and (args.random_encoder or args.seed is not None):
+        raise ConfigError("--weights and --random-encoder/--seed exclude each other")
+    if args.weights is None and not (args.random_encoder and args.seed is not None):
+        raise ConfigError("no --weights given; a tile encoder needs its trained weights (README: whole-slide "
+                          "images), or --random-encoder --seed N to encode with random weights on purpose")
+    spec = EncoderSpec(name=args.encoder, weights=str(args.weights) if args.weights else None,
+                       seed=args.seed if args.weights is None else None)
     if spec.weights is None:
-        print("note: no --weights given; the encoder is randomly initialised")
+        print(f"note: random encoder weights (seed {spec.seed}): features for testing the pipeline, not for diagnosis")
     # on Ray each actor resolves --device itself (a CPU head node may drive GPU workers)
     dev = resolve_device(args.device) if ex.is_local else args.device
     rows = extract_features_batch(args.tiles, args.output, spec, device=dev, batch_size=args.batch_size,
