@@ -16,7 +16,7 @@ else (failed, missing, truncated, changed params) is done again. Outputs must be
 stale temporary files of a killed run are removed when the next run starts. With deterministic
 ``compute`` and ``write`` an interrupted and re-run batch gives byte-identical outputs, and the
 manifest holds no timestamps, so it is identical too. Two runs cannot write to one folder at
-the same time: an advisory lock (``out_dir/.medseg-batch.lock``, an empty file left in place)
+the same time: an advisory lock (``out_dir/.medseg-batch.lock``, removed when the run ends)
 makes the second one fail with code ``busy``.
 """
 
@@ -304,4 +304,7 @@ def _lock(out: Path):
 
 def _unlock(fh) -> None:
     if fh is not None:
-        fh.close()  # closing releases the flock
+        # the file goes while the lock is still held (a run that opened it meanwhile fails with busy; one
+        # that comes later makes a new file), then closing releases the flock
+        Path(fh.name).unlink(missing_ok=True)
+        fh.close()

@@ -118,7 +118,9 @@ def test_bad_arguments_and_busy_folder(tmp_path):
             run_batch(_cases(1), out_dir=tmp_path, compute=_compute, write=_write)
     finally:
         _unlock(held)
-    assert (tmp_path / LOCK).exists()
+    assert not (tmp_path / LOCK).exists()          # no lock file left behind
+    run_batch(_cases(2), out_dir=tmp_path, compute=_compute, write=_write)
+    assert not (tmp_path / LOCK).exists()          # nor after a successful run
 
 
 def test_stale_temporary_files_are_removed(tmp_path):
