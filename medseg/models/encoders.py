@@ -161,7 +161,9 @@ def load_weights(model: nn.Module, path: str | Path, *, prefix: str = "") -> nn.
             sd = torch.load(p, map_location="cpu", weights_only=True)
             sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     except Exception as exc:  # corrupt files raise many types
-        raise InputError(f"cannot read weights: {exc}", path=p, code="bad_weights") from None
+        from medseg.errors import unpickle_reason
+
+        raise InputError(f"cannot read weights ({unpickle_reason(exc)})", path=p, code="bad_weights") from None
     if prefix:
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     try:
