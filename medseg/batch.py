@@ -63,6 +63,7 @@ class BatchReport:
     outcomes: list[CaseOutcome]
     manifest_path: Path
     timings: Any = None  # set by callers that time their cases (medseg.inference.cohort)
+    record: dict[str, Any] | None = None  # what the run recorded besides its cases (e.g. the bundle used)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -86,6 +87,7 @@ def run_batch(
     remote: Any = None,
     on_result: Callable[[str], None] | None = None,
     on_finished: Callable[[CaseOutcome], None] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> BatchReport:
     """Run ``load -> compute -> write`` over ``cases``, resuming from and recording in the manifest.
 
@@ -116,6 +118,9 @@ def run_batch(
     on_finished : callable, optional
         ``on_finished(outcome)``, called in the writer thread once a case's outcome is in the
         saved manifest (e.g. to time the recording); its exceptions are logged and ignored.
+    record : dict, optional
+        Top-level entries written into the manifest as they are, not hashed into ``params`` (e.g.
+        ``{"bundle": {"path", "sha256"}}``: where the model came from, which a moved copy changes).
 
     Returns
     -------
@@ -135,6 +140,10 @@ def run_batch(
     try:
         _remove_stale_tmp(out)
         manifest = read_manifest(out)
+        reserved = {"format", "params_hash", "params", "cases"} & set(record or {})
+        if reserved:
+            raise ConfigError(f"batch record may not replace manifest keys {sorted(reserved)}", code="bad_params")
+        manifest.update(record or {})
         manifest.update(format=FORMAT, params_hash=phash, params=params)
         outcomes: dict[str, CaseOutcome] = {}
         todo = []
@@ -163,7 +172,7 @@ def run_batch(
             save_manifest(out, manifest)
     finally:
         _unlock(lock)
-    return BatchReport([outcomes[i] for i in ids if i in outcomes], out / MANIFEST)
+    return BatchReport([outcomes[i] for i in ids if i in outcomes], out / MANIFEST, record=record)
 
 
 class _Pipeline:

@@ -13,9 +13,10 @@ Outputs per case ``CASE``::
                                       (or float32), ``affine`` (4x4, (z, y, x) indices -> RAS mm),
                                       ``labels`` (K,) label values; ``numpy.load`` reads it
 
-and ``OUT/timings.csv``: seconds per case and phase (read, preprocess, forward, invert,
-post-process, write, record) of the latest run, see :mod:`medseg.inference.timings`; a log, not
-an output (not in the manifest, different on every run).
+``OUT/manifest.json`` also records the model bundle used (``bundle: {path, sha256}``, see
+:func:`medseg.bundle.bundle_sha256`), and ``OUT/timings.csv``: seconds per case and phase (read,
+preprocess, forward, invert, post-process, write, record) of the latest run, see
+:mod:`medseg.inference.timings`; a log, not an output (not in the manifest, different on every run).
 
 Input cases: every volume file or DICOM series folder of the input folder (or the single file).
 Multi-channel models take nnU-Net-style names ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` ...;
@@ -287,16 +288,20 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
                        bar=bar, on_case=on_case)
     spec = as_spec(executor)
     remote = None if spec.is_local else _remote_stages(predictor_factory, save_probabilities, steps.write)
+    prov = predictor.provenance() if hasattr(predictor, "provenance") else None
+    record = {"bundle": prov} if prov else None
+    if prov:
+        log.info("model bundle %s (sha256 %s)", prov["path"], prov["sha256"])
     report = None
     try:
         if spec.is_local:
             report = run_batch([(cid, (cid, paths)) for cid, paths in cases], out_dir=out, compute=steps.compute,
                                write=steps.timed_write, load=steps.load, params=params, prefetch=prefetch,
-                               on_finished=steps.finished)
+                               on_finished=steps.finished, record=record)
         else:
             report = run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=steps.compute,
                                write=steps.write, load=steps.load, params=params, prefetch=prefetch, executor=spec,
-                               remote=remote, on_result=steps.case_done)
+                               remote=remote, on_result=steps.case_done, record=record)
         return report
     finally:
         if bar is not None:

@@ -258,9 +258,9 @@ def test_yaml_recursive_alias_and_deep_nesting_are_config_errors(tmp_path):
 def test_yaml_bomb_in_bundle_yaml_is_a_clean_bundle_error(tmp_path):
     from medseg.bundle import read_meta
 
-    (tmp_path / "bundle.yaml").write_text("format: medseg-bundle/1\n" + bombs.yaml_alias_bomb().replace("l9:", "labels:"))
+    (tmp_path / "bundle.yaml").write_text("format: medseg-bundle/1\n" + bombs.yaml_alias_bomb())
     err = pytest.raises(InputError, read_meta, tmp_path).value
-    assert "yaml_too_complex" in str(err) or err.code in ("corrupt", "bad_bundle")
+    assert err.code == "yaml_too_complex"
 
 
 def test_set_amp_off_is_accepted():
