@@ -42,7 +42,8 @@ class MedsegError(Exception):
         if code is not None:
             self.code = code
         self.problem = message
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        # escaped: a file name or value holding a newline or a bidi control cannot forge a log line
+        super().__init__(f"{self.path}: {printable(message)}" if self.path else printable(message))
 
 
 class InputError(MedsegError):

@@ -39,10 +39,17 @@ _HINT = "install the slide extras: pip install 'medseg[wsi]' (openslide-python a
 
 
 def slide_id(path: str | Path) -> str:
-    """Slide name without extension, safe as a folder name."""
+    """Slide name without extension, safe as a folder name (:func:`medseg.fsutil.sanitize_name`)."""
     from medseg.fsutil import sanitize_name
 
     return sanitize_name(Path(path).stem)
+
+
+def slide_ids(paths: list) -> list[str]:
+    """:func:`slide_id` of each slide, collision-free (:func:`medseg.fsutil.unique_names`)."""
+    from medseg.fsutil import unique_names
+
+    return unique_names([Path(p).stem for p in paths])
 
 
 @dataclass

@@ -38,12 +38,14 @@ class CohortResult:
 
 
 def _case_files(path: Path) -> dict[str, Path]:
-    from medseg.fsutil import case_id
+    """Case name -> file, named as ``medseg predict`` names its cases and outputs
+    (:func:`medseg.fsutil.case_names`), so predictions of raw-named inputs pair with their references."""
+    from medseg.fsutil import case_names
     from medseg.io import list_cases
 
     out: dict[str, Path] = {}
-    for p in list_cases(path):
-        cid = case_id(p)
+    paths = list_cases(path)
+    for p, cid in zip(paths, case_names(paths)):
         if cid in out:
             raise InputError(f"two files give case '{cid}': {out[cid].name} and {p.name}", path=path,
                              code="duplicate_case")
@@ -52,15 +54,15 @@ def _case_files(path: Path) -> dict[str, Path]:
 
 
 def pair_cases(pred: str | Path, ref: str | Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
-    """Pair files by case name (file name without extension).
+    """Pair files by case name (file name without extension, sanitised as ``predict`` does).
 
     Two single files are paired whatever their names. Returns ``(pairs, pred_only, ref_only)``.
     """
     pred, ref = Path(pred), Path(ref)
     if pred.is_file() and ref.is_file():
-        from medseg.fsutil import case_id
+        from medseg.fsutil import case_name
 
-        return [(case_id(ref), pred, ref)], [], []
+        return [(case_name(ref), pred, ref)], [], []
     p_files, r_files = _case_files(pred), _case_files(ref)
     if not r_files:
         raise InputError("no reference volumes found", path=ref, code="no_cases")

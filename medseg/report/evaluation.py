@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg.fsutil import remove_stale_tmp, safe_join
+from medseg.fsutil import output_lock, remove_stale_tmp, safe_join
 from medseg.metrics.aggregate import BOOTSTRAP_SEED, N_BOOT, summarize_rows
 from medseg.metrics.cohort import CohortResult, evaluate_cohort
 from medseg.metrics.evaluate import MODES
@@ -48,11 +48,22 @@ def run_evaluation(
     progress: bool = True,
     executor=None,
 ) -> tuple[CohortResult, dict[str, Path]]:
-    """:func:`medseg.metrics.cohort.evaluate_cohort` followed by :func:`write_evaluation`."""
+    """:func:`medseg.metrics.cohort.evaluate_cohort` followed by :func:`write_evaluation`, holding the
+    output folder's lock (:func:`medseg.fsutil.output_lock`, the one ``predict`` takes) throughout: two
+    runs into one folder cannot mix their files (the second fails with code ``busy``), and a folder
+    that cannot be written is a one-line error before any case is scored."""
     if mode not in MODES:
         from medseg.errors import ConfigError
 
         raise ConfigError(f"unknown metric mode '{mode}' (use one of {', '.join(MODES)})", code="bad_mode")
+    with output_lock(out_dir):
+        return _evaluate_and_write(pred, ref, out_dir, labels=labels, label_names=label_names,
+                                   tolerance_mm=tolerance_mm, mode=mode, workers=workers, progress=progress,
+                                   executor=executor)
+
+
+def _evaluate_and_write(pred, ref, out_dir, *, labels, label_names, tolerance_mm, mode, workers, progress,
+                        executor) -> tuple[CohortResult, dict[str, Path]]:
     result = evaluate_cohort(pred, ref, labels=labels, label_names=label_names, tolerance_mm=tolerance_mm,
                              mode=mode, workers=workers, progress=progress, executor=executor)
     tol = {str(k): v for k, v in tolerance_mm.items()} if isinstance(tolerance_mm, Mapping) else tolerance_mm

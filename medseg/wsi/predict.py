@@ -20,7 +20,7 @@ import torch
 from medseg.csvsafe import csv_text
 from medseg.errors import MedsegError, status_of
 from medseg.fsutil import atomic_write_text, safe_join
-from medseg.io.wsi import open_slide, slide_id
+from medseg.io.wsi import open_slide, slide_ids
 from medseg.mil.fit import attention_weights, predict_bags
 from medseg.wsi.bundle import load_bundle
 from medseg.wsi.features import extract_slide_features
@@ -42,8 +42,7 @@ def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch
     encoder = spec.build(device)
     classes, thr = doc.get("classes", ["0", "1"]), float(doc.get("threshold", 0.5))
     rows: list[dict[str, Any]] = []
-    for path in slides:
-        name = slide_id(path)
+    for path, name in zip(slides, slide_ids(slides)):
         row: dict[str, Any] = {"slide": name, "probability": "", "label": "", "status": "", "n_tiles": 0}
         try:
             sdir = safe_join(out, name)

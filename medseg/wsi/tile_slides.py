@@ -16,7 +16,7 @@ from typing import Any
 
 from medseg.errors import MedsegError, status_of
 from medseg.fsutil import atomic_write_text, safe_join
-from medseg.io.wsi import Slide, open_slide, slide_id
+from medseg.io.wsi import Slide, open_slide, slide_ids
 from medseg.wsi.overlay import mask_grid_overlay, save_png
 from medseg.wsi.tiling import save_tiles, tile_grid
 from medseg.wsi.tissue import area_mm2, tissue_mask
@@ -68,8 +68,7 @@ def tile_slides(paths: list[Path], out_root: Path, p: TilingParams) -> list[dict
     """Tile every slide; failures are reported per slide and do not stop the batch."""
     rows = []
     seen: set[str] = set()
-    for path in paths:
-        name = slide_id(path)
+    for path, name in zip(paths, slide_ids(paths)):
         if name in seen:
             rows.append({"slide": name, "path": str(path), "status": "error:duplicate_name",
                          "error": "two input slides share this name"})
