@@ -28,14 +28,56 @@ import numpy as np
 
 from medseg.errors import InputError
 
-__all__ = ["Slide", "ArraySlide", "OpenSlideSlide", "open_slide", "slide_id", "SLIDE_EXTENSIONS"]
+__all__ = ["Slide", "ArraySlide", "OpenSlideSlide", "open_slide", "slide_id", "slide_ids", "check_mpp",
+           "check_pyramid", "SLIDE_EXTENSIONS"]
 
 OPENSLIDE_EXT = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff",
                  ".dcm")
 PLAIN_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SLIDE_EXTENSIONS = tuple(sorted(set(OPENSLIDE_EXT + PLAIN_EXT)))
 MPP_TOLERANCE = 0.02  # relative; resolutions this close count as equal
+MPP_RANGE = (1e-3, 1e3)  # um/px a slide or a tiling resolution may have (1 nm .. 1 mm per pixel)
+LEVEL_RATIO_TOL = 0.02  # relative disagreement allowed between a level's downsample and its size ratios
 _HINT = "install the slide extras: pip install 'medseg[wsi]' (openslide-python and openslide-bin)"
+
+
+def check_mpp(value: Any, *, what: str = "mpp", path: str | Path | None = None) -> float:
+    """``value`` as a float if it is a finite resolution within :data:`MPP_RANGE` um/px; otherwise
+    ``InputError(code="bad_mpp")`` naming ``what`` (``--mpp``, ``slide metadata openslide.mpp-x``...)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    lo, hi = MPP_RANGE
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise InputError(f"{what} = {value!r} is not a resolution: it must be a finite number of um per pixel "
+                         f"between {lo:g} and {hi:g}", path=path, code="bad_mpp")
+    return v
+
+
+def check_pyramid(dims: list[tuple[int, int]], downsamples: list[float], *, path: str | Path | None = None) -> None:
+    """Cheap consistency checks of a pyramid's level table (no pixel read): level 0 has the largest
+    size, sizes shrink level by level, each level's width and height ratios to level 0 agree with
+    each other and with its downsample (a level with a wrong aspect or a wrong size was replaced or
+    damaged). Raises ``InputError(code="damaged_pyramid")``."""
+    if not dims or any(w <= 0 or h <= 0 for w, h in dims):
+        raise InputError(f"pyramid level sizes {dims} hold an empty level", path=path, code="damaged_pyramid")
+    w0, h0 = dims[0]
+    for i, ((w, h), ds) in enumerate(zip(dims, downsamples)):
+        if not (math.isfinite(ds) and ds >= 1.0 - 1e-6):
+            raise InputError(f"pyramid level {i} has downsample {ds}", path=path, code="damaged_pyramid")
+        if i and (w > dims[i - 1][0] or h > dims[i - 1][1]):
+            raise InputError(f"pyramid level {i} ({w} x {h}) is larger than level {i - 1} {dims[i - 1]}", path=path,
+                             code="damaged_pyramid")
+        rx, ry = w0 / w, h0 / h
+        # integer sizes round: allow one pixel of rounding on top of the relative tolerance
+        tol_x = LEVEL_RATIO_TOL * rx + rx / w
+        tol_y = LEVEL_RATIO_TOL * ry + ry / h
+        if abs(rx - ry) > tol_x + tol_y or abs(rx - ds) > tol_x + ds * LEVEL_RATIO_TOL \
+                or abs(ry - ds) > tol_y + ds * LEVEL_RATIO_TOL:
+            raise InputError(f"pyramid level {i} is {w} x {h} px, which does not match level 0 ({w0} x {h0}) at "
+                             f"downsample {ds:.4g} (wrong aspect or size: a damaged or replaced level)", path=path,
+                             code="damaged_pyramid")
 
 
 def slide_id(path: str | Path) -> str:
@@ -154,8 +196,9 @@ class ArraySlide(Slide):
             if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
                 a = a * 255.0
             a = np.clip(a, 0, 255).astype(np.uint8)
-        if mpp is None or not (mpp > 0):
+        if mpp is None:
             raise InputError("this image has no resolution; give --mpp (um per pixel)", path=path, code="no_mpp")
+        mpp = check_mpp(mpp, what="the image resolution (mpp)", path=path)
         self.array = np.ascontiguousarray(a[..., :3])
         h, w = self.array.shape[:2]
         super().__init__([(w, h)], [1.0], float(mpp), None, vendor, path)
@@ -219,8 +262,13 @@ def _openslide():
 def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     """Open a slide file. ``mpp`` overrides (or supplies missing) resolution metadata, in um/px."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError("no such slide file", path=p, code="missing")
+    from medseg.limits import require_regular_file
+
+    require_regular_file(p, what="slide file")
+    if mpp is not None:
+        mpp = check_mpp(mpp, what="the given slide mpp (--slide-mpp / --mpp)", path=p)
     if p.stat().st_size == 0:
         raise InputError("slide file is empty", path=p, code="truncated")
     suffix = p.suffix.lower()
@@ -253,10 +301,20 @@ def _wrap_openslide(handle: Any, p: Path, mpp: float | None) -> Slide:
             handle.close()
             raise InputError("slide has no resolution (mpp) metadata; give --mpp (um per pixel)", path=p,
                              code="no_mpp") from None
-        if not (mx > 0 and my > 0):
+        try:
+            mx = check_mpp(mx, what="slide metadata openslide.mpp-x", path=p)
+            my = check_mpp(my, what="slide metadata openslide.mpp-y", path=p)
+        except InputError as exc:
             handle.close()
-            raise InputError(f"slide has invalid mpp metadata ({mx}, {my}); give --mpp", path=p, code="no_mpp")
+            raise InputError(f"{exc.problem}; give --slide-mpp if the slide's resolution is known", path=p,
+                             code="bad_mpp") from None
         mpp = (mx + my) / 2.0
+    try:
+        check_pyramid([tuple(map(int, d)) for d in handle.level_dimensions],
+                      [float(d) for d in handle.level_downsamples], path=p)
+    except InputError:
+        handle.close()
+        raise
     slide = OpenSlideSlide(handle, path=str(p), mpp=float(mpp))
     try:  # touch one pixel so truncated pyramids fail here, not in a worker later
         slide.read_level((0, 0), slide.level_count - 1, (1, 1))
@@ -303,5 +361,8 @@ def _mpp_from_dpi(im: Any) -> float | None:
         return None
     unit, xres = tags.get(296), tags.get(282)
     if unit == 3 and xres:
-        return 1e4 / float(xres)
+        try:
+            return 1e4 / float(xres)
+        except (ZeroDivisionError, TypeError, ValueError):
+            return math.nan  # checked (and refused as bad_mpp) by ArraySlide
     return None

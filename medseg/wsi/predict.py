@@ -38,7 +38,13 @@ def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch
                    batch_size: int = 32, top_k: int = 8, slide_mpp: float | None = None) -> list[dict[str, Any]]:
     tiling, spec, ens, doc = load_bundle(bundle)
     if slide_mpp is not None:
-        tiling.slide_mpp = slide_mpp
+        from medseg.errors import ConfigError
+        from medseg.io.wsi import check_mpp
+
+        try:
+            tiling.slide_mpp = check_mpp(slide_mpp, what="--slide-mpp")
+        except MedsegError as exc:
+            raise ConfigError(exc.problem, code="bad_mpp") from None
     encoder = spec.build(device)
     classes, thr = doc.get("classes", ["0", "1"]), float(doc.get("threshold", 0.5))
     rows: list[dict[str, Any]] = []
@@ -67,6 +73,11 @@ def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch
             log.error("%s", exc)
             row["status"] = status_of(exc)
             row["error"] = exc.problem
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
+            log.error("%s: %s: %s", path, type(exc).__name__, exc)
+            log.debug("slide %s traceback", name, exc_info=True)
+            row["status"] = status_of(exc)
+            row["error"] = f"{type(exc).__name__}: {exc}"
         rows.append(row)
     write_predictions_csv(rows, out / "predictions.csv")
     return rows

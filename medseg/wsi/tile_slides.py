@@ -37,6 +37,20 @@ class TilingParams:
     min_area_mm2: float = 0.01
     slide_mpp: float | None = None  # override/supply the slide's own resolution
 
+    def __post_init__(self) -> None:
+        """Resolutions are checked where they enter (finite, within ``MPP_RANGE``): a usage error
+        (``ConfigError``, code ``bad_mpp``) before any slide, never a silent ``no_tissue``."""
+        from medseg.errors import ConfigError
+        from medseg.io.wsi import check_mpp
+
+        try:
+            self.mpp = check_mpp(self.mpp, what="--mpp (tile resolution)")
+            self.mask_mpp = check_mpp(self.mask_mpp, what="mask_mpp")
+            if self.slide_mpp is not None:
+                self.slide_mpp = check_mpp(self.slide_mpp, what="--slide-mpp")
+        except MedsegError as exc:
+            raise ConfigError(exc.problem, code="bad_mpp") from None
+
 
 def tile_slide(slide: Slide, out_dir: Path, p: TilingParams, *, name: str) -> dict[str, Any]:
     """Tile an open slide into ``out_dir``; returns the summary dict (also written as JSON)."""
@@ -84,4 +98,9 @@ def tile_slides(paths: list[Path], out_root: Path, p: TilingParams) -> list[dict
         except MedsegError as exc:
             log.error("%s", exc)
             rows.append({"slide": name, "path": str(path), "status": status_of(exc), "error": exc.problem})
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
+            log.error("%s: %s: %s", path, type(exc).__name__, exc)
+            log.debug("slide %s traceback", name, exc_info=True)
+            rows.append({"slide": name, "path": str(path), "status": status_of(exc),
+                         "error": f"{type(exc).__name__}: {exc}"})
     return rows
