@@ -34,7 +34,17 @@ __all__ = ["predict_slides", "heatmap_mpp"]
 HEATMAP_SIDE = 1024  # px, long side of the heatmap PNG (coarser slides: the mask's resolution)
 
 
-def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch.device, workers: int = 2,
+def predict_slides(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`_predict_slides` holding the output folder's lock (:func:`medseg.fsutil.output_lock`, shared by
+    every verb that writes a folder): a second run into the same folder fails with code ``busy``."""
+    from medseg.fsutil import output_lock
+
+    out = kwargs["out"] if "out" in kwargs else args[2]
+    with output_lock(out):
+        return _predict_slides(*args, **kwargs)
+
+
+def _predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch.device, workers: int = 2,
                    batch_size: int = 32, top_k: int = 8, slide_mpp: float | None = None) -> list[dict[str, Any]]:
     tiling, spec, ens, doc = load_bundle(bundle)
     if slide_mpp is not None:

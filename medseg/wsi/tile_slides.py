@@ -78,7 +78,17 @@ def tile_slide(slide: Slide, out_dir: Path, p: TilingParams, *, name: str) -> di
     return summary
 
 
-def tile_slides(paths: list[Path], out_root: Path, p: TilingParams) -> list[dict[str, Any]]:
+def tile_slides(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`_tile_slides` holding the output folder's lock (:func:`medseg.fsutil.output_lock`, shared by
+    every verb that writes a folder): a second run into the same folder fails with code ``busy``."""
+    from medseg.fsutil import output_lock
+
+    out = kwargs["out_root"] if "out_root" in kwargs else args[1]
+    with output_lock(out):
+        return _tile_slides(*args, **kwargs)
+
+
+def _tile_slides(paths: list[Path], out_root: Path, p: TilingParams) -> list[dict[str, Any]]:
     """Tile every slide; failures are reported per slide and do not stop the batch."""
     rows = []
     seen: set[str] = set()

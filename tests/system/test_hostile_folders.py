@@ -224,3 +224,17 @@ def test_control_and_bidi_characters_never_reach_logs_or_csvs(tmp_path, caplog, 
     assert not any(ln.startswith(("ERROR medseg: forged", "INFO forged")) for ln in text.splitlines())
     assert "\u202e" not in text and "\x07" not in text
     assert "broken\\nINFO forged" in caplog.text       # the bad case is reported, its name escaped
+
+
+def test_slide_verbs_and_volume_stages_take_the_same_lock(tmp_path):
+    from medseg.wsi.tile_slides import TilingParams, tile_slides
+    from tests.system.faults import bombs
+
+    png = bombs.png_bomb(tmp_path / "s.png", width=64, height=64)
+    out = tmp_path / "tiles"
+    with output_lock(out):
+        with pytest.raises(MedsegError) as ei:
+            tile_slides([png], out, TilingParams(mpp=1.0, tile_size=16, slide_mpp=1.0))
+        assert ei.value.code == "busy"
+    rows = tile_slides([png], out, TilingParams(mpp=1.0, tile_size=16, slide_mpp=1.0))
+    assert len(rows) == 1 and not (out / LOCK).exists()
