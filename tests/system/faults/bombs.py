@@ -60,7 +60,13 @@ def nrrd_bomb(path: Path, *, claimed: tuple[int, int, int], inflated: int) -> Pa
 def mha_zlib_bomb(path: Path, *, claimed: tuple[int, int, int], inflated: int) -> Path:
     """Attached zlib MetaImage (.mha, CompressedData = True) with a lying DimSize or a bomb stream."""
     co = zlib.compressobj(9)
-    body = co.compress(bytes(inflated)) + co.flush()
+    block = bytes(min(inflated, 1 << 22))
+    parts, left = [], inflated
+    while left > 0:
+        n = min(left, len(block))
+        parts.append(co.compress(block[:n]))
+        left -= n
+    body = b"".join(parts) + co.flush()
     head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
             f"CompressedData = True\nCompressedDataSize = {len(body)}\nTransformMatrix = 1 0 0 0 1 0 0 0 1\n"
             "Offset = 0 0 0\nElementSpacing = 1 1 1\n"
