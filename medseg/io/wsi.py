@@ -29,7 +29,7 @@ import numpy as np
 from medseg.errors import InputError
 
 __all__ = ["Slide", "ArraySlide", "OpenSlideSlide", "open_slide", "slide_id", "slide_ids", "check_mpp",
-           "check_pyramid", "SLIDE_EXTENSIONS"]
+           "check_pyramid", "check_level_content", "SLIDE_EXTENSIONS"]
 
 OPENSLIDE_EXT = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff",
                  ".dcm")
@@ -77,6 +77,41 @@ def check_pyramid(dims: list[tuple[int, int]], downsamples: list[float], *, path
                 or abs(ry - ds) > tol_y + ds * LEVEL_RATIO_TOL:
             raise InputError(f"pyramid level {i} is {w} x {h} px, which does not match level 0 ({w0} x {h0}) at "
                              f"downsample {ds:.4g} (wrong aspect or size: a damaged or replaced level)", path=path,
+                             code="damaged_pyramid")
+
+
+LEVEL_PROBE_PX = 256       # side of the region read per level by check_level_content
+LEVEL_CONTENT_TOL = 60.0   # mean absolute difference (0..255) of 8 x 8 summaries that marks a level as damaged
+
+
+def check_level_content(slide: Slide, *, path: str | Path | None = None) -> None:
+    """Cheap content check across pyramid levels: one central region (at most
+    :data:`LEVEL_PROBE_PX` px per level) is read from every level and from the coarsest, both are
+    reduced to 8 x 8 colour summaries and compared; a level whose summary differs by more than
+    :data:`LEVEL_CONTENT_TOL` grey levels on average (e.g. replaced by a black image of the right
+    size) raises ``InputError(code="damaged_pyramid")``. Reads at most 1024 x 1024 px per level.
+    Only the central region is compared: damage elsewhere in a level is not seen."""
+    n = slide.level_count
+    if n < 2:
+        return
+    w0, h0 = slide.dimensions
+    last = n - 1
+    ds_last = slide.level_downsamples[last]
+    for i in range(last):
+        ds = slide.level_downsamples[i]
+        # at least 8 px of the coarsest level, at most 4 x LEVEL_PROBE_PX px of this one
+        extent = int(min(max(LEVEL_PROBE_PX * ds, 8 * ds_last), 4 * LEVEL_PROBE_PX * ds, w0, h0))
+        if extent < 8 * ds_last:
+            continue  # the slide is too small at the coarsest level to compare
+        x, y = (w0 - extent) // 2, (h0 - extent) // 2
+        side_i = max(8, int(round(extent / ds)))
+        side_c = max(1, int(round(extent / ds_last)))
+        fine = resize_rgb(slide.read_level((x, y), i, (side_i, side_i)), (8, 8)).astype(np.float32)
+        coarse = resize_rgb(slide.read_level((x, y), last, (side_c, side_c)), (8, 8)).astype(np.float32)
+        diff = float(np.abs(fine - coarse).mean())
+        if diff > LEVEL_CONTENT_TOL:
+            raise InputError(f"pyramid level {i} does not show what level {last} shows over the same region (mean "
+                             f"difference {diff:.0f} of 255): a damaged or replaced level", path=path,
                              code="damaged_pyramid")
 
 
@@ -318,6 +353,7 @@ def _wrap_openslide(handle: Any, p: Path, mpp: float | None) -> Slide:
     slide = OpenSlideSlide(handle, path=str(p), mpp=float(mpp))
     try:  # touch one pixel so truncated pyramids fail here, not in a worker later
         slide.read_level((0, 0), slide.level_count - 1, (1, 1))
+        check_level_content(slide, path=p)
     except InputError:
         slide.close()
         raise

@@ -77,8 +77,9 @@ class _FakeHandle:
     """What OpenSlide reports for a slide whose level 1 was replaced by an image of another aspect
     (OpenSlide itself opens such generic-TIFF / SVS files; its NDPI reader refuses them already)."""
 
-    def __init__(self, dims, ds):
+    def __init__(self, dims, ds, black_level=None):
         self.level_dimensions, self.level_downsamples = dims, ds
+        self.black_level = black_level
         self.properties = {"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.5", "openslide.vendor": "generic-tiff"}
         self.associated_images: dict = {}
         self.closed = False
@@ -86,7 +87,8 @@ class _FakeHandle:
     def read_region(self, loc, level, size):
         from PIL import Image
 
-        return Image.new("RGBA", size, (200, 100, 100, 255))
+        colour = (0, 0, 0, 255) if level == self.black_level else (200, 100, 100, 255)
+        return Image.new("RGBA", size, colour)
 
     def close(self):
         self.closed = True
@@ -100,6 +102,23 @@ def test_pyramid_level_with_a_wrong_aspect_is_reported(tmp_path):
     bad = _FakeHandle([(4000, 3000), (2000, 3000), (1000, 750)], [1.0, 2.0, 4.0])
     err = pytest.raises(InputError, _wrap_openslide, bad, tmp_path / "s.tif", None).value
     assert err.code == "damaged_pyramid" and "level 1" in str(err) and bad.closed
+
+
+def test_pyramid_level_replaced_by_black_is_reported(tmp_path):
+    from medseg.io.wsi import _wrap_openslide
+
+    dims, ds = [(4000, 3000), (2000, 1500), (1000, 750), (250, 188)], [1.0, 2.0, 4.0, 16.0]
+    for black in (0, 1, 2):
+        h = _FakeHandle(dims, ds, black_level=black)
+        err = pytest.raises(InputError, _wrap_openslide, h, tmp_path / "s.tif", None).value
+        assert err.code == "damaged_pyramid" and f"level {black} " in str(err), black
+    assert _wrap_openslide(_FakeHandle(dims, ds), tmp_path / "s.tif", None).level_count == 4
+
+
+@pytest.mark.shared
+def test_real_slides_pass_the_pyramid_checks():
+    for name in ("CMU-1-Small-Region.svs", "test3-DAPI-2-387.ndpi", "test3-TRITC-2-560.ndpi"):
+        assert open_slide(shared_path("wsi", name)).level_count >= 1
 
 
 # -------------------------------------------------------------------------------------- 8000 labels
