@@ -6,7 +6,13 @@ labels and perturbed copies as predictions (written once to a temporary folder).
 its default (surface-distance) mode and in ``--mode monai``; the latter's numbers are compared with
 the MONAI script's.
 
-Usage: PYTHONPATH=. python benchmarks/bench_evaluate_cohort.py [--cases 40] [--workers 1]
+``--assd`` measures what adding ASSD costs (issue 15): A/B interleaved, (a) scoring in process
+(``evaluate_arrays`` on arrays already in memory, default metrics vs default + ``assd_mm``), (b) the
+whole ``medseg evaluate`` process with and without ``--metrics dice,iou,hd95,nsd,assd``, and (c)
+MONAI computing the same five metrics (``compute_average_surface_distance(symmetric=True)`` added)
+against ``medseg evaluate --mode monai`` with ASSD; it prints the load average before and after.
+
+Usage: PYTHONPATH=. python benchmarks/bench_evaluate_cohort.py [--cases 40] [--workers 1] [--assd --repeat 3]
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import csv, sys, warnings
 from pathlib import Path
 import nibabel as nib, numpy as np, torch
 from monai.metrics import compute_dice, compute_iou, compute_hausdorff_distance, compute_surface_dice
+from monai.metrics import compute_average_surface_distance
 pred_dir, ref_dir, out, tol = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+with_assd = len(sys.argv) > 5 and sys.argv[5] == "assd"
 rows = []
 for rf in sorted(ref_dir.glob("*.nii.gz")):
     ref_img = nib.load(rf)
@@ -50,12 +58,15 @@ for rf in sorted(ref_dir.glob("*.nii.gz")):
         j = compute_iou(yp, y, include_background=False)
         h = compute_hausdorff_distance(yp, y, include_background=False, percentile=95, spacing=spacing)
         s = compute_surface_dice(yp, y, [tol] * (n - 1), include_background=False, spacing=spacing)
+        if with_assd:
+            a = compute_average_surface_distance(yp, y, include_background=False, symmetric=True, spacing=spacing)
     name = rf.name[:-7]
     for c in range(n - 1):
-        rows.append([name, c + 1, float(d[0, c]), float(j[0, c]), float(h[0, c]), float(s[0, c])])
+        extra = [float(a[0, c])] if with_assd else []
+        rows.append([name, c + 1, float(d[0, c]), float(j[0, c]), float(h[0, c]), float(s[0, c])] + extra)
 with open(out, "w", newline="") as fh:
     w = csv.writer(fh)
-    w.writerow(["case", "label", "dice", "iou", "hd95_mm", "nsd"])
+    w.writerow(["case", "label", "dice", "iou", "hd95_mm", "nsd"] + (["assd_mm"] if with_assd else []))
     w.writerows(rows)
 '''
 
@@ -78,10 +89,58 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def read_rows(path: Path) -> dict[tuple[str, int], list[float]]:
+def read_rows(path: Path, metrics=("dice", "iou", "hd95_mm", "nsd")) -> dict[tuple[str, int], list[float]]:
     with open(path, newline="") as fh:
-        return {(r["case"], int(r["label"])): [float(r[m]) for m in ("dice", "iou", "hd95_mm", "nsd")]
-                for r in csv.DictReader(fh)}
+        return {(r["case"], int(r["label"])): [float(r[m]) for m in metrics] for r in csv.DictReader(fh)}
+
+
+def load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def assd_cost(pred: Path, ref: Path, root: Path, args) -> None:
+    """A/B interleaved: with vs without ASSD, in process and whole process; and vs MONAI with ASSD."""
+    from medseg.metrics.evaluate import evaluate_arrays
+
+    py = sys.executable
+    print(f"load average before: {load()} (1, 5, 15 min; 2 cores)")
+    cases = [(read_volume(p, is_label=True), read_volume(ref / p.name, is_label=True)) for p in sorted(pred.iterdir())]
+
+    def score(extra):
+        t = time.perf_counter()
+        for pv, rv in cases:
+            evaluate_arrays(pv.array, rv.array, spacing_mm=rv.spacing_mm, labels=[1, 2], tolerance_mm=args.tol,
+                            metrics=extra)
+        return time.perf_counter() - t
+
+    score(None)  # warm-up (imports, caches)
+    t_a, t_b = [], []
+    for r in range(args.repeat * 3):
+        order = [(t_a, None), (t_b, ["assd_mm"])] if r % 2 == 0 else [(t_b, ["assd_mm"]), (t_a, None)]
+        for acc, extra in order:
+            acc.append(score(extra))
+    a, b = float(np.median(t_a)), float(np.median(t_b))
+    print(f"in process, {len(cases)} cases x 2 labels, median of {len(t_a)} interleaved runs: default {a:.3f} s, "
+          f"+ASSD {b:.3f} s, ratio {b / a:.3f}")
+    common = ["--pred", str(pred), "--ref", str(ref), "--nsd-tolerance-mm", str(args.tol), "--no-progress"]
+    w_a, w_b = [], []
+    for r in range(args.repeat):
+        runs = [(w_a, []), (w_b, ["--metrics", "dice,iou,hd95,nsd,assd"])]
+        for acc, extra in (runs if r % 2 == 0 else runs[::-1]):
+            acc.append(timed([py, "-m", "medseg", "evaluate", *common, "--out", str(root / "ab"), *extra]))
+    a, b = float(np.median(w_a)), float(np.median(w_b))
+    print(f"whole process, median of {len(w_a)} interleaved runs: default {a:.2f} s, +ASSD {b:.2f} s, "
+          f"ratio {b / a:.3f}")
+    t_mon = timed([py, str(root / "monai_eval.py"), str(pred), str(ref), str(root / "monai_assd.csv"), str(args.tol),
+                   "assd"])
+    t_med = timed([py, "-m", "medseg", "evaluate", *common, "--out", str(root / "ma"), "--mode", "monai",
+                   "--metrics", "dice,iou,hd95,nsd,assd"])
+    five = ("dice", "iou", "hd95_mm", "nsd", "assd_mm")
+    ours, theirs = read_rows(root / "ma" / "metrics.csv", five), read_rows(root / "monai_assd.csv", five)
+    diff = max(abs(x - y) / max(1.0, abs(y)) for k in theirs for x, y in zip(ours[k], theirs[k]))
+    print(f"MONAI script with ASSD {t_mon:.2f} s vs medseg --mode monai with ASSD {t_med:.2f} s: "
+          f"{t_mon / t_med:.1f}x; max rel diff {diff:.1e}")
+    print(f"load average after: {load()}")
 
 
 def main() -> None:
@@ -89,12 +148,17 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--tol", type=float, default=2.0)
+    ap.add_argument("--assd", action="store_true", help="measure the cost of adding ASSD (A/B interleaved)")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pred, ref = make_cohort(root, args.cases)
         (root / "monai_eval.py").write_text(MONAI_SCRIPT)
+        if args.assd:
+            assd_cost(pred, ref, root, args)
+            return
         common = ["--pred", str(pred), "--ref", str(ref), "--nsd-tolerance-mm", str(args.tol), "--no-progress",
                   "--workers", str(args.workers)]
         t_med = timed([py, "-m", "medseg", "evaluate", *common, "--out", str(root / "m1")])

@@ -8,6 +8,9 @@
 encodes the tiles (resumable per slide). ``medseg wsi train --config configs/wsi/train_demo.yaml``
 runs the stages tile, features, MIL and BCL. ``medseg wsi predict --model OUT/model --input
 SLIDES... --output DIR`` writes predictions.csv, heatmaps and top-attended tiles.
+``medseg wsi evaluate --pred predictions.csv --labels labels.csv --output DIR`` writes ROC and PR
+curves, AUC with a bootstrap CI and the confusion matrix at a threshold (given, or chosen on the
+validation split); exit 1 when a slide is left out (listed).
 """
 
 from __future__ import annotations
@@ -38,11 +41,47 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
     _add_ml_parsers(sub)
 
+    ev = sub.add_parser("evaluate", help="slide-level ROC / PR curves, AUC with CI, confusion matrix")
+    ev.add_argument("--pred", type=Path, required=True, help="predictions.csv of 'medseg wsi predict'")
+    ev.add_argument("--labels", type=Path, required=True, help="slide_id,label[,split] CSV")
+    ev.add_argument("--output", "--out", dest="output", type=Path, required=True, help="output folder")
+    ev.add_argument("--threshold", type=float, default=None, help="positive when probability >= this (default 0.5)")
+    ev.add_argument("--choose-threshold", default=None, metavar="RULE",
+                    help="choose the threshold on the split=val slides: youden, sens:0.9 or spec:0.9")
+    ev.add_argument("--classes", default=None, help="class names negative,positive as written in the labels CSV")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.wsi_cmd == "info":
         return _info(args)
-    return {"tile": _tile, "features": _features, "train": _train, "predict": _predict}[args.wsi_cmd](args)
+    return {"tile": _tile, "features": _features, "train": _train, "predict": _predict,
+            "evaluate": _evaluate}[args.wsi_cmd](args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medseg.errors import ConfigError
+    from medseg.metrics.params import parse_names
+    from medseg.report.slides import write_slide_report
+    from medseg.wsi.evaluate import evaluate_slide_predictions
+
+    if args.threshold is not None and args.choose_threshold:
+        raise ConfigError("give --threshold or --choose-threshold, not both", code="bad_params")
+    classes = parse_names(args.classes) or None
+    if classes is not None and len(classes) != 2:
+        raise ConfigError("--classes needs two names: negative,positive", code="bad_params")
+    result = evaluate_slide_predictions(args.pred, args.labels, threshold=args.threshold,
+                                        choose=args.choose_threshold, classes=classes)
+    paths = write_slide_report(result, args.output)
+    res = result["test"]
+    t = res["at_threshold"]
+    lo, hi = res["auc_ci95"]
+    print(f"{res['n']} slides: AUC {res['auc']:.4f} [{lo:.4f}, {hi:.4f}], AP {res['average_precision']:.4f}")
+    print(f"threshold {t['threshold']:.6g} ({result['threshold_source']}): accuracy {t['accuracy']:.4f}, "
+          f"sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}")
+    for s, why in result["left_out"].items():
+        print(f"  left out: {s}: {why}")
+    print(f"report: {paths['report']}")
+    return 1 if result["left_out"] else 0
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def _format(path: Path) -> str:
 
 
 def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | None = None,
-                kind: Literal["image", "label"] | None = None) -> Volume:
+                kind: Literal["image", "label"] | None = None, allow_2d: bool = False) -> Volume:
     """Read a NIfTI file, an ITK file (NRRD/MHA/MHD) or a DICOM series folder into a Volume.
 
     Parameters
@@ -63,6 +63,7 @@ def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | N
     kind : ``"image"`` refuses NaN/Inf voxels (code ``non_finite``); ``"label"`` refuses
         non-integer or negative values (code ``non_integer_labels``), converts float labels that
         hold integers to an unsigned integer dtype and sets ``is_label=True``; ``None`` checks no values.
+    allow_2d : a 2D NIfTI becomes one slice marked ``meta["ndim"] = 2`` instead of an error.
 
     Raises InputError naming the file and the problem for anything unreadable or inconsistent.
     """
@@ -81,7 +82,7 @@ def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | N
     if fmt == "nifti":
         from medseg.io.nifti import read_nifti
 
-        vol = read_nifti(p, is_label=is_label)
+        vol = read_nifti(p, is_label=is_label, allow_2d=allow_2d)
     elif fmt == "itk":
         from medseg.io.itk import read_itk
 

@@ -187,13 +187,15 @@ def _check_raw_header(data: bytes, kind: str, path: Path) -> None:
                          "fix the header (e.g. nibabel header.set_zooms)", path=path, code="bad_spacing")
 
 
-def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
+def read_nifti(path: str | Path, *, is_label: bool = False, allow_2d: bool = False) -> Volume:
     """Read a NIfTI-1/2 file fully into a Volume (array ``(z, y, x)``, RAS geometry).
 
     Parameters
     ----------
     path : NIfTI file (``.nii`` or ``.nii.gz``).
     is_label : mark the volume as a label map.
+    allow_2d : accept a 2D image (x, y) as one slice ``(1, y, x)`` marked ``meta["ndim"] = 2``
+        (2D masks in evaluation); otherwise a 2D file is refused (code ``not_3d``).
 
     Raises
     ------
@@ -223,7 +225,8 @@ def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
     if len(data) < need:
         raise InputError(f"voxel data is truncated: {len(data)} of {need} bytes present (re-copy the file)",
                          path=path, code="truncated")
-    shape3 = _three_d_shape(shape, path)
+    two_d = allow_2d and len(shape) == 2
+    shape3 = (shape[0], shape[1], 1) if two_d else _three_d_shape(shape, path)
     if len(data) > need:
         raise InputError(f"the file holds {len(data) - need} bytes more than the header's sizes {shape} and voxel "
                          f"type {dtype} describe: the header does not match the data", path=path, code="bad_header")
@@ -251,6 +254,8 @@ def read_nifti(path: str | Path, *, is_label: bool = False) -> Volume:
     hdr = img.header
     meta = {"path": str(path), "format": kind, "sform_code": int(hdr["sform_code"]),
             "qform_code": int(hdr["qform_code"])}
+    if two_d:
+        meta["ndim"] = 2
     return Volume(array, spacing, origin, direction, is_label=is_label, meta=meta)
 
 

@@ -78,3 +78,40 @@ def surfel_area_table(spacing_mm) -> np.ndarray:
     sz, sy, sx = (float(s) for s in spacing_mm)
     scaled = TRIANGLE_TYPES * np.array([sy * sx, sz * sx, sz * sy])
     return COUNTS @ np.sqrt(np.sum(scaled * scaled, axis=1))
+
+
+def contour_length_table(spacing_mm) -> np.ndarray:
+    """Contour length (mm) of each of the 16 codes of a 2x2 pixel neighbourhood (2D masks).
+
+    Bits: ``8, 4, 2, 1`` for the pixels at offsets ``(0, 0), (0, 1), (1, 0), (1, 1)`` (lower index =
+    higher bit, as in 3D). Marching squares with vertices at edge midpoints: one or three pixels
+    inside cut one corner (a half diagonal, ``0.5 * sqrt(sy^2 + sx^2)``); two pixels in one row give
+    a line across the columns (length ``sx``), two in one column a line across the rows (``sy``);
+    two diagonal pixels give two half diagonals. Codes 0 and 15 have no contour.
+
+    Returns
+    -------
+    (16,) float64 for spacing ``(sy, sx)``.
+    """
+    sy, sx = (float(s) for s in spacing_mm)
+    half_diag = 0.5 * float(np.hypot(sy, sx))
+    out = np.zeros(16, dtype=np.float64)
+    for code in range(1, 15):
+        tl, tr, bl, br = (code >> 3) & 1, (code >> 2) & 1, (code >> 1) & 1, code & 1
+        inside = tl + tr + bl + br
+        if inside in (1, 3):
+            out[code] = half_diag
+        elif tl == tr:       # one row inside, the other outside: the contour runs along x
+            out[code] = sx
+        elif tl == bl:       # one column inside: the contour runs along y
+            out[code] = sy
+        else:                # two diagonal pixels
+            out[code] = 2.0 * half_diag
+    return out
+
+
+def element_size_table(spacing_mm) -> np.ndarray:
+    """Surfel areas (3 spacings: 3D) or contour lengths (2 spacings: 2D) per neighbourhood code."""
+    if len(spacing_mm) == 2:
+        return contour_length_table(spacing_mm)
+    return surfel_area_table(spacing_mm)

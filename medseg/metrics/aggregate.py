@@ -1,9 +1,11 @@
 """Cohort summaries per label: mean, std, median, IQR, bootstrap 95% CI, empty-case counts.
 
-Rows whose status is an error carry no numbers and are counted as ``n_failed``; every other row
-(``ok`` and the empty cases, with their fixed conventional values) enters the statistics. The
-means are also given without the ``both_empty`` rows, which otherwise pull means towards 1 (0 for
-HD95).
+Every row with a number enters the statistics: ``ok`` rows, the empty cases with their fixed
+conventional values, and failed / missing cases (``error:...`` status) with the worst values the
+cohort gave them (``n_imputed``). A ``nan`` (a failed case under ``--exclude-failed``, an empty
+reference under ``--empty-reference nan``, an undefined relative volume difference) is left out
+and counted (``n_left_out``). The means are also given without the ``both_empty`` rows, which
+otherwise pull means towards 1 (0 for HD95).
 
 Example
 -------
@@ -68,11 +70,17 @@ def summarize_values(values: Iterable[float], *, n_boot: int = N_BOOT, seed: int
     }
 
 
-def summarize_rows(rows: Sequence[dict[str, Any]], *, n_boot: int = N_BOOT) -> dict[str, Any]:
-    """Per-label summary of metric rows (dicts with ``label``, ``status`` and the ``METRICS``).
+def _is_nan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]], *, n_boot: int = N_BOOT,
+                   metrics: Sequence[str] = METRICS) -> dict[str, Any]:
+    """Per-label summary of metric rows (dicts with ``label``, ``status`` and the ``metrics``).
 
     Returns ``{label: {"n_cases", "n_ok", "n_both_empty", "n_pred_empty", "n_ref_empty",
-    "n_failed", METRIC: {stats..., "mean_without_both_empty"}}}`` with labels as strings (JSON keys).
+    "n_failed", METRIC: {stats..., "n_left_out", "n_imputed", "mean_without_both_empty"}}}`` with
+    labels as strings (JSON keys).
     """
     by_label: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
@@ -81,8 +89,8 @@ def summarize_rows(rows: Sequence[dict[str, Any]], *, n_boot: int = N_BOOT) -> d
     for label in sorted(by_label):
         lr = by_label[label]
         status = [str(r["status"]) for r in lr]
-        scored = [r for r in lr if not str(r["status"]).startswith("error")]
-        not_both = [r for r in scored if r["status"] != "both_empty"]
+        failed = [r for r in lr if str(r["status"]).startswith("error")]
+        not_both = [r for r in lr if r["status"] != "both_empty"]
         entry: dict[str, Any] = {
             "name": next((r.get("label_name") for r in lr if r.get("label_name")), None),
             "n_cases": len(lr),
@@ -92,10 +100,12 @@ def summarize_rows(rows: Sequence[dict[str, Any]], *, n_boot: int = N_BOOT) -> d
             "n_ref_empty": status.count("ref_empty"),
             "n_failed": sum(s.startswith("error") for s in status),
         }
-        for m in METRICS:
-            stats = summarize_values([float(r[m]) for r in scored], n_boot=n_boot)
+        for m in metrics:
+            stats = summarize_values([float(r[m]) for r in lr if not _is_nan(r.get(m))], n_boot=n_boot)
+            stats["n_left_out"] = sum(_is_nan(r.get(m)) for r in lr)
+            stats["n_imputed"] = sum(not _is_nan(r.get(m)) for r in failed)
             stats["mean_with_both_empty"] = stats["mean"]
-            vals = [float(r[m]) for r in not_both]
+            vals = [float(r[m]) for r in not_both if not _is_nan(r.get(m))]
             stats["mean_without_both_empty"] = float(np.mean(vals)) if vals else math.nan
             entry[m] = stats
         out[str(label)] = entry

@@ -34,6 +34,11 @@ def _items(value: Any) -> list[str]:
     raise ConfigError(f"cannot read {value!r} as a list", code="bad_params")
 
 
+def parse_names(value: Any) -> list[str]:
+    """Names from "a,b" / ["a", "b"] (empty list for None)."""
+    return _items(value)
+
+
 def parse_labels(value: Any) -> list[int] | None:
     """``None`` (all labels found) or a list of distinct labels > 0 from "1,2" / [1, 2]."""
     items = _items(value)
@@ -94,3 +99,20 @@ def parse_tolerances(value: Any, labels: Sequence[int] | None) -> float | dict[i
     if set(out) == {0}:
         return out[0]
     return out
+
+
+def parse_pixel_spacing(value: Any) -> tuple[float, float] | None:
+    """``None`` or the (row, column) spacing in mm of 2D masks from "0.5,0.5" / [0.5, 0.5] / "0.5"."""
+    items = _items(value)
+    if not items:
+        return None
+    try:
+        vals = [float(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"pixel spacing must be numbers in mm, got {value!r}", code="bad_params") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or any(not math.isfinite(v) or v <= 0 for v in vals):
+        raise ConfigError(f"pixel spacing must be one or two positive numbers in mm (row,column), got {value!r}",
+                          code="bad_params")
+    return vals[0], vals[1]

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from medseg.metrics._surfel_table import surfel_area_table
+from medseg.metrics._surfel_table import element_size_table
+from medseg.metrics.surface_stats import check_tolerance
 
 _EMPTY = np.zeros(0, dtype=np.float64)
 
@@ -64,26 +65,29 @@ class SurfaceDistances:
 
 
 def neighbourhood_codes(mask: np.ndarray) -> np.ndarray:
-    """8-bit 2x2x2 neighbourhood code of every grid corner.
+    """Neighbourhood code of every grid corner: 8 bits (2x2x2 voxels) in 3D, 4 bits (2x2 pixels) in 2D.
 
     Parameters
     ----------
-    mask : (nz, ny, nx) bool
+    mask : (nz, ny, nx) or (ny, nx) bool
 
     Returns
     -------
-    (nz + 1, ny + 1, nx + 1) uint8; corner ``c`` covers voxels ``c - 1`` and ``c`` on each axis.
+    uint8 array one larger on each axis; corner ``c`` covers voxels ``c - 1`` and ``c`` on each axis.
     """
     m = np.pad(np.asarray(mask, dtype=bool), 1).view(np.uint8)
-    # Combine axis by axis: the lower-index voxel of each pair takes the higher bit.
-    t = (m[:, :, :-1] << 1) | m[:, :, 1:]
-    t = (t[:, :-1, :] << 2) | t[:, 1:, :]
+    # Combine axis by axis (last first): the lower-index voxel of each pair takes the higher bit.
+    t = (m[..., :-1] << 1) | m[..., 1:]
+    t = (t[..., :-1, :] << 2) | t[..., 1:, :]
+    if m.ndim == 2:
+        return t
     return (t[:-1] << 4) | t[1:]
 
 
 def _border(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes = neighbourhood_codes(mask)
-    return codes, (codes != 0) & (codes != 255)
+    full = 255 if np.ndim(mask) == 3 else 15
+    return codes, (codes != 0) & (codes != full)
 
 
 def surfels(mask: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
@@ -91,11 +95,11 @@ def surfels(mask: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
 
     Returns
     -------
-    corners : (k, 3) int64 corner indices (z, y, x) on the (n + 1)-grid of ``neighbourhood_codes``
-    areas_mm2 : (k,) float64
+    corners : (k, ndim) int64 corner indices (z, y, x) on the (n + 1)-grid of ``neighbourhood_codes``
+    areas_mm2 : (k,) float64 (contour lengths in mm for 2D masks)
     """
     codes, border = _border(mask)
-    return np.argwhere(border), surfel_area_table(spacing_mm)[codes[border]]
+    return np.argwhere(border), element_size_table(spacing_mm)[codes[border]]
 
 
 def _nearest_distances(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray,
@@ -109,7 +113,7 @@ def _nearest_distances(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray,
         return np.full(src.shape[0], np.inf)
     out = np.zeros(src.shape[0], dtype=np.float64)
     if dst_border is not None:
-        todo = np.flatnonzero(~dst_border[src[:, 0], src[:, 1], src[:, 2]])
+        todo = np.flatnonzero(~dst_border[tuple(src.T)])
     else:
         todo = np.arange(src.shape[0])
     if todo.size == 0:
@@ -121,7 +125,7 @@ def _nearest_distances(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray,
     d = (dst[idx] - q).astype(np.float64)
     d *= spacing
     d *= d
-    out[todo] = np.sqrt(d[:, 0] + d[:, 1] + d[:, 2])
+    out[todo] = np.sqrt(d.sum(axis=1)) if d.shape[1] != 3 else np.sqrt(d[:, 0] + d[:, 1] + d[:, 2])
     return out
 
 
@@ -135,25 +139,35 @@ def compute_surface_distances(ref: np.ndarray, pred: np.ndarray, spacing_mm) -> 
 
     Parameters
     ----------
-    ref, pred : (nz, ny, nx) bool (any array; nonzero = inside)
-    spacing_mm : (sz, sy, sx) voxel spacing in mm
+    ref, pred : (nz, ny, nx) bool (any array; nonzero = inside), or (ny, nx) for 2D masks
+        (contours with lengths instead of surfaces with areas, as surface-distance's 2D case)
+    spacing_mm : (sz, sy, sx) voxel spacing in mm, or (sy, sx) in 2D
 
     Raises
     ------
-    ValueError for masks that are not 3D or differ in shape, or bad spacing.
+    ValueError for masks that are not 2D/3D or differ in shape, or bad spacing.
     """
     ref = np.asarray(ref, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
-    if ref.ndim != 3 or ref.shape != pred.shape:
-        raise ValueError(f"masks must be 3D and of equal shape; got {ref.shape} and {pred.shape}")
+    check_mask_pair(ref, pred, spacing_mm)
     spacing = np.asarray(spacing_mm, dtype=np.float64)
-    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise ValueError(f"spacing_mm must be three positive numbers, got {spacing_mm}")
     union = ref | pred
     if not union.any():
         return SurfaceDistances(_EMPTY, _EMPTY, _EMPTY, _EMPTY)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(union))
     return surface_distances_cropped(ref[box], pred[box], spacing)
+
+
+def check_mask_pair(ref: np.ndarray, pred: np.ndarray, spacing_mm) -> None:
+    """ValueError unless ``ref`` and ``pred`` are 2D or 3D masks of one shape and ``spacing_mm`` has one
+    finite positive number per axis."""
+    if ref.ndim not in (2, 3):
+        raise ValueError(f"masks must be 2D or 3D; got a {ref.ndim}D array of shape {ref.shape}")
+    if ref.shape != pred.shape:
+        raise ValueError(f"masks differ in shape: reference {ref.shape}, prediction {pred.shape}")
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    if spacing.shape != (ref.ndim,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"spacing_mm must be {ref.ndim} positive numbers (one per axis), got {spacing_mm}")
 
 
 def surface_distances_cropped(ref: np.ndarray, pred: np.ndarray, spacing_mm) -> SurfaceDistances:
@@ -162,7 +176,7 @@ def surface_distances_cropped(ref: np.ndarray, pred: np.ndarray, spacing_mm) -> 
     Cropping never changes the result: outside voxels are background either way.
     """
     spacing = np.asarray(spacing_mm, dtype=np.float64)
-    table = surfel_area_table(spacing)
+    table = element_size_table(spacing)
     codes_ref, b_ref = _border(ref)
     codes_pred, b_pred = _border(pred)
     c_ref, c_pred = np.argwhere(b_ref), np.argwhere(b_pred)
@@ -198,8 +212,7 @@ def nsd(sd: SurfaceDistances, tolerance_mm: float) -> float:
 
     ``nan`` when both surfaces are empty.
     """
-    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
-        raise ValueError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm}")
+    tolerance_mm = check_tolerance(tolerance_mm)
     total = np.sum(sd.areas_ref_mm2) + np.sum(sd.areas_pred_mm2)
     if total == 0:
         return float("nan")

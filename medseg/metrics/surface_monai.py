@@ -22,6 +22,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from medseg.metrics.surface import check_mask_pair
+from medseg.metrics.surface_stats import check_tolerance
+
 
 @dataclass(frozen=True)
 class VoxelSurfaceDistances:
@@ -32,7 +35,8 @@ class VoxelSurfaceDistances:
 
 
 def edge_voxels(mask: np.ndarray) -> np.ndarray:
-    """(k, 3) indices of the voxels a 6-connected binary erosion removes from ``mask``."""
+    """(k, ndim) indices of the voxels a binary erosion (6-connected cross in 3D, 4-connected in 2D)
+    removes from ``mask``."""
     m = np.asarray(mask, dtype=bool)
     return np.argwhere(m & ~ndimage.binary_erosion(m))
 
@@ -49,7 +53,13 @@ def _nearest(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray) -> np.ndarra
 def compute_voxel_surface_distances(ref: np.ndarray, pred: np.ndarray, spacing_mm) -> VoxelSurfaceDistances:
     """Edge-voxel distances between two binary masks (cropping is the caller's choice and does
     not change the result as long as the crop keeps one background voxel around the union or
-    reaches the image border)."""
+    reaches the image border).
+
+    Raises ValueError for masks that are not 2D/3D or differ in shape, or a bad spacing.
+    """
+    ref = np.asarray(ref, dtype=bool)
+    pred = np.asarray(pred, dtype=bool)
+    check_mask_pair(ref, pred, spacing_mm)
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     e_ref = edge_voxels(ref)
     e_pred = edge_voxels(pred)
@@ -67,7 +77,11 @@ def hd_percentile_mm_monai(sd: VoxelSurfaceDistances, percent: float = 95.0) -> 
 
 
 def nsd_monai(sd: VoxelSurfaceDistances, tolerance_mm: float) -> float:
-    """Fraction of edge voxels (both masks) within ``tolerance_mm`` of the other edge."""
+    """Fraction of edge voxels (both masks) within ``tolerance_mm`` of the other edge.
+
+    Raises ValueError for a tolerance that is inf, nan or negative (as MONAI does).
+    """
+    check_tolerance(tolerance_mm)
     total = sd.distances_ref_to_pred_mm.size + sd.distances_pred_to_ref_mm.size
     if total == 0:
         return float("nan")

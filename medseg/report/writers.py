@@ -15,6 +15,15 @@ from medseg.fsutil import atomic_write_text
 
 CSV_COLUMNS = ("case", "label", "label_name", "dice", "iou", "hd95_mm", "nsd", "status",
                "n_ref_voxels", "n_pred_voxels", "nsd_tolerance_mm")
+_TEXT = ("case", "label_name", "status")
+_INT = ("label", "n_ref_voxels", "n_pred_voxels")
+
+
+def csv_columns(metrics: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The columns of metrics.csv for the selected metric columns (default: ``CSV_COLUMNS``)."""
+    if metrics is None:
+        return CSV_COLUMNS
+    return ("case", "label", "label_name", *metrics, "status", "n_ref_voxels", "n_pred_voxels", "nsd_tolerance_mm")
 
 
 def _fmt(v: Any) -> Any:
@@ -23,14 +32,16 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """One row per case and label, columns ``CSV_COLUMNS`` (floats written exactly; text cells that a
-    spreadsheet would run as a formula are quoted, :mod:`medseg.csvsafe`)."""
+def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | Path, *,
+                      metrics: Sequence[str] | None = None) -> Path:
+    """One row per case and label, columns :func:`csv_columns` (floats written exactly; text cells
+    that a spreadsheet would run as a formula are quoted, :mod:`medseg.csvsafe`)."""
+    cols = csv_columns(metrics)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(cols)
     for r in rows:
-        w.writerow([_fmt(csv_text(r.get(c, ""))) for c in CSV_COLUMNS])
+        w.writerow([_fmt(csv_text(r.get(c, ""))) for c in cols])
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -40,10 +51,11 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             d: dict[str, Any] = {k: csv_untext(v) for k, v in r.items()}
-            for c in ("dice", "iou", "hd95_mm", "nsd", "nsd_tolerance_mm"):
-                d[c] = float(d[c])
-            for c in ("label", "n_ref_voxels", "n_pred_voxels"):
-                d[c] = int(d[c])
+            for c in d:
+                if c in _INT:
+                    d[c] = int(d[c])
+                elif c not in _TEXT:
+                    d[c] = float(d[c])
             out.append(d)
     return out
 

@@ -66,7 +66,7 @@ def test_every_variant_gives_a_clear_error(corpus):
 def test_batch_reports_bad_cases_and_keeps_good_ones_exact(tmp_path, capsys):
     cases = make_corpus(tmp_path / "corpus", _sources(label_only=True))
     pred, ref, expected = build_batch(cases, tmp_path / "batch")
-    assert evaluate_cli(pred, ref, tmp_path / "out", "--workers", "2") == 0
+    assert evaluate_cli(pred, ref, tmp_path / "out", "--workers", "2") == 1  # bad cases fail: exit 1
     rows = csv_rows_by_case(tmp_path / "out" / "metrics.csv")
     assert set(rows) == set(expected) | set(GOOD_CASES)
     for cid, allowed in expected.items():

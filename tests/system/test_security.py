@@ -236,8 +236,9 @@ def test_patient_identifiers_appear_nowhere(tmp_path, capsys, caplog):
     assert main(["-vv", "info", str(pred / "case_a")]) == 0
     assert main(["info", "--json", str(pred / "case_a")]) == 0
     assert main(["info", str(pred / "case_b")]) == 1
+    # case_b's broken series fails: evaluate writes everything and exits 1
     assert main(["-vv", "evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "out"),
-                 "--labels", "1", "--no-progress"]) == 0
+                 "--labels", "1", "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert "case_b: error:missing_slice" in captured.out
     assert _leaks(captured.out + captured.err) == []

@@ -76,7 +76,9 @@ def _nifti_variants(raw: bytes, label_raw: bytes) -> list[tuple[str, bytes, str,
     out: list[tuple[str, bytes, str, set[str]]] = []
     hdr = ("bad_header",)
     out += [(f"dim0_{v}", _patch(raw, "h", _DIM, v), "image", {"bad_header"}) for v in (0, -1, 8, 100)]
-    out += [("dim0_2", _patch(raw, "h", _DIM, 2), "image", {"not_3d"})]
+    # a 3D file whose header says 2D: not_3d where 2D is refused; bad_header where `medseg evaluate`
+    # accepts 2D masks (the voxel data then holds more bytes than the 2D header describes)
+    out += [("dim0_2", _patch(raw, "h", _DIM, 2), "image", {"not_3d", "bad_header"})]
     for ax in (1, 2, 3):
         out += [(f"dim{ax}_zero", _patch(raw, "h", _DIM + 2 * ax, 0), "image", set(hdr)),
                 (f"dim{ax}_neg", _patch(raw, "h", _DIM + 2 * ax, -7), "image", set(hdr)),
