@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, MedsegError
 
 MAX_DEPTH = 64          # nesting levels of mappings / sequences in one YAML document
 MAX_NODES = 200_000     # values of a document once every alias is expanded
@@ -116,6 +116,12 @@ def loads(text: str, *, source: str | None = None) -> Any:
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Load a YAML mapping from ``path``."""
     p = Path(path)
+    from medseg.limits import require_regular_file
+
+    try:
+        require_regular_file(p, what="config file")  # a FIFO would block read_text forever
+    except MedsegError as exc:
+        raise ConfigError(exc.problem, path=p, code=exc.code) from None
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:

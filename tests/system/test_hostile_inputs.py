@@ -351,3 +351,26 @@ def test_torch_load_refusal_keeps_torchs_explanation(tmp_path):
     assert "getcwd" in reason and "UnpicklingError" in reason
     assert "weights_only` set to `False`" not in reason and "Re-running" not in reason
 
+
+
+def test_png_mask_bomb_and_fifo_config_are_refused(tmp_path):
+    from medseg.config import load_yaml
+    from medseg.io.mask2d import read_mask2d
+
+    png = bombs.png_bomb(tmp_path / "mask.png", width=30000, height=30000)
+    err = pytest.raises(InputError, read_mask2d, png, pixel_spacing_mm=(1.0, 1.0)).value
+    assert err.code == "too_large" and str(png) in str(err)
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    done: dict[str, str] = {}
+
+    def attempt():
+        done["code"] = _code(load_yaml, fifo)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO config blocked")
+    assert done["code"] == "not_a_file"
