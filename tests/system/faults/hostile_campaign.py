@@ -52,7 +52,7 @@ class Attack:
     name: str
     cls: str
     argv: list[str]
-    expect: str = "error"                                   # "error" or "ok"
+    expect: str = "error"                                   # "error", "ok" or "any" (the check decides)
     timeout: float = 60.0
     check: Callable[[subprocess.CompletedProcess], str | None] | None = None   # may override the outcome
     cwd: Path | None = None
@@ -93,6 +93,8 @@ def _run(a: Attack, root: Path, work: Path) -> tuple[str, float, int, str]:
         outcome = "hang"
     elif "Traceback (most recent call last)" in err:
         outcome = "traceback"
+    elif a.expect == "any":
+        outcome = "ok"
     elif a.expect == "error":
         outcome = "ok" if proc.returncode != 0 else "silent"
     else:
@@ -285,7 +287,7 @@ def build(work: Path) -> list[Attack]:
 
     A.append(Attack("newline and right-to-left override in file names", "names",
                     ["evaluate", "--pred", str(evil), "--ref", str(evil), "--out", str(w / "ev_evil"), "--no-progress"],
-                    expect="ok", check=no_forgery))
+                    expect="any", check=no_forgery))   # one case fails (exit 1 or 0 by version): the check decides
     hid = w / "hidden"
     hid.mkdir()
     save_nifti(lab, hid / "a.nii.gz", np.eye(4))
