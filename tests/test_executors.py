@@ -74,6 +74,27 @@ def test_predict_on_ray_equals_local_byte_for_byte(cluster, cohort):
     assert tree_bytes(root / "ray") == b
 
 
+def test_predict_outputs_on_ray_equal_local(cluster, cohort, tmp_path):
+    """--statistics, --preview and seg-nrrd (issue 16) on Ray: the same files, byte for byte."""
+    from medseg.executors import executor_spec
+    from medseg.inference.cohort import run_predict
+
+    root, bundle, src = cohort
+    kw = {"model": bundle, "input_path": src, "device": "cpu", "workers": 1, "output_formats": ["seg-nrrd"],
+          "statistics": True, "preview": True}
+    run_predict(output=tmp_path / "local", executor="local", **kw)
+    run_predict(output=tmp_path / "ray", executor=executor_spec("ray", actors=1), **kw)
+    a, b = tree_bytes(tmp_path / "local"), tree_bytes(tmp_path / "ray")
+    for t in (a, b):
+        t.pop(".medseg-batch.lock")
+        t.pop("timings.csv", None)
+    assert sorted(a) == sorted(b)
+    assert {f"case_{i}{s}" for i in range(4) for s in (".seg.nrrd", "_statistics.json", "_preview.png")} <= set(a)
+    assert "statistics.csv" in a
+    for name in a:
+        assert a[name] == b[name], name
+
+
 def test_evaluate_on_ray_equals_local_byte_for_byte(cluster, cohort, tmp_path):
     from medseg.report.evaluation import run_evaluation
 

@@ -29,6 +29,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                     help="override a training key, e.g. --set epochs=20")
     cv.add_argument("--select-epochs", type=int, nargs="+", default=None, metavar="E",
                     help="choose the epoch count among these by an inner CV inside each training fold")
+    cv.add_argument("--select-grid", choices=["default", "off"], default=None,
+                    help="choose model, weight decay and epochs (the default grid) by inner CV inside each "
+                         "training fold, one-standard-error rule; YAML 'select_grid' sets other grids")
     cv.add_argument("--inner-folds", type=int, default=None, help="folds of that inner CV (default 3)")
     cv.add_argument("--device", default="cpu", help="cpu (default), auto, cuda[:N]")
 
@@ -46,9 +49,29 @@ def _load_cfg(args: argparse.Namespace):
         raw["model"] = args.model
     if args.select_epochs:
         raw["select_epochs"] = list(args.select_epochs)
+    if args.select_grid is not None:
+        raw["select_grid"] = "default" if args.select_grid == "default" else {}
     if args.inner_folds is not None:
         raw["inner_folds"] = args.inner_folds
     return MILTrainConfig.from_dict(raw)
+
+
+def _progress_printer(every_s: float = 5.0):
+    """A progress callback printing ``done/total``, elapsed time and an estimate of the time left
+    (elapsed / done * remaining) to stderr, at most every ``every_s`` seconds and at the end."""
+    import sys
+
+    last = [-every_s]
+
+    def show(done: int, total: int, elapsed: float) -> None:
+        if elapsed - last[0] < every_s and done < total:
+            return
+        last[0] = elapsed
+        left = elapsed / max(done, 1) * (total - done)
+        print(f"progress {done}/{total} ({100 * done / max(total, 1):.0f}%), {elapsed:.0f} s, "
+              f"about {left:.0f} s left", file=sys.stderr, flush=True)
+
+    return show
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.out / "summary.partial.json", json.dumps({**s, "data": str(args.data)}, indent=1))
 
     summary = cross_validate(bags, cfg, folds=args.folds, repeats=args.repeats, seed=args.seed, device=dev,
-                             on_repeat=partial)
+                             on_repeat=partial, progress=_progress_printer())
     summary["data"] = str(args.data)
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
     cfgmod.save_yaml({"mil": summary["config"]}, args.out / "config.resolved.yaml")
@@ -77,7 +100,14 @@ def run(args: argparse.Namespace) -> int:
           f"{args.folds}-fold x {args.repeats}")
     print(f"accuracy {summary['accuracy_mean']:.3f} +- {summary['accuracy_std']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
     print(f"AUC      {summary['auc_mean']:.3f} +- {summary['auc_std']:.3f} (95% CI {alo:.3f}-{ahi:.3f})")
+    if cfg.select_grid:
+        print(f"configurations chosen by inner {cfg.inner_folds}-fold CV (count of outer folds):")
+        for c, n in summary["configs_chosen"].items():
+            print(f"  {n:3d}  {c}")
     if cfg.select_epochs:
         print(f"epochs chosen by inner {cfg.inner_folds}-fold CV (count of outer folds): {summary['epochs_chosen']}")
+    if "instance_auc_mean" in summary:
+        print(f"instance AUC of the attention (positive bags) {summary['instance_auc_mean']:.3f} "
+              f"+- {summary['instance_auc_std']:.3f}")
     print(f"summary: {args.out / 'summary.json'}")
     return 0

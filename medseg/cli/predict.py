@@ -41,6 +41,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="of a fold-ensemble bundle, use only these folds, e.g. 0,2 (default: all of them)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the bundle's post-processing rules")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--output-format", action="append", default=None, metavar="FMT[,FMT]",
+                   help="formats to write besides CASE.nii.gz (always written): dicom-seg (DICOM SEG referencing "
+                        "a DICOM input series), seg-nrrd (3D Slicer CASE.seg.nrrd); repeat or comma-separate")
+    p.add_argument("--statistics", action="store_true",
+                   help="per-label volume, intensity and bounding box: CASE_statistics.json and statistics.csv")
+    p.add_argument("--preview", action="store_true", help="CASE_preview.png: three slices with the labels")
     from medseg.executors import add_executor_args
 
     add_executor_args(p)
@@ -74,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                          overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
                          workers=args.workers, weights=args.weights, postprocess=not args.no_postprocess,
-                         progress=not args.no_progress, executor=spec, folds=folds)
+                         progress=not args.no_progress, executor=spec, folds=folds,
+                         output_formats=args.output_format, statistics=args.statistics, preview=args.preview)
     print(summary_table(report))
     return 1 if report.failed else 0
 

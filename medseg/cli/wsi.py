@@ -5,7 +5,8 @@
 ``tiles.h5`` (coordinates + metadata), ``mask.png`` (tissue and grid over the thumbnail) and
 ``summary.json`` (status, tile count, tissue area in mm^2); a bad slide is reported, the rest go on.
 ``medseg wsi features --tiles DIR --out DIR --encoder tile_resnet18 --weights W.safetensors``
-encodes the tiles (resumable per slide). ``medseg wsi train --config configs/wsi/train_demo.yaml``
+encodes the tiles (resumable per slide); without ``--weights`` the encoder is random only when asked
+for with ``--random-encoder --seed N``. ``medseg wsi train --config configs/wsi/train_demo.yaml``
 runs the stages tile, features, MIL and BCL. ``medseg wsi predict --model OUT/model --input
 SLIDES... --output DIR`` writes predictions.csv, heatmaps and top-attended tiles.
 ``medseg wsi evaluate --pred predictions.csv --labels labels.csv --output DIR`` writes ROC and PR
@@ -134,7 +135,12 @@ def _add_ml_parsers(sub) -> None:
     f.add_argument("--tiles", type=Path, required=True, help="output folder of 'medseg wsi tile'")
     f.add_argument("--out", type=Path, required=True)
     f.add_argument("--encoder", default="tile_resnet18")
-    f.add_argument("--weights", type=Path, default=None, help="encoder weights (.safetensors or .pt)")
+    f.add_argument("--weights", type=Path, default=None,
+                   help="encoder weights (.safetensors, .pt or .pth; torchvision / timm layouts for resnet50_trunc, "
+                        "vit_small_patch16, vit_base_patch16)")
+    f.add_argument("--random-encoder", action="store_true",
+                   help="no weights: encode with random weights initialised from --seed (recorded in the features)")
+    f.add_argument("--seed", type=int, default=None, help="seed of --random-encoder")
     f.add_argument("--batch-size", type=int, default=64)
     f.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
     f.add_argument("--device", default="auto")
@@ -163,9 +169,17 @@ def _features(args: argparse.Namespace) -> int:
     from medseg.wsi.features import EncoderSpec, extract_features_batch
 
     ex = spec_from_args(args)
-    spec = EncoderSpec(name=args.encoder, weights=str(args.weights) if args.weights else None)
+    if args.weights is not None and (args.random_encoder or args.seed is not None):
+        print("error: --weights and --random-encoder/--seed exclude each other")
+        return 2
+    if args.weights is None and not (args.random_encoder and args.seed is not None):
+        print("error: no --weights given; a tile encoder needs its trained weights (README: whole-slide images), or "
+              "--random-encoder --seed N to encode with random weights on purpose")
+        return 2
+    spec = EncoderSpec(name=args.encoder, weights=str(args.weights) if args.weights else None,
+                       seed=args.seed if args.weights is None else None)
     if spec.weights is None:
-        print("note: no --weights given; the encoder is randomly initialised")
+        print(f"note: random encoder weights (seed {spec.seed}): features for testing the pipeline, not for diagnosis")
     # on Ray each actor resolves --device itself (a CPU head node may drive GPU workers)
     dev = resolve_device(args.device) if ex.is_local else args.device
     rows = extract_features_batch(args.tiles, args.out, spec, device=dev, batch_size=args.batch_size,

@@ -13,8 +13,12 @@ Outputs per case ``CASE``::
                                       (or float32), ``affine`` (4x4, (z, y, x) indices -> RAS mm),
                                       ``labels`` (K,) label values; ``numpy.load`` reads it
 
+With ``outputs`` (:class:`medseg.inference.outputs.CaseOutputs`: ``--output-format``, ``--statistics``,
+``--preview``) also ``CASE_statistics.json``, ``CASE_preview.png``, ``CASE.seg.nrrd``, ``CASE_seg.dcm``
+and the cohort's ``OUT/statistics.csv``, see :mod:`medseg.inference.outputs`.
+
 ``OUT/manifest.json`` also records the model bundle used (``bundle: {path, sha256}``, see
-:func:`medseg.bundle.bundle_sha256`), and ``OUT/timings.csv``: seconds per case and phase (read,
+:func:`medseg.bundle.bundle_sha256`). And ``OUT/timings.csv``: seconds per case and phase (read,
 preprocess, forward, invert, post-process, write, record) of the latest run, see
 :mod:`medseg.inference.timings`; a log, not an output (not in the manifest, different on every run).
 
@@ -112,7 +116,7 @@ def write_probabilities(path: str | Path, probs: np.ndarray, *, affine: np.ndarr
     return Path(path)
 
 
-def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -> dict[str, Any]:
+def run_params(predictor, *, save_probabilities: bool, probability_dtype: str, outputs=None) -> dict[str, Any]:
     """Everything that determines the outputs (hashed into the manifest): weights and settings, not the device."""
     params = {"format": PREDICT_FORMAT, "model": predictor.identity(), "tta_axes": list(predictor.tta_axes),
               "overlap": predictor.overlap, "batch_size": predictor.batch_size, "blend": predictor.blend,
@@ -120,18 +124,23 @@ def run_params(predictor, *, save_probabilities: bool, probability_dtype: str) -
               "probability_dtype": probability_dtype if save_probabilities else None}
     if predictor.tta_axes and getattr(predictor, "tta_mode", "volume") != "volume":
         params["tta_mode"] = predictor.tta_mode   # only when not the default: earlier manifests stay valid
+    if outputs is not None and outputs.extra:
+        params["outputs"] = outputs.params()      # likewise
     return params
 
 
 def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, label_values: list[int],
-                     probability_dtype: str) -> list[Path]:
-    """Write one case's outputs (label map, optional probabilities) atomically; returns their paths."""
+                     probability_dtype: str, outputs=None) -> list[Path]:
+    """Write one case's outputs (label map, optional probabilities, ``outputs``' extras) atomically;
+    returns their paths."""
     from medseg.io import write_volume
 
     paths = [write_volume(pred.label, root / f"{cid}.nii.gz")]
     if save_probabilities and pred.probabilities is not None:
         paths.append(write_probabilities(root / f"{cid}_probabilities.npz", pred.probabilities,
                                          affine=pred.label.affine, labels=label_values, dtype=probability_dtype))
+    if outputs is not None:
+        paths += outputs.write(cid, pred, root)
     return paths
 
 
@@ -169,11 +178,12 @@ class _CaseSteps:
     :meth:`case_done` reports progress."""
 
     def __init__(self, predictor, clock, *, save_probabilities: bool, probability_dtype: str, bar=None,
-                 on_case: Callable[[str], None] | None = None):
+                 on_case: Callable[[str], None] | None = None, outputs=None):
         self.predictor, self.clock, self.save_probabilities = predictor, clock, save_probabilities
         self.bar, self.on_case = bar, on_case
         self.write = partial(write_prediction, save_probabilities=save_probabilities,
-                             label_values=sorted(predictor.labels), probability_dtype=probability_dtype)
+                             label_values=sorted(predictor.labels), probability_dtype=probability_dtype,
+                             outputs=outputs)
 
     def load(self, item: tuple[str, list[Path]]):
         """Read a case's channels; a failure is handed to :meth:`compute`, which raises it (so every
@@ -267,7 +277,7 @@ def _finish_timings(clock, out: Path, report) -> None:
 def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, save_probabilities: bool = False,
                    probability_dtype: str = "float16", progress: bool = False, prefetch: int = 2,
                    on_case: Callable[[str], None] | None = None, executor=None,
-                   predictor_factory: Callable[[], Any] | None = None):
+                   predictor_factory: Callable[[], Any] | None = None, outputs=None):
     """Predict every case of ``input_path`` into ``out_dir``; see the module doc. Returns a
     :class:`medseg.batch.BatchReport` whose ``timings`` (:class:`medseg.inference.timings.RunTimings`) say
     where the time went; they are also written to ``out_dir/timings.csv`` (local executor only).
@@ -278,6 +288,7 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     ``executor="ray"`` (or a :class:`medseg.executors.ExecutorSpec`) runs the cases on a Ray cluster:
     ``predictor_factory`` (picklable, e.g. ``functools.partial(build_predictor, ...)``) loads the
     model once per actor; ``predictor`` here gives the run's parameters (manifest hash).
+    ``outputs``: a :class:`medseg.inference.outputs.CaseOutputs` (extra formats, statistics, preview).
     """
     from medseg.batch import run_batch
     from medseg.executors import as_spec
@@ -286,10 +297,11 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     clock = RunClock()
     out = Path(out_dir)
     cases = find_cases(input_path, channels=predictor.channels)
-    params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype)
+    params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
+                        outputs=outputs)
     bar = _progress_bar(cases, out, params) if progress else None
     steps = _CaseSteps(predictor, clock, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
-                       bar=bar, on_case=on_case)
+                       bar=bar, on_case=on_case, outputs=outputs)
     spec = as_spec(executor)
     remote = None if spec.is_local else _remote_stages(predictor_factory, save_probabilities, steps.write)
     prov = predictor.provenance() if hasattr(predictor, "provenance") else None
@@ -306,6 +318,10 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
             report = run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=steps.compute,
                                write=steps.write, load=steps.load, params=params, prefetch=prefetch, executor=spec,
                                remote=remote, on_result=steps.case_done, record=record)
+        if outputs is not None and outputs.statistics:
+            from medseg.inference.outputs import write_cohort_statistics
+
+            write_cohort_statistics(out, [o.case_id for o in report.outcomes if o.status != "failed"])
         return report
     finally:
         if bar is not None:
@@ -317,22 +333,28 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
                 tta_axes=(), tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4,
                 save_probabilities: bool = False, probability_dtype: str = "float16", workers: int | None = None,
                 weights: str = "best", postprocess: bool = True, progress: bool = False, executor=None,
-                folds: list[int] | None = None):
+                folds: list[int] | None = None, output_formats=None, statistics: bool = False,
+                preview: bool = False):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
 
     ``workers``: CPU threads for torch and resampling (None: leave torch's setting alone).
     ``executor``: local (default) or ray (:mod:`medseg.executors`); on Ray the bundle is loaded here
     on the CPU (to check it and hash the run's parameters) and once more on each model actor.
+    ``output_formats`` (nifti, dicom-seg, seg-nrrd), ``statistics``, ``preview``: see
+    :mod:`medseg.inference.outputs`.
     """
     from medseg.executors import as_spec
+    from medseg.inference.outputs import CaseOutputs, parse_output_formats
 
     spec = as_spec(executor)
+    formats = parse_output_formats(output_formats)    # a bad format fails before the bundle is loaded
     factory = partial(build_predictor, model, device=device, weights=weights,
                       tta_axes=None if tta_axes is None else tuple(tta_axes),
                       tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
                       threads=workers, folds=folds)
     predictor = factory() if spec.is_local else factory(device="cpu")
+    outputs = CaseOutputs.for_predictor(predictor, formats=formats, statistics=statistics, preview=preview)
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
                           probability_dtype=probability_dtype, progress=progress, executor=spec,
-                          predictor_factory=factory)
+                          predictor_factory=factory, outputs=outputs if outputs.extra else None)

@@ -41,12 +41,14 @@ class Prediction:
     """``label``: uint8/uint16 label Volume on the input grid. ``probabilities``: (K, z, y, x) float32
     on the same grid, or None when not asked for. ``warnings``: messages about this case.
     ``timings``: seconds spent in ``preprocess``, ``forward``, ``invert`` and ``postprocess``
-    (see :mod:`medseg.inference.timings`)."""
+    (see :mod:`medseg.inference.timings`). ``source``: the input volume (first channel), for outputs
+    that need the image or its DICOM origin (:mod:`medseg.inference.outputs`)."""
 
     label: Volume
     probabilities: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    source: Volume | None = None
 
 
 def check_meta(meta: dict[str, Any], path: Any = None) -> None:
@@ -247,7 +249,7 @@ class Predictor:
                      meta={"path": path} if path else {})
         t4 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "forward": t2 - t1, "invert": t3 - t2, "postprocess": t4 - t3}
-        return Prediction(out, full if probabilities else None, warnings, timings)
+        return Prediction(out, full if probabilities else None, warnings, timings, source=chans[0])
 
     def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
         """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x)."""

@@ -32,10 +32,25 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"   # DICOM Segmentation Storage
+
+
+def _is_dicom_seg(path: Path) -> bool:
+    """True for a readable DICOM Segmentation object (e.g. medseg's own ``CASE_seg.dcm`` outputs)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:
+        return False          # unreadable: counted as a (damaged) slice, the reader names it
+    return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS
+
+
 def _is_dicom_folder(path: Path, *, probe: int = 8) -> bool:
-    """True when one of the first ``probe`` visible files of the folder is DICOM."""
+    """True when one of the first ``probe`` visible files of the folder is a DICOM image (a DICOM SEG
+    does not make a folder a series: an output folder of ``medseg predict --output-format dicom-seg``)."""
     files = sorted(c for c in path.iterdir() if c.is_file() and not c.name.startswith("."))
-    return any(_is_dicom_file(c) for c in files[:probe])
+    return any(_is_dicom_file(c) and not _is_dicom_seg(c) for c in files[:probe])
 
 
 def _format(path: Path) -> str:
@@ -53,7 +68,8 @@ def _format(path: Path) -> str:
 
 def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | None = None,
                 kind: Literal["image", "label"] | None = None, allow_2d: bool = False) -> Volume:
-    """Read a NIfTI file, an ITK file (NRRD/MHA/MHD) or a DICOM series folder into a Volume.
+    """Read a NIfTI file, an ITK file (NRRD/MHA/MHD), a DICOM series folder or a DICOM SEG file
+    (:func:`medseg.io.dicom_seg.read_dicom_seg`: a label map on the grid its frames span) into a Volume.
 
     Parameters
     ----------
@@ -87,6 +103,10 @@ def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | N
         from medseg.io.itk import read_itk
 
         vol = read_itk(p, is_label=is_label)
+    elif fmt == "dicom" and p.is_file() and _is_dicom_seg(p):
+        from medseg.io.dicom_seg import read_dicom_seg
+
+        vol = read_dicom_seg(p)     # on the grid its frames span; read_dicom_seg(p, reference=...) for the series'
     elif fmt == "dicom":
         from medseg.io.dicom import read_dicom_series
 
@@ -122,9 +142,10 @@ def write_volume(vol: Volume, path: str | Path) -> Path:
 
 def list_cases(path: str | Path) -> list[Path]:
     """The volumes under ``path``: the file itself, or every volume file / DICOM folder in a folder
-    (sorted, non-recursive; hidden files, temporary files of atomic writes and the data files of
-    detached headers are ignored, and hidden volume files are named in a warning rather than skipped
-    without a word). A folder that itself holds DICOM files is one case."""
+    (sorted, non-recursive; hidden files, temporary files of atomic writes, the data files of
+    detached headers and 3D Slicer ``.seg.nrrd`` segmentations (outputs, not images) are ignored;
+    hidden volume files are named in a warning rather than skipped without a word). A folder that
+    itself holds DICOM image files is one case (DICOM SEG files do not count)."""
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=p, code="missing")
@@ -142,7 +163,7 @@ def list_cases(path: str | Path) -> list[Path]:
             continue
         if c.name.lower().endswith(VOLUME_EXT) and not c.is_dir() and not c.is_file():
             out.append(c)  # a FIFO, socket or device: read_volume reports it as this case's error
-        elif c.is_file() and c.name.lower().endswith(VOLUME_EXT):
+        elif c.is_file() and c.name.lower().endswith(VOLUME_EXT) and not c.name.lower().endswith(".seg.nrrd"):
             out.append(c)
         elif c.is_dir() and _is_dicom_folder(c):
             out.append(c)

@@ -85,6 +85,9 @@ def _scan(folder: Path) -> list[_Slice]:
         ds = _read_header(f)
         if ds is None:
             continue  # not DICOM
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.66.4":
+            log.debug("%s: a DICOM SEG, not a slice of the series: ignored", f.name)
+            continue
         if "Rows" not in ds or "Columns" not in ds:
             sop = ds.get("SOPClassUID")
             if sop is None or "Image Storage" in str(getattr(sop, "name", "")):
@@ -286,3 +289,17 @@ def read_dicom_series(folder: str | Path, *, is_label: bool = False, series_uid:
     meta = {"path": str(path), "format": "dicom", "series_uid": series[0].series_uid, "n_slices": len(series)}
     log.debug("%s: read DICOM series %s, %d slices", path, series[0].series_uid, len(series))
     return Volume(array, spacing, tuple(origin.tolist()), direction, is_label=is_label, meta=meta)
+
+
+def series_headers(folder: str | Path, *, series_uid: str | None = None) -> list[Any]:
+    """The headers (pydicom datasets, pixel data not read) of one series of ``folder``, in the slice
+    order of :func:`read_dicom_series`: header ``k`` is the source of array plane ``k``. Same checks
+    and errors as the reader."""
+    path = Path(folder)
+    if path.is_file():
+        path = path.parent
+    slices = _scan(path)
+    if not slices:
+        raise InputError("no DICOM image files in this folder", path=path, code="unreadable")
+    series, _, _ = _sort_and_check(path, _pick_series(path, slices, series_uid))
+    return [s.dataset for s in series]

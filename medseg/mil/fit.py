@@ -3,7 +3,8 @@
 
 The default configuration (:class:`MILTrainConfig`) is what a user gets on a new data set; it is
 the same for every benchmark in ``docs/benchmarks.md``. Optionally (``select_epochs``) the epoch count
-is chosen per training set by an inner CV on that set's bags (:mod:`medseg.mil.select`).
+is chosen per training set by an inner CV on that set's bags (:mod:`medseg.mil.select`), or
+(``select_grid``) the whole configuration from a small grid (:mod:`medseg.mil.grid`).
 Features are standardised with the
 mean and standard deviation of the *training* instances only; an ensemble of ``ensemble``
 networks with different seeds is averaged (probabilities).
@@ -34,9 +35,16 @@ from medseg.models.mil import StackedMIL, create_mil_head
 
 log = logging.getLogger("medseg.training.mil")
 
-__all__ = ["MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags", "stratified_folds",
-           "few_threads", "empty_ensemble", "save_mil", "load_mil", "attention_weights", "MILRun", "start_run",
-           "train_runs", "batch_step"]
+__all__ = ["GRID_KEYS", "DEFAULT_GRID", "MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags",
+           "stratified_folds", "few_threads", "empty_ensemble", "save_mil", "load_mil", "attention_weights", "MILRun",
+           "start_run", "train_runs", "batch_step"]
+
+
+# Model selection inside each training set (medseg.mil.grid): the keys a grid may vary, and the grid
+# `select_grid: default` stands for. Kept small: every point costs inner_folds networks per training set.
+GRID_KEYS = ("model", "embed_dim", "dropout", "weight_decay", "lr", "epochs")
+DEFAULT_GRID: dict[str, list[Any]] = {"model": ["attention_mil", "gated_attention_mil"],
+                                      "weight_decay": [1e-3, 1e-2], "epochs": [10, 20, 40]}
 
 
 @dataclass
@@ -55,6 +63,9 @@ class MILTrainConfig:
     # the default: fixed 40 beat the inner-CV choice on the development data sets, docs/benchmarks.md).
     select_epochs: list[int] = field(default_factory=list)
     inner_folds: int = 3  # folds of that inner CV (inside the training bags only)
+    # Grid of model selection by inner CV inside each training set, one-standard-error rule
+    # (medseg.mil.grid; {} = off, "default" = DEFAULT_GRID): key -> list of values (GRID_KEYS).
+    select_grid: dict[str, list[Any]] = field(default_factory=dict)
     batch_bags: int = 1
     ensemble: int = 1  # Ilse et al. train one network per fold; raise for a seed ensemble
     standardize: bool = True
@@ -64,7 +75,19 @@ class MILTrainConfig:
     def from_dict(cls, d: dict[str, Any] | None) -> MILTrainConfig:
         d = dict(d or {})
         check_keys(d, [f.name for f in fields(cls)], where="mil")
+        if d.get("select_grid") == "default":
+            d["select_grid"] = {k: list(v) for k, v in DEFAULT_GRID.items()}
         cfg = cls(**d)
+        grid = cfg.select_grid
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise ConfigError(f"mil: select_grid must map keys to non-empty lists, got {grid!r}")
+        if set(grid) - set(GRID_KEYS):
+            raise ConfigError(f"mil: select_grid keys {sorted(set(grid) - set(GRID_KEYS))} unknown "
+                              f"(known: {', '.join(GRID_KEYS)})")
+        if grid and cfg.select_epochs:
+            raise ConfigError("mil: select_grid and select_epochs exclude each other (put epochs in the grid)")
+        if grid and cfg.inner_folds < 2:
+            raise ConfigError("mil: inner_folds must be >= 2 when select_grid is set")
         if cfg.epochs < 1 or cfg.ensemble < 1 or cfg.batch_bags < 1:
             raise ConfigError("mil: epochs, ensemble and batch_bags must be >= 1")
         sel = cfg.select_epochs

@@ -68,7 +68,19 @@ def fit_mil_selected(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0,
                      device: torch.device | str = "cpu") -> tuple[MILEnsemble, dict[str, Any]]:
     """Train on ``bags``; with ``cfg.select_epochs`` the epoch count is first chosen by inner CV on
     these bags. Returns the ensemble and what was chosen (``{"epochs": e, "inner": scores}``).
-    Too few bags of a class for the inner folds: a warning, and ``cfg.epochs`` is used."""
+    Too few bags of a class for the inner folds: a warning, and ``cfg.epochs`` is used.
+    With ``cfg.select_grid`` the whole configuration is chosen (:func:`medseg.mil.grid.select_and_fit`)."""
+    if cfg.select_grid:
+        from medseg.mil.grid import select_and_fit
+
+        try:
+            return select_and_fit(bags, [np.arange(len(bags))], [seed], cfg, cfg.select_grid, device=device)[0]
+        except InputError as exc:
+            if exc.code != "too_few_bags":
+                raise
+            log.warning("%s; training the configured model for epochs=%d instead", exc.problem, cfg.epochs)
+            return fit_mil(bags, cfg, seed=seed, device=device), {"epochs": cfg.epochs,
+                                                                  "chosen": "skipped: too few bags"}
     if not cfg.select_epochs:
         return fit_mil(bags, cfg, seed=seed, device=device), {"epochs": cfg.epochs}
     try:

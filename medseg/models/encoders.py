@@ -1,8 +1,15 @@
-"""Tile encoders for whole-slide features: ResNet-style CNNs (plain torch, or MONAI's ResNet).
+"""Tile encoders for whole-slide features: ResNet-style CNNs (plain torch, or MONAI's ResNet), the
+ResNet-50 truncated after ``layer3`` of CLAM (:mod:`.resnet50`) and ViT-S/16, ViT-B/16
+(:mod:`.vit`, the backbone of DINO-style pathology encoders).
 
 Every encoder maps tiles ``(B, 3, H, W)`` (already normalised floats) to features ``(B, C)``
 and exposes ``feature_dim``. Weights come from a user-given file (:func:`load_weights`,
-safetensors preferred, ``.pt`` read with ``weights_only=True``) or from BCL fine-tuning.
+safetensors preferred, ``.pt``/``.pth`` read with ``weights_only=True``) or from BCL fine-tuning.
+Checkpoints in the published layouts load as users have them (:func:`load_checkpoint`): a
+``state_dict`` / ``model`` container is unwrapped, a ``module.`` / ``model.`` / ``backbone.``
+prefix on every key stripped, keys of the full network that the encoder leaves out (its
+``checkpoint_ignore``, e.g. ResNet-50's ``layer4.*`` and ``fc.*``, a ViT's ``head.*``) skipped and
+reported; every parameter of the encoder must be in the file.
 
 >>> import torch
 >>> enc = create_encoder("tile_resnet_tiny")
@@ -20,10 +27,12 @@ import torch
 from torch import nn
 
 from medseg.errors import InputError
+from medseg.models.resnet50 import ResNet50Trunc
+from medseg.models.vit import VisionTransformer
 from medseg.registry import Registry
 
-__all__ = ["TileResNet", "create_encoder", "encoder_names", "load_weights", "save_weights", "ENCODER_NAMES",
-           "TILE_ENCODERS"]
+__all__ = ["TileResNet", "create_encoder", "encoder_names", "load_weights", "load_checkpoint", "read_state_dict",
+           "save_weights", "encoder_info", "ENCODER_NAMES", "TILE_ENCODERS"]
 
 # Tile encoders: tiles (B, 3, H, W) -> features (B, feature_dim); built by name with create_encoder.
 TILE_ENCODERS = Registry("tile encoder")
@@ -130,6 +139,24 @@ def monai_resnet50(**kw: Any) -> nn.Module:
     return _MonaiResNet(50, **kw)
 
 
+@TILE_ENCODERS.register("resnet50_trunc")
+def resnet50_trunc(**kw: Any) -> nn.Module:
+    """ResNet-50 up to ``layer3`` (1024 features; CLAM's default; torchvision parameter names)."""
+    return ResNet50Trunc(**kw)
+
+
+@TILE_ENCODERS.register("vit_small_patch16")
+def vit_small_patch16(**kw: Any) -> nn.Module:
+    """ViT-S/16: 384 features, the CLS token (timm ``vit_small_patch16_224`` parameter names)."""
+    return VisionTransformer(embed_dim=384, depth=12, heads=6, **kw)
+
+
+@TILE_ENCODERS.register("vit_base_patch16")
+def vit_base_patch16(**kw: Any) -> nn.Module:
+    """ViT-B/16: 768 features, the CLS token (timm ``vit_base_patch16_224`` parameter names)."""
+    return VisionTransformer(embed_dim=768, depth=12, heads=12, **kw)
+
+
 ENCODER_NAMES = tuple(TILE_ENCODERS.names())  # the built-in encoders
 
 
@@ -137,8 +164,15 @@ def encoder_names() -> list[str]:
     return TILE_ENCODERS.names()
 
 
+def encoder_info(model: nn.Module) -> dict[str, Any]:
+    """What an encoder expects: ``feature_dim``, and ``input_size`` (px) and ``mpp`` (um/px) of the
+    tiles it was trained on where it declares them (None otherwise)."""
+    return {"feature_dim": int(getattr(model, "feature_dim", 0)), "input_size": getattr(model, "input_size", None),
+            "mpp": getattr(model, "mpp", None)}
+
+
 def create_encoder(name: str, *, weights: str | Path | None = None, **kw: Any) -> nn.Module:
-    """Build a registered encoder, optionally loading ``weights`` (safetensors or .pt state dict)."""
+    """Build a registered encoder, optionally loading ``weights`` (safetensors or .pt/.pth state dict)."""
     if name not in TILE_ENCODERS:
         raise InputError(f"unknown tile encoder '{name}' (known: {', '.join(encoder_names())})", code="bad_encoder")
     enc = TILE_ENCODERS.create(name, **kw)
@@ -147,8 +181,13 @@ def create_encoder(name: str, *, weights: str | Path | None = None, **kw: Any) -
     return enc
 
 
-def load_weights(model: nn.Module, path: str | Path, *, prefix: str = "") -> nn.Module:
-    """Load a state dict from ``path`` into ``model`` (strict); ``prefix`` selects a sub-dict."""
+_CONTAINERS = ("state_dict", "model", "model_state_dict", "teacher")
+_PREFIXES = ("module.", "model.", "backbone.")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: safetensors, or a torch pickle read with ``weights_only=True``
+    (a ``state_dict`` / ``model`` / ``teacher`` container unwrapped)."""
     p = Path(path)
     if not p.is_file():
         raise InputError("no such weights file", path=p, code="missing")
@@ -156,20 +195,69 @@ def load_weights(model: nn.Module, path: str | Path, *, prefix: str = "") -> nn.
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            sd = load_file(str(p))
+            sd: Any = load_file(str(p))
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
-            sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     except Exception as exc:  # corrupt files raise many types
         from medseg.errors import unpickle_reason
 
         raise InputError(f"cannot read weights ({unpickle_reason(exc)})", path=p, code="bad_weights") from None
+    while isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        inner = next((sd[k] for k in _CONTAINERS if isinstance(sd.get(k), dict)), None)
+        if inner is None:
+            break
+        sd = inner
+    if not isinstance(sd, dict) or not sd:
+        raise InputError("cannot read weights: no state dict (name -> tensor) in the file", path=p, code="bad_weights")
+    return {str(k): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor], own: list[str]) -> dict[str, torch.Tensor]:
+    changed = True
+    while changed:
+        changed = False
+        for pre in _PREFIXES:
+            if sd and all(k.startswith(pre) for k in sd) and not all(k.startswith(pre) for k in own):
+                sd = {k[len(pre):]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, prefix: str = "") -> dict[str, Any]:
+    """Load a checkpoint in a published layout into ``model``; every parameter and buffer of the
+    model must be in the file with its shape (``num_batches_tracked``, absent from older
+    torchvision files, excepted), keys under the model's ``checkpoint_ignore`` prefixes are skipped,
+    any other key left over is an error. Returns ``{"loaded": n, "ignored": [...]}``."""
+    sd = read_state_dict(path)
     if prefix:
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"weights do not fit this encoder: {str(exc)[:300]}", path=p, code="bad_weights") from None
+    own = model.state_dict()
+    sd = _strip_prefixes(sd, list(own))
+    skip = tuple(getattr(model, "checkpoint_ignore", ()))
+    ignored = sorted(k for k in sd if skip and k.startswith(skip))
+    sd = {k: v for k, v in sd.items() if k not in set(ignored)}
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    extra = [k for k in sd if k not in own]
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})" for k in own
+             if k in sd and sd[k].shape != own[k].shape]
+    if missing or extra or wrong:
+        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                 f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else "",
+                 f"wrong shapes: {'; '.join(wrong[:3])}" if wrong else ""]
+        raise InputError(f"weights do not fit this encoder: {', '.join(x for x in parts if x)}", path=path,
+                         code="bad_weights")
+    model.load_state_dict(sd, strict=False)
+    return {"loaded": len(sd), "ignored": ignored}
+
+
+def load_weights(model: nn.Module, path: str | Path, *, prefix: str = "") -> nn.Module:
+    """:func:`load_checkpoint`, returning the model; skipped keys are logged."""
+    import logging
+
+    rep = load_checkpoint(model, path, prefix=prefix)
+    if rep["ignored"]:
+        logging.getLogger("medseg.models").info("%s: %d keys not part of the encoder skipped (%s ...)",
+                                                Path(path).name, len(rep["ignored"]), rep["ignored"][0])
     return model
 
 

@@ -253,31 +253,37 @@ class StackedMIL(nn.Module):
                     getattr(mm, n).bias.copy_(b[e, 0])
         return members
 
-    def _linear(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Each member's linear layer on its own rows: ``(E, N, D) -> (E, N, H)``."""
+    def _linear(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
+                members: torch.Tensor | None = None) -> torch.Tensor:
+        """Each member's linear layer on its own rows: ``(E, N, D) -> (E, N, H)`` (``members``: only
+        those members, in that order, one row block each)."""
+        if members is not None:
+            w, b = w[members], b[members]
         return torch.baddbmm(b, h, w)
 
-    def _embed(self, h: torch.Tensor) -> torch.Tensor:
+    def _embed(self, h: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """Each member's embedding layers on its own copy of the instances: ``(E, N, D) -> (E, N, H)``."""
         for j in range(0, len(self.embed), 2):
-            h = torch.relu(self._linear(self.embed[j], self.embed[j + 1], h))
+            h = torch.relu(self._linear(self.embed[j], self.embed[j + 1], h, members))
             if self.dropout > 0:
                 h = nn.functional.dropout(h, self.dropout, self.training)
         return h
 
-    def _pool(self, h: torch.Tensor, **layout) -> torch.Tensor:
+    def _pool(self, h: torch.Tensor, members: torch.Tensor | None = None, **layout) -> torch.Tensor:
         """Bag embeddings of the embedded instances ``h`` (layouts of :func:`pool_bags`)."""
         if self.kind not in ("attention", "gated"):
             return pool_bags(h, self.kind, **layout)
-        lin = {name: (lambda a, name=name: self._linear(*self.parts[name], a)) for name in self.parts}
+        lin = {name: (lambda a, name=name: self._linear(*self.parts[name], a, members)) for name in self.parts}
         scores = attention_scores(h, lin["attn_v"], lin["attn_w"], lin.get("attn_u"))
         return pool_bags(h, "attention", scores=scores, **layout)
 
-    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """One bag per member: ``x`` ``(E, N, D)`` padded instances, ``mask`` ``(E, N)`` True on real
-        ones; returns logits ``(E,)`` (member e sees only its own bag)."""
-        z = self._pool(self._embed(x), mask=mask)
-        return self._linear(*self.parts["head"], z.unsqueeze(1)).reshape(-1)
+        ones; returns logits ``(E,)`` (member e sees only its own bag). With ``members`` (indices
+        ``(M,)``) only those members run, on ``x`` ``(M, N, D)``: groups of members whose bags are
+        short need not be padded to the longest bag of the step."""
+        z = self._pool(self._embed(x, members), members, mask=mask)
+        return self._linear(*self.parts["head"], z.unsqueeze(1), members).reshape(-1)
 
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                 n_bags: int | None = None) -> torch.Tensor:

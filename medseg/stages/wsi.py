@@ -176,8 +176,8 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
         except InputError as exc:
             cv_note = {"skipped": exc.problem}
             log.warning("cross-validation skipped: %s", exc.problem)
-    ens, chosen = fit_mil_selected(bags, cfg, seed=seed)  # epochs by inner CV when select_epochs is set
-    st.labels, st.classes, st.mil_cfg, st.ens, st.note = dict(zip(ids, ys)), classes, cfg, ens, note
+    ens, chosen = fit_mil_selected(bags, cfg, seed=seed)  # chosen by inner CV when select_grid/select_epochs set
+    st.labels, st.classes, st.mil_cfg, st.ens, st.note = dict(zip(ids, ys)), classes, ens.config, ens, note
     save_bundle(ctx.out("model"), tiling=st.tiling, spec=st.spec, ens=ens, classes=classes,
                 extra={"trained_on": ids, "stage": "wsi_mil", **({"note": note} if note else {})})
     train_prob = predict_bags(ens, bags)

@@ -3,7 +3,10 @@
 ``extract_slide_features`` encodes the tiles of one slide (coordinates from ``tiles.h5``);
 ``extract_features_batch`` does it for every slide of a tiling folder, writing
 ``OUT/<slide>/features.h5`` (``features (N, C)``, ``coords (N, 2)``, metadata) atomically. A slide
-whose features file exists with the same encoder, weights and tile grid is skipped (resumable).
+whose features file exists with the same encoder, weights and tile grid is skipped (resumable); one
+written by a different encoder (name, weights, random seed or normalisation) is refused, not
+overwritten. The metadata records the encoder, its fingerprint, the weights file's name or the seed
+of a random initialisation, and the input size, mpp and normalisation the encoder expects.
 """
 
 from __future__ import annotations
@@ -83,23 +86,47 @@ class TileDataset(torch.utils.data.Dataset):
 
 @dataclass
 class EncoderSpec:
+    """A tile encoder by registry name, with its weights file or, for random weights, the ``seed``
+    that initialises it (both None: torch's current random state, for tests)."""
+
     name: str = "tile_resnet18"
     weights: str | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    seed: int | None = None
 
     def fingerprint(self) -> str:
-        """Identifies encoder + weights content, for resuming."""
+        """Identifies encoder + weights content (or random seed) + normalisation, for resuming."""
         h = hashlib.sha256(self.name.encode())
         if self.weights:
             h.update(Path(self.weights).read_bytes())
+        elif self.seed is not None:
+            h.update(f"random-seed:{self.seed}".encode())
         h.update(json.dumps([list(self.mean), list(self.std)]).encode())
         return h.hexdigest()[:16]
 
     def build(self, device: torch.device) -> torch.nn.Module:
         from medseg.models.encoders import create_encoder
 
+        if self.weights is None and self.seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                return create_encoder(self.name).to(device).eval()
         return create_encoder(self.name, weights=self.weights).to(device).eval()
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata of the features: encoder, weights file name or random seed, what it expects."""
+        from medseg.models.encoders import TILE_ENCODERS, encoder_info
+
+        try:
+            with torch.device("meta"):
+                info = encoder_info(TILE_ENCODERS.create(self.name))
+        except Exception:  # an encoder that cannot be built on the meta device: sizes unknown
+            info = {"feature_dim": None, "input_size": None, "mpp": None}
+        return {"encoder": self.name, "encoder_weights": Path(self.weights).name if self.weights else None,
+                "encoder_random_seed": self.seed if self.weights is None else None,
+                "encoder_input_size": info["input_size"], "encoder_mpp": info["mpp"],
+                "normalisation": {"scale": "1/255", "mean": list(self.mean), "std": list(self.std)}}
 
 
 def normalise(batch_u8: torch.Tensor, mean, std) -> torch.Tensor:
@@ -174,7 +201,11 @@ def plan_slide(name: str, *, tile_root: Path, out_root: Path, fp: str) -> dict[s
                 if old.get("encoder_fingerprint") == fp and old.get("grid_fingerprint") == grid_fp:
                     return {"row": {"slide": name, "status": "skipped", "n_tiles": len(grid)}}
             except InputError:
-                pass
+                old = {}
+            if old.get("encoder_fingerprint") not in (None, fp):
+                raise InputError(f"features were written by another encoder ({old.get('encoder')}, fingerprint "
+                                 f"{old.get('encoder_fingerprint')}, this run {fp}); not mixing encoders in one "
+                                 "folder: use another output folder or remove it", path=out, code="encoder_mismatch")
         if meta.get("status") == "no_tissue" or len(grid) == 0:
             return {"row": {"slide": name, "status": "no_tissue", "n_tiles": 0}}
         return {"job": {"slide": name, "grid": grid, "meta": meta, "grid_fp": grid_fp}}
@@ -204,7 +235,7 @@ def save_slide(encoded: dict[str, Any], out_root: Path, *, spec: EncoderSpec, fp
     job, feats = encoded["job"], encoded["features"]
     grid, name = job["grid"], job["slide"]
     try:
-        fmeta = {**job["meta"], **grid.meta(), "encoder": spec.name, "encoder_fingerprint": fp,
+        fmeta = {**job["meta"], **grid.meta(), **spec.describe(), "encoder_fingerprint": fp,
                  "grid_fingerprint": job["grid_fp"], "feature_dim": int(feats.shape[1])}
         save_features(safe_join(out_root, name, "features.h5"), feats, grid.coords, fmeta)
     except MedsegError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -66,3 +68,57 @@ def test_cv_side_by_side_equals_one_by_one(rng, model):
         for k in ("auc", "accuracy", "f1"):
             assert a[k] == pytest.approx(b[k], nan_ok=True)
     assert par["pooled_auc_per_repeat"] == pytest.approx(seq["pooled_auc_per_repeat"])
+
+
+def _bags(rng, n=23, d=4):
+    feats, labels = [], []
+    for b in range(n):
+        x = rng.normal(size=(int(rng.integers(1, 7)), d))
+        if b % 2:
+            x[0, 0] += 3.0
+        feats.append(x.astype(np.float32)); labels.append(b % 2)
+    return Bags(feats, np.array(labels), [str(i) for i in range(n)])
+
+
+@pytest.mark.parametrize("model", ["attention_mil", "gated_attention_mil"])
+def test_batched_jobs_give_the_weights_of_separate_fits(rng, model):
+    """Jobs of different training sets (18-20 bags: masked steps), seeds, learning rates, weight decays
+    and epoch counts trained as one stack end with the weights of fit_mil on each alone (dropout 0;
+    tolerance 1e-4 absolute: float32 summation order in the batched products)."""
+    from medseg.mil.fit import fit_mil, predict_bags
+    from medseg.mil.folds import Job, fit_jobs, predict_jobs
+
+    bags = _bags(rng)
+    base = MILTrainConfig(model=model, dropout=0.0, embed_dim=8, attn_dim=6, epochs=3)
+    jobs = [Job(np.arange(0, 20), 1, base, (2, 3)), Job(np.arange(3, 21), 2, replace(base, lr=2e-3)),
+            Job(np.arange(4, 23), 3, replace(base, weight_decay=0.1, epochs=2)),
+            Job(np.arange(0, 19), 4, replace(base, ensemble=1, epochs=4))]
+    got = fit_jobs(bags, jobs)
+    for j, snaps in zip(jobs, got):
+        assert sorted(snaps) == list(j.epochs())
+        for ep, ens in snaps.items():
+            ref = fit_mil(bags.subset(j.train), replace(j.cfg, epochs=ep), seed=j.seed)
+            for a, b in zip(ens.models, ref.models):
+                for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+                    assert ka == kb
+                    torch.testing.assert_close(va, vb, rtol=0, atol=1e-4)
+            np.testing.assert_allclose(ens.history, ref.history, rtol=1e-4)
+    tests = [np.arange(20, 23), np.array([0, 1, 2, 21]), np.arange(0, 4), np.array([22])]
+    ens = [snaps[max(snaps)] for snaps in got]
+    for p, e, t in zip(predict_jobs(bags, ens, tests), ens, tests):
+        np.testing.assert_allclose(p, predict_bags(e, bags.subset(t)), rtol=1e-5, atol=1e-6)
+
+
+def test_length_groups_partition_and_cut():
+    from medseg.mil.folds import length_groups
+
+    # sorted lengths 2 3 4 4 5 5 6 7 | 900 1000: padding all to 1000 costs 10,000; cut after the 8 short
+    # ones: 8 x 7 + 2 x 1000 = 2,056 (< 0.7 x 10,000); the short part is not cut again (gain too small)
+    lens = np.array([3, 1000, 5, 4, 900, 2, 6, 7, 5, 4])
+    groups = length_groups(lens)
+    assert [sorted(lens[g].tolist()) for g in groups] == [[2, 3, 4, 4, 5, 5, 6, 7], [900, 1000]]
+    assert sorted(np.concatenate(groups).tolist()) == list(range(10))
+    # equal lengths, or no gain: one group in member order
+    for lens in (np.array([5, 5, 5]), np.array([4, 5, 6])):
+        (g,) = length_groups(lens)
+        assert g.tolist() == list(range(len(lens)))

@@ -248,3 +248,44 @@ def test_patient_identifiers_appear_nowhere(tmp_path, capsys, caplog):
     for p in outputs:
         assert _leaks(p.read_bytes().decode("utf-8", "replace")) == [], p.name
         assert _leaks(p.name) == []
+
+
+def test_only_the_dicom_seg_carries_patient_identifiers(tmp_path, capsys, caplog):
+    """medseg predict with every output on an identified series: the DICOM SEG carries the patient and
+    study (the standard needs them); logs, file names, NIfTI, seg.nrrd, statistics, preview, manifest
+    and timings never do - neither for the good case nor for a broken series."""
+    import gzip
+
+    from tests.inference.helpers import make_bundle
+
+    src = shared_path("dicom", "udacity_study3_HCropVolume")
+    cohort = tmp_path / "in"
+    cohort.mkdir()
+    _identified_series(src, cohort / "case_a")
+    _identified_series(src, cohort / "case_b", drop="20.dcm")
+    bundle = make_bundle(tmp_path / "hippocampus_unet", patch=(16, 16, 16),
+                         extra={"labels": {0: "background", 1: "anterior", 2: "posterior"}})
+    out = tmp_path / "out"
+    caplog.set_level(logging.DEBUG)
+    assert main(["-vv", "predict", "--model", str(bundle), "--input", str(cohort), "--output", str(out),
+                 "--device", "cpu", "--no-progress", "--output-format", "dicom-seg,seg-nrrd", "--statistics",
+                 "--preview"]) == 1
+    captured = capsys.readouterr()
+    assert "case_b" in captured.out and "missing_slice" in captured.out
+    assert _leaks(captured.out + captured.err) == [] and _leaks(caplog.text) == []
+    names = {p.name for p in out.iterdir()}
+    assert {"case_a.nii.gz", "case_a.seg.nrrd", "case_a_statistics.json", "case_a_preview.png", "case_a_seg.dcm",
+            "statistics.csv",
+            "manifest.json", "timings.csv"} <= names
+    for p in out.iterdir():
+        assert _leaks(p.name) == []
+        raw = p.read_bytes()
+        if p.name.endswith(".gz"):
+            raw = gzip.decompress(raw)       # the NIfTI header (descrip, aux_file, intent name)
+        text = raw.decode("latin-1")
+        if p.name == "case_a_seg.dcm":
+            assert MARK_NAME in text and MARK_ID in text       # the SEG is attached to the patient's study
+            seg = pydicom.dcmread(p)
+            assert str(seg.PatientID) == MARK_ID
+        else:
+            assert _leaks(text) == [], p.name

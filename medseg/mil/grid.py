@@ -1,0 +1,121 @@
+"""Model selection inside each training set: a small fixed grid of MIL hyper-parameters scored by
+an inner cross-validation on the training bags only, the one-standard-error rule choosing.
+
+For every training set (an outer CV fold's training bags, or all labelled slides), its bags are
+split into ``cfg.inner_folds`` stratified folds; every grid point is trained on each inner
+training part (snapshots at each ``epochs`` value of the grid) and predicts the inner held-out
+part, so every training bag gets one out-of-fold probability per candidate. A candidate's score
+is its out-of-fold error rate ``err`` with standard error ``sqrt(err (1 - err) / n)``; among the
+candidates whose error is at most the best error plus the best candidate's standard error, the
+simplest is chosen (:func:`complexity`: fewer hidden units, attention before gated attention,
+fewer epochs, smaller learning rate, larger weight decay, more dropout). The chosen configuration
+is then trained on all the training bags. All inner networks of all training sets, and then all
+refits, train side by side (:func:`medseg.mil.folds.fit_jobs`). Test bags are never passed in.
+
+>>> pick_one_se({("a",): (0.10, 0.03), ("b",): (0.12, 0.02), ("c",): (0.14, 0.02)},
+...             key=lambda c: c[0] == "a")
+('b',)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.errors import ConfigError, InputError
+from medseg.mil.bags import Bags
+from medseg.mil.fit import DEFAULT_GRID, GRID_KEYS, MILEnsemble, MILTrainConfig, stratified_folds
+from medseg.mil.folds import Job, fit_jobs, predict_jobs
+
+__all__ = ["DEFAULT_GRID", "GRID_KEYS", "grid_points", "complexity", "pick_one_se", "select_and_fit"]
+
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The Cartesian product of the grid's values (``epochs`` left out: snapshots of one run)."""
+    bad = sorted(set(grid) - set(GRID_KEYS))
+    if bad:
+        raise ConfigError(f"mil: select_grid keys {bad} unknown (known: {', '.join(GRID_KEYS)})")
+    if any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError("mil: every select_grid entry must be a non-empty list")
+    keys = [k for k in GRID_KEYS if k in grid and k != "epochs"]
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def complexity(cfg: MILTrainConfig) -> tuple:
+    """Sort key, simpler first: hidden units, gated after plain attention, epochs, learning rate,
+    then larger weight decay and dropout first."""
+    return (cfg.embed_dim, "gated" in cfg.model, cfg.epochs, cfg.lr, -cfg.weight_decay, -cfg.dropout)
+
+
+def pick_one_se(scores: Mapping[Any, tuple[float, float]], key: Callable[[Any], Any]) -> Any:
+    """``scores``: candidate -> (error, standard error). The simplest (smallest ``key``) candidate
+    whose error is within one standard error of the lowest error (ties of the lowest: simpler)."""
+    if not scores:
+        raise ConfigError("mil: no candidates to choose from")
+    best = min(scores, key=lambda c: (scores[c][0], key(c)))
+    limit = scores[best][0] + scores[best][1] + 1e-12
+    return min((c for c in scores if scores[c][0] <= limit), key=key)
+
+
+def _inner_jobs(bags: Bags, train: np.ndarray, seed: int, cfgs: list[MILTrainConfig], k: int,
+                marks: tuple[int, ...]) -> tuple[list[Job], list[np.ndarray]]:
+    folds = stratified_folds(bags.labels[train], k, np.random.default_rng(seed + 104729))
+    jobs, tests = [], []
+    for c in cfgs:
+        for j, held in enumerate(folds):
+            jobs.append(Job(train[np.setdiff1d(np.arange(len(train)), held)], seed + 1009 * (j + 1), c, marks))
+            tests.append(train[held])
+    return jobs, tests
+
+
+def select_and_fit(bags: Bags, trains: list[np.ndarray], seeds: list[int], cfg: MILTrainConfig,
+                   grid: dict[str, list[Any]], *, device: torch.device | str = "cpu",
+                   progress: Callable[[int], None] | None = None) -> list[tuple[MILEnsemble, dict[str, Any]]]:
+    """For each training set ``trains[i]`` (indices into ``bags``) choose a configuration from
+    ``grid`` by inner CV on those bags only and train it on them with ``seeds[i]``. Returns per
+    training set the ensemble and ``{"chosen": {...}, "epochs": e, "inner_error": ..., "inner_se": ...}``."""
+    points = grid_points(grid)
+    marks = tuple(sorted(set(grid.get("epochs", [cfg.epochs]))))
+    cfgs = [replace(cfg, **p, epochs=marks[-1]) for p in points]
+    k = cfg.inner_folds
+    for tr in trains:
+        lab = bags.labels[tr]
+        if min((lab == 1).sum(), (lab == 0).sum()) < k:
+            raise InputError(f"mil: inner {k}-fold model selection needs {k} training bags of each class; "
+                             f"a training set has {int((lab == 1).sum())} positive, {int((lab == 0).sum())} "
+                             "negative; lower inner_folds or turn selection off", code="too_few_bags")
+    jobs: list[Job] = []
+    tests: list[np.ndarray] = []
+    for tr, sd in zip(trains, seeds):
+        new_jobs, new_tests = _inner_jobs(bags, np.asarray(tr), sd, cfgs, k, marks)
+        jobs += new_jobs
+        tests += new_tests
+    snaps = fit_jobs(bags, jobs, device=device, progress=progress)
+    flat = [(i, e) for i in range(len(jobs)) for e in marks]  # job-major: index i * len(marks) + marks.index(e)
+    probs = predict_jobs(bags, [snaps[i][e] for i, e in flat], [tests[i] for i, _ in flat], device=device)
+    per_set = len(cfgs) * k
+    refits: list[Job] = []
+    infos: list[dict[str, Any]] = []
+    for s, (tr, sd) in enumerate(zip(trains, seeds)):
+        scores: dict[tuple[int, int], tuple[float, float]] = {}
+        for c in range(len(cfgs)):
+            for e in marks:
+                wrong = []
+                for j in range(k):
+                    i = s * per_set + c * k + j
+                    p = probs[i * len(marks) + marks.index(e)]
+                    wrong.append((p >= cfg.threshold) != (bags.labels[tests[i]] == 1))
+                w = np.concatenate(wrong).astype(float)
+                scores[(c, e)] = (float(w.mean()), float(np.sqrt(w.mean() * (1 - w.mean()) / len(w))))
+        c, e = pick_one_se(scores, key=lambda ce: complexity(replace(cfgs[ce[0]], epochs=ce[1])))
+        refits.append(Job(np.asarray(tr), sd, replace(cfgs[c], epochs=e)))
+        infos.append({"chosen": {**points[c], "epochs": e}, "epochs": e, "inner_error": round(scores[(c, e)][0], 4),
+                      "inner_se": round(scores[(c, e)][1], 4)})
+    final = fit_jobs(bags, refits, device=device, progress=progress)
+    return [(f[j.cfg.epochs], info) for f, j, info in zip(final, refits, infos)]
