@@ -16,8 +16,8 @@ else (failed, missing, truncated, changed params) is done again. Outputs must be
 stale temporary files of a killed run are removed when the next run starts. With deterministic
 ``compute`` and ``write`` an interrupted and re-run batch gives byte-identical outputs, and the
 manifest holds no timestamps, so it is identical too. Two runs cannot write to one folder at
-the same time: an advisory lock (``out_dir/.medseg-batch.lock``, removed when the run ends)
-makes the second one fail with code ``busy``.
+the same time: the output folder's lock (:func:`medseg.fsutil.output_lock`, shared with every verb
+that writes a folder) makes the second one fail with code ``busy``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.executors import as_spec, error_of
+from medseg.fsutil import LOCK, output_lock
 from medseg.manifest import (
     FORMAT,
     MANIFEST,
@@ -52,7 +53,6 @@ __all__ = ["run_batch", "BatchReport", "CaseOutcome", "MANIFEST", "LOCK", "FORMA
 
 log = logging.getLogger(__name__)
 
-LOCK = ".medseg-batch.lock"
 # Names fsutil.atomic_path gives its temporary files: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
 _END = object()
@@ -63,6 +63,7 @@ class BatchReport:
     outcomes: list[CaseOutcome]
     manifest_path: Path
     timings: Any = None  # set by callers that time their cases (medseg.inference.cohort)
+    record: dict[str, Any] | None = None  # what the run recorded besides its cases (e.g. the bundle used)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -86,6 +87,7 @@ def run_batch(
     remote: Any = None,
     on_result: Callable[[str], None] | None = None,
     on_finished: Callable[[CaseOutcome], None] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> BatchReport:
     """Run ``load -> compute -> write`` over ``cases``, resuming from and recording in the manifest.
 
@@ -116,6 +118,9 @@ def run_batch(
     on_finished : callable, optional
         ``on_finished(outcome)``, called in the writer thread once a case's outcome is in the
         saved manifest (e.g. to time the recording); its exceptions are logged and ignored.
+    record : dict, optional
+        Top-level entries written into the manifest as they are, not hashed into ``params`` (e.g.
+        ``{"bundle": {"path", "sha256"}}``: where the model came from, which a moved copy changes).
 
     Returns
     -------
@@ -130,17 +135,20 @@ def run_batch(
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ConfigError(f"batch case ids must be unique; repeated: {dup[:5]}")
     phash = params_hash(params)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out)
-    try:
-        _remove_stale_tmp(out)
+    with output_lock(out):
         manifest = read_manifest(out)
+        _remove_stale_tmp(out, manifest)
+        reserved = {"format", "params_hash", "params", "cases"} & set(record or {})
+        if reserved:
+            raise ConfigError(f"batch record may not replace manifest keys {sorted(reserved)}", code="bad_params")
+        manifest.update(record or {})
         manifest.update(format=FORMAT, params_hash=phash, params=params)
         outcomes: dict[str, CaseOutcome] = {}
         todo = []
+        all_ids = set(ids)
         for cid, inp in zip(ids, (c[1] for c in cases)):
             entry = manifest["cases"].get(cid)
-            if is_complete(entry, out, phash):
+            if is_complete(entry, out, phash, case_id=cid, case_ids=all_ids):
                 outcomes[cid] = CaseOutcome(cid, "skipped", dict(entry["outputs"]))
             else:
                 todo.append((cid, inp))
@@ -161,9 +169,7 @@ def run_batch(
                       on_finished).run()
         else:
             save_manifest(out, manifest)
-    finally:
-        _unlock(lock)
-    return BatchReport([outcomes[i] for i in ids if i in outcomes], out / MANIFEST)
+    return BatchReport([outcomes[i] for i in ids if i in outcomes], out / MANIFEST, record=record)
 
 
 class _Pipeline:
@@ -276,35 +282,23 @@ class _Pipeline:
         self.recorder.record(cid, paths, error_of(exc) if exc is not None else None)
 
 
-def _remove_stale_tmp(out: Path) -> None:
+def _remove_stale_tmp(out: Path, manifest: dict) -> None:
+    """Remove temporary files an interrupted run left: at the top level of ``out`` (where medseg's
+    writers put their outputs) and beside the outputs the manifest records; nothing else, and never
+    a symlink or a folder."""
+    from medseg.fsutil import remove_stale_tmp
+
     n = 0
-    for dirpath, _dirs, files in os.walk(out):
-        for name in files:
-            if _TMP_NAME.match(name):
-                Path(dirpath, name).unlink(missing_ok=True)
-                n += 1
+    for entry in os.scandir(out):
+        if _TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            n += 1
+    root = out.resolve()
+    for cid_entry in manifest.get("cases", {}).values():
+        outputs = cid_entry.get("outputs") if isinstance(cid_entry, dict) else None
+        for rel in outputs if isinstance(outputs, dict) else ():
+            p = (out / str(rel)).resolve()
+            if p.parent != root and root in p.parents:
+                n += len(remove_stale_tmp(p))
     if n:
         log.info("batch: removed %d temporary file(s) left by an interrupted run in %s", n, out)
-
-
-def _lock(out: Path):
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent runs in one folder are the user's risk
-        return None
-    fh = open(out / LOCK, "a+")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise MedsegError(f"another medseg batch run is writing to {out}; wait for it or use another output "
-                          "folder", path=out, code="busy") from None
-    return fh
-
-
-def _unlock(fh) -> None:
-    if fh is not None:
-        # the file goes while the lock is still held (a run that opened it meanwhile fails with busy; one
-        # that comes later makes a new file), then closing releases the flock
-        Path(fh.name).unlink(missing_ok=True)
-        fh.close()

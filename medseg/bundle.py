@@ -14,6 +14,14 @@ Layout::
 Weights are safetensors: loading never executes pickled code. A wrong architecture or a damaged
 file raises :class:`~medseg.errors.InputError` naming the file and what does not match.
 
+A bundle is checked when it is loaded, before any case (code ``bad_bundle`` unless said otherwise):
+only the keys of :data:`KNOWN_KEYS` (a ``weights: ../../x`` entry is an error, not ignored);
+weight files are regular files inside the bundle folder (no symlink, nothing outside it: code
+``unsafe_path``); sizes are plausible (:data:`MAX_PATCH_VOXELS`, spacing within
+:data:`SPACING_RANGE_MM`, at most :data:`MAX_LABELS` labels and :data:`MAX_CHANNELS` channels, a
+network of at most :data:`MAX_PARAMS` parameters, counted on torch's ``meta`` device before
+anything is allocated; code ``implausible``). :func:`bundle_sha256` identifies exactly what was loaded.
+
 >>> model, meta = load_bundle("runs/hippocampus_unet")      # doctest: +SKIP
 >>> meta["labels"]                                           # doctest: +SKIP
 {0: 'background', 1: 'anterior', 2: 'posterior'}
@@ -32,6 +40,15 @@ from medseg.fsutil import atomic_path
 log = logging.getLogger("medseg.bundle")
 
 BUNDLE_FORMAT = "medseg-bundle/1"
+#: the top-level keys of bundle.yaml (anything else is refused: it would be ignored silently)
+KNOWN_KEYS = frozenset({"format", "model", "labels", "channels", "plan", "patch_size", "slice_axis", "spacing_mm",
+                        "folds", "data", "training", "inference", "postprocess", "crossval", "weights_storage",
+                        "shipped", "input_guard"})
+MAX_PATCH_VOXELS = 1 << 24          # 256^3: a larger sliding window is a damaged or hostile bundle
+SPACING_RANGE_MM = (1e-2, 1e2)      # target voxel spacing of the plan
+MAX_LABELS = 1000
+MAX_CHANNELS = 64
+MAX_PARAMS = 1 << 29                # 537 M parameters (2 GiB as float32)
 META_FILE = "bundle.yaml"
 WEIGHTS = {"best": "model.safetensors", "last": "last.safetensors"}
 #: how a weights file may store its floating-point tensors (``medseg export --weights-dtype``)
@@ -166,10 +183,20 @@ def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
     p = d / META_FILE
     if not p.is_file():
         raise InputError(f"not a model bundle: {META_FILE} is missing", path=d, code="not_a_bundle")
+    from medseg.errors import MedsegError
+
     try:
         meta = cfgmod.load_yaml(p)
+    except MedsegError as exc:
+        code = exc.code if exc.code in ("yaml_too_complex", "duplicate_key") else "corrupt"
+        raise InputError(f"cannot read the bundle description: {exc.problem}", path=p, code=code) from None
     except Exception as exc:
         raise InputError(f"cannot read the bundle description: {exc}", path=p, code="corrupt") from None
+    unknown = sorted(str(k) for k in set(meta) - KNOWN_KEYS)
+    if unknown:
+        raise InputError(f"unknown key(s) in bundle.yaml: {', '.join(unknown)} (known: "
+                         f"{', '.join(sorted(KNOWN_KEYS))}); a bundle is never partly understood", path=p,
+                         code="bad_bundle")
     if meta.get("format") != BUNDLE_FORMAT:
         raise InputError(f"unknown bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})", path=p,
                          code="bad_bundle")
@@ -178,17 +205,84 @@ def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
             model.get("kwargs", {}), dict):
         raise InputError("bundle.yaml lacks model.name / model.kwargs", path=p, code="bad_bundle")
     if isinstance(meta.get("labels"), dict):
-        meta["labels"] = {int(k): str(v) for k, v in meta["labels"].items()}
+        try:
+            meta["labels"] = {int(k): str(v) for k, v in meta["labels"].items()}
+        except (TypeError, ValueError):
+            raise InputError("bundle.yaml labels must map label numbers to names", path=p, code="bad_bundle") from None
+    check_plausible(meta, p)
     return meta
 
 
+def _ints(value: Any, n: tuple[int, ...]) -> list[int] | None:
+    if not isinstance(value, list) or len(value) not in n:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return None
+    return list(value)
+
+
+def check_plausible(meta: dict[str, Any], path: Path) -> None:
+    """Refuse sizes no real bundle has, before anything is allocated (code ``implausible``)."""
+    import math
+
+    def bad(msg: str) -> InputError:
+        return InputError(f"bundle.yaml: {msg}; the bundle is damaged or not trustworthy", path=path,
+                          code="implausible")
+
+    for where, patch in (("patch_size", meta.get("patch_size")),
+                         ("plan.patch_size", (meta.get("plan") or {}).get("patch_size")
+                          if isinstance(meta.get("plan"), dict) else None)):
+        if patch is None:
+            continue
+        vals = _ints(patch, (2, 3))
+        if vals is None or any(v < 1 for v in vals):
+            raise bad(f"{where} = {patch!r} must be 2 or 3 positive whole numbers")
+        if math.prod(vals) > MAX_PATCH_VOXELS:
+            raise bad(f"{where} = {vals} is {math.prod(vals):,} voxels per window (most {MAX_PATCH_VOXELS:,})")
+    lo, hi = SPACING_RANGE_MM
+    for where, sp in (("spacing_mm", meta.get("spacing_mm")),
+                      ("plan.spacing_mm", (meta.get("plan") or {}).get("spacing_mm")
+                       if isinstance(meta.get("plan"), dict) else None)):
+        if sp is None:
+            continue
+        ok = isinstance(sp, list) and len(sp) in (2, 3) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi for v in sp)
+        if not ok:
+            raise bad(f"{where} = {sp!r} must be 2 or 3 spacings between {lo} and {hi} mm")
+    labels = meta.get("labels")
+    if labels is not None and (not isinstance(labels, dict) or len(labels) > MAX_LABELS
+                               or any(k < 0 or k > 65535 for k in labels)):
+        raise bad(f"labels must map at most {MAX_LABELS} label numbers in 0..65535 to names")
+    ch = meta.get("channels", 1)
+    if not isinstance(ch, int) or isinstance(ch, bool) or not 1 <= ch <= MAX_CHANNELS:
+        raise bad(f"channels = {ch!r} must be a whole number in 1..{MAX_CHANNELS}")
+
+
 def build_model(meta: dict[str, Any]):
-    """Instantiate the architecture a bundle describes (random weights)."""
+    """Instantiate the architecture a bundle describes (random weights). The network is first built
+    on torch's ``meta`` device (no memory) and refused when it has more than :data:`MAX_PARAMS`
+    parameters (code ``implausible``): kwargs asking for 32,768 features never allocate."""
+    import torch
+
     from medseg.models import create_seg_model
 
     m = meta["model"]
+    kwargs = m.get("kwargs", {})
     try:
-        return create_seg_model(m["name"], **m.get("kwargs", {}))
+        with torch.device("meta"):
+            probe = create_seg_model(m["name"], **kwargs)
+        n = sum(p.numel() for p in probe.parameters())
+        del probe
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"model '{m['name']}' does not accept the bundle's kwargs: {exc}", code="bad_bundle") from None
+    except Exception as exc:  # noqa: BLE001 - a registered model may raise anything for hostile kwargs
+        raise InputError(f"model '{m['name']}' cannot be built from the bundle's kwargs ({exc.__class__.__name__}: "
+                         f"{exc})", code="bad_bundle") from None
+    if n > MAX_PARAMS:
+        raise InputError(f"model '{m['name']}' with the bundle's kwargs has {n:,} parameters (most {MAX_PARAMS:,}): "
+                         "the bundle is damaged or not trustworthy", code="implausible")
+    try:
+        return create_seg_model(m["name"], **kwargs)
     except TypeError as exc:
         raise InputError(f"model '{m['name']}' does not accept the bundle's kwargs: {exc}", code="bad_bundle") from None
 
@@ -232,6 +326,47 @@ def fold_weight_paths(bundle_dir: str | Path, meta: dict[str, Any], *, weights: 
     return [d / f"fold_{f}" / WEIGHTS[weights] for f in pick]
 
 
+def check_inside(bundle_dir: str | Path, path: str | Path) -> Path:
+    """``path`` if it is a regular file inside ``bundle_dir`` reached without symlinks; otherwise
+    InputError (``missing``, ``unsafe_path`` or ``not_a_file``). Weights linked from elsewhere would
+    make the bundle's description and its checksum say nothing about what is run."""
+    import os
+    import stat
+
+    d, p = Path(bundle_dir), Path(path)
+    root = d.resolve()
+    rel = p.relative_to(d)
+    cur = d
+    for part in rel.parts:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            raise InputError("weights file is missing", path=p, code="missing") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise InputError(f"{rel} is a symbolic link (to {os.readlink(cur)}); a bundle's weights must be regular "
+                             "files inside the bundle folder", path=cur, code="unsafe_path")
+    if root not in p.resolve().parents:
+        raise InputError("weights file lies outside the bundle folder", path=p, code="unsafe_path")
+    if not stat.S_ISREG(os.lstat(p).st_mode):
+        raise InputError("weights are not a regular file", path=p, code="not_a_file")
+    return p
+
+
+def bundle_sha256(bundle_dir: str | Path, weight_paths: list[Path], digests: list[str] | None = None) -> str:
+    """SHA-256 identifying a loaded bundle: of ``bundle.yaml`` and of every weight file used (their
+    paths inside the bundle and their own SHA-256, one line each)."""
+    import hashlib
+
+    from medseg.manifest import sha256_file
+
+    d = Path(bundle_dir)
+    digests = digests if digests is not None else [sha256_file(p) for p in weight_paths]
+    lines = [f"{META_FILE} {sha256_file(d / META_FILE)}"]
+    lines += [f"{Path(p).relative_to(d).as_posix()} {h}" for p, h in zip(weight_paths, digests)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def load_models(bundle_dir: str | Path, *, weights: str = "best", device: str | Any = "cpu",
                 folds: list[int] | None = None):
     """Load every model of a bundle -> ``(models in eval mode, meta, weight paths)``: one for a plain
@@ -242,6 +377,7 @@ def load_models(bundle_dir: str | Path, *, weights: str = "best", device: str | 
     models = []
     paths = fold_weight_paths(d, meta, weights=weights, folds=folds)
     for wpath in paths:
+        check_inside(d, wpath)
         if weights == "last" and not wpath.is_file() and meta.get("weights_storage"):
             raise InputError("this bundle was exported for shipping with its best weights only (no last-epoch "
                              "weights): use --weights best", path=wpath, code="missing")

@@ -1,6 +1,11 @@
 """YAML configuration: safe loading (duplicate keys rejected), ``--set`` overrides, saving.
 
-Values are only ever *parsed* as YAML scalars, never evaluated.
+Values are only ever *parsed* as YAML scalars, never evaluated. Every YAML medseg reads (configs,
+``bundle.yaml``, ``--set`` values) goes through :func:`loads`, which also refuses hostile
+structure before building anything: nesting deeper than :data:`MAX_DEPTH` levels (20,000 brackets
+would exhaust Python's stack) and documents whose aliases expand to more than :data:`MAX_NODES`
+values ("billion laughs": nine lines that expand to 10^9 items once a consumer walks them), or
+that refer to themselves; both with code ``yaml_too_complex``.
 
 >>> cfg = apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=[1, 2]", "name=x"])
 >>> cfg
@@ -18,11 +23,58 @@ from typing import Any
 
 import yaml
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, MedsegError
+
+MAX_DEPTH = 64          # nesting levels of mappings / sequences in one YAML document
+MAX_NODES = 200_000     # values of a document once every alias is expanded
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a mapping with the same key twice."""
+    """SafeLoader that refuses a mapping with the same key twice, and too deep or too large documents."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"YAML nested more than {MAX_DEPTH} levels deep (line {mark.line + 1})",
+                                  path=getattr(self, "name", None), code="yaml_too_complex")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set(), source=getattr(self, "name", None))
+        return self.construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int], *, source: str | None) -> int:
+    """Number of values ``node`` stands for with every alias expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ConfigError(f"YAML alias refers to itself (line {node.start_mark.line + 1}): a recursive structure",
+                          path=source, code="yaml_too_complex")
+    active.add(key)
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(c, memo, active, source=source) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, memo, active, source=source) + _expanded_size(v, memo, active, source=source)
+                 for k, v in node.value)
+    active.discard(key)
+    if n > MAX_NODES:
+        raise ConfigError(f"YAML document expands to more than {MAX_NODES:,} values once its aliases (*name) are "
+                          f"expanded (line {node.start_mark.line + 1}): refused as an alias bomb", path=source,
+                          code="yaml_too_complex")
+    memo[key] = n
+    return n
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -64,6 +116,12 @@ def loads(text: str, *, source: str | None = None) -> Any:
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Load a YAML mapping from ``path``."""
     p = Path(path)
+    from medseg.limits import require_regular_file
+
+    try:
+        require_regular_file(p, what="config file")  # a FIFO would block read_text forever
+    except MedsegError as exc:
+        raise ConfigError(exc.problem, path=p, code=exc.code) from None
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:

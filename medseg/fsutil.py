@@ -1,4 +1,4 @@
-"""File-system helpers: atomic writes, safe output paths, case ids from file names."""
+"""File-system helpers: atomic writes, safe output paths, output-folder locks, case names from file names."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import errno
 import glob
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,9 +46,45 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def sanitize_name(name: str, *, max_len: int = 120) -> str:
     """A file-name-safe token: letters, digits, '.', '_' and '-' only; never '.', '..', empty or
-    starting with '-' (which command-line tools would read as an option)."""
-    s = _SAFE.sub("_", name).strip("._").lstrip("-").strip("._") or "case"
-    return s[:max_len]
+    starting with '-' (which command-line tools would read as an option). Idempotent."""
+    s = _SAFE.sub("_", name).strip("._").lstrip("-").strip("._")[:max_len].rstrip("._") or "case"
+    return s
+
+
+def _suffix(raw: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+def unique_names(raw: list[str], *, max_len: int = 120) -> list[str]:
+    """:func:`sanitize_name` of each raw name, collision-free: names that sanitise to the same token
+    (``Müller`` / ``Mäller``, ``a b`` / ``a_b``; compared ignoring case, for case-insensitive file
+    systems) get a stable suffix from their raw name (``M_ller-1a2b3c``), except a name that was
+    already safe, which keeps itself. The suffix depends on the raw name alone, so every verb (and
+    every run) gives one raw name the same case name. Raw names that are equal stay equal (the
+    caller reports those as duplicates)."""
+    from collections import Counter
+
+    safe = [sanitize_name(r, max_len=max_len) for r in raw]
+    counts = Counter(s.lower() for _, s in set(zip(raw, safe)))  # distinct raw names per token
+    out = []
+    for r, s in zip(raw, safe):
+        if counts[s.lower()] > 1 and r != s:
+            s = f"{s[:max_len - 7].rstrip('._')}-{_suffix(r)}"
+        out.append(s)
+    return out
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case name of one input file: :func:`sanitize_name` of :func:`case_id`."""
+    return sanitize_name(case_id(path))
+
+
+def case_names(paths: list) -> list[str]:
+    """The case names of the files of one folder, as every verb (predict, evaluate, stages) names
+    them: :func:`unique_names` of their :func:`case_id`."""
+    return unique_names([case_id(p) for p in paths])
 
 
 def safe_join(root: str | os.PathLike, *parts: str) -> Path:
@@ -136,6 +173,108 @@ def _fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+#: the lock file of an output folder, shared by every verb that writes one (predict, evaluate, run...)
+LOCK = ".medseg-batch.lock"
+_LOCK_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def prepare_output_folder(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and check that medseg may write in it, with a one-line error
+    (code ``not_writable``, or ``not_a_folder`` for an existing file) instead of a traceback later."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise MedsegError("the output path is an existing file, not a folder; give a folder", path=p,
+                          code="not_a_folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedsegError(f"cannot create the output folder ({exc.strerror or exc})", path=p,
+                          code="not_writable") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise MedsegError("the output folder is not writable (read-only folder or file system?); give another "
+                          "folder or fix its permissions", path=p, code="not_writable")
+    return p
+
+
+@contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of the output folder ``out`` (created if needed) while the block runs.
+
+    The lock file ``out/.medseg-batch.lock`` is created with ``O_EXCL | O_NOFOLLOW`` (a symlink
+    planted there is refused, never followed out of the folder) and held with ``flock``; a second
+    run into the same folder fails at once with code ``busy``. A lock file left by a killed run
+    is taken over (nobody holds its ``flock``). The lock file is removed when the block ends.
+    """
+    p = prepare_output_folder(out)
+    lock = p / LOCK
+    fd = _acquire(lock, p)
+    try:
+        yield lock
+    finally:
+        try:
+            if _same_file(lock, fd):
+                lock.unlink()
+        except OSError:
+            pass
+        os.close(fd)  # releases the flock
+
+
+def _acquire(lock: Path, folder: Path) -> int:
+    try:
+        import fcntl
+    except ImportError:  # Windows: O_EXCL alone; a lock left by a killed run must be removed by hand
+        fcntl = None  # type: ignore[assignment]
+    for _ in range(20):
+        try:
+            fd = os.open(lock, _LOCK_FLAGS, 0o644)
+        except FileExistsError:
+            try:
+                fd = os.open(lock, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                continue  # removed meanwhile by the run that held it: try again
+            except OSError as exc:
+                if exc.errno == errno.ELOOP or lock.is_symlink():
+                    raise MedsegError(f"the lock file {LOCK} is a symbolic link (planted?); remove it", path=folder,
+                                      code="unsafe_path") from None
+                raise MedsegError(f"cannot open the lock file ({exc.strerror or exc})", path=folder,
+                                  code="not_writable") from None
+            if fcntl is None:
+                os.close(fd)
+                raise MedsegError(f"another medseg run is writing to this folder ({LOCK} exists)", path=folder,
+                                  code="busy") from None
+        except PermissionError as exc:
+            raise MedsegError(f"cannot create a file in the output folder ({exc.strerror}); give another folder",
+                              path=folder, code="not_writable") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise MedsegError(f"the lock file {LOCK} is a symbolic link (planted?); remove it", path=folder,
+                                  code="unsafe_path") from None
+            raise MedsegError(f"cannot create the lock file ({exc.strerror or exc})", path=folder,
+                              code="not_writable") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise MedsegError(f"the lock file {LOCK} is not a regular file; remove it", path=folder, code="unsafe_path")
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise MedsegError("another medseg run is writing to this folder; wait for it or use another output "
+                                  "folder", path=folder, code="busy") from None
+        if _same_file(lock, fd):
+            return fd
+        os.close(fd)  # the file was removed or replaced between open and flock: take the new one
+    raise MedsegError("cannot take the output folder's lock (it keeps changing)", path=folder, code="busy")
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        a, b = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:

@@ -67,21 +67,49 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     return data
 
 
-def is_complete(entry: dict | None, out_dir: Path, phash: str) -> bool:
-    """True if ``entry`` is done with params hash ``phash`` and all its outputs match their checksums."""
-    if not entry or entry.get("status") != "done" or entry.get("params_hash") != phash:
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def is_complete(entry: Any, out_dir: Path, phash: str, *, case_id: str | None = None,
+                case_ids: Any = ()) -> bool:
+    """True if ``entry`` is done with params hash ``phash`` and all its outputs match their checksums.
+
+    The manifest is a file anyone can edit, so an entry is trusted only when it is well formed
+    (a mapping; outputs a mapping of relative paths to SHA-256 hex digests), every output is a
+    regular file inside ``out_dir`` (no ``..``, no absolute path, no symlink out) and, given
+    ``case_id``, the output's file name is the case's own (``CASE.ext`` or ``CASE_suffix.ext``, not
+    the name of another case in ``case_ids``). Anything else means "redo the case", never a crash.
+    """
+    if not isinstance(entry, dict) or entry.get("status") != "done" or entry.get("params_hash") != phash:
         return False
     outputs = entry.get("outputs")
     if not isinstance(outputs, dict) or not outputs:
         return False
+    root = Path(out_dir).resolve()
+    others = set(case_ids) - {case_id}
     for rel, digest in outputs.items():
-        p = out_dir / rel
+        if not isinstance(rel, str) or not isinstance(digest, str) or len(digest) != 64 or set(digest) - _HEX64:
+            return False
+        rp = Path(rel)
+        if rp.is_absolute() or ".." in rp.parts or not rel or "\x00" in rel:
+            return False
+        if case_id is not None and not _own_name(rp.name, case_id, others):
+            return False
+        p = Path(out_dir) / rp
         try:
-            if not p.is_file() or sha256_file(p) != digest:
+            if p.is_symlink() or root not in p.resolve().parents or not p.is_file() or sha256_file(p) != digest:
                 return False
-        except OSError:
+        except (OSError, ValueError):
             return False
     return True
+
+
+def _own_name(name: str, case_id: str, others: set[str]) -> bool:
+    """``name`` is ``CASE.ext`` or ``CASE_xxx.ext`` of ``case_id`` and not a file of another case."""
+    if not name.startswith((case_id + ".", case_id + "_")):
+        return False
+    stem = name.split(".", 1)[0]
+    return stem == case_id or not any(stem == o or stem.startswith(o + ".") for o in others)
 
 
 def save_manifest(out: Path, manifest: dict) -> None:

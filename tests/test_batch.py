@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.batch import LOCK, MANIFEST, _lock, _unlock, params_hash, read_manifest, run_batch, sha256_file
+from medseg.batch import LOCK, MANIFEST, params_hash, read_manifest, run_batch, sha256_file
 from medseg.errors import ConfigError, InputError, MedsegError
-from medseg.fsutil import atomic_path
+from medseg.fsutil import atomic_path, output_lock
 
 
 def _compute(cid, seed):
@@ -112,15 +112,12 @@ def test_bad_arguments_and_busy_folder(tmp_path):
         run_batch([("a", 1), ("a", 2)], out_dir=tmp_path, compute=_compute, write=_write)
     with pytest.raises(ConfigError, match="JSON"):
         run_batch(_cases(1), out_dir=tmp_path, compute=_compute, write=_write, params={"x": object()})
-    held = _lock(tmp_path)
-    try:
-        with pytest.raises(MedsegError, match="another medseg batch run"):
+    with output_lock(tmp_path):
+        with pytest.raises(MedsegError, match="another medseg run") as ei:
             run_batch(_cases(1), out_dir=tmp_path, compute=_compute, write=_write)
-    finally:
-        _unlock(held)
-    assert not (tmp_path / LOCK).exists()          # no lock file left behind
-    run_batch(_cases(2), out_dir=tmp_path, compute=_compute, write=_write)
-    assert not (tmp_path / LOCK).exists()          # nor after a successful run
+        assert ei.value.code == "busy"
+        assert (tmp_path / LOCK).exists()
+    assert not (tmp_path / LOCK).exists()  # removed when the run that held it ends
 
 
 def test_stale_temporary_files_are_removed(tmp_path):

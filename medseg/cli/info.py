@@ -61,8 +61,8 @@ def describe(vol, *, force_label: bool = False) -> dict[str, Any]:
     if finite.size:
         p1, p99 = np.percentile(finite, [1, 99])
         info.update(min=float(finite.min()), max=float(finite.max()), p1=float(p1), p99=float(p99))
-    if vol.meta.get("series_description") is not None:
-        info["series_description"] = vol.meta["series_description"]
+    if vol.meta.get("series_uid") is not None:
+        info["series_uid"] = vol.meta["series_uid"]
         info["n_slices"] = vol.meta.get("n_slices")
     labels = looks_like_labels(a)
     if force_label or vol.is_label:
@@ -83,8 +83,8 @@ def format_text(info: dict[str, Any]) -> str:
     lines = [f"path:         {info['path']}"]
     if info.get("format"):
         lines.append(f"format:       {info['format']}")
-    if "series_description" in info:
-        lines.append(f"series:       {info['series_description']!r} ({info['n_slices']} slices)")
+    if "series_uid" in info:
+        lines.append(f"series:       {info['series_uid']} ({info['n_slices']} slices)")
     lines += [
         f"shape (z,y,x): {tuple(info['shape_zyx'])}",
         f"spacing (mm):  {_fmt(info['spacing_mm_zyx'], 6)}",

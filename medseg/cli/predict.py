@@ -120,6 +120,9 @@ def summary_table(report, *, timings: bool = False) -> str:
             err = o.error or {}
             msg = " ".join(str(err.get("message", "")).split())
             lines.append(f"  {o.case_id.ljust(w)}  {err.get('code', 'error')}: {msg}")
+    bundle = (getattr(report, "record", None) or {}).get("bundle")
+    if bundle:
+        lines.append(f"model:    {bundle['path']} (sha256 {bundle['sha256']})")
     lines.append(f"manifest: {report.manifest_path}")
     run_timings = getattr(report, "timings", None) if timings else None
     if run_timings is not None and run_timings.rows:

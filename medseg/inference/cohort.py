@@ -17,11 +17,13 @@ With ``outputs`` (:class:`medseg.inference.outputs.CaseOutputs`: ``--output-form
 ``--preview``) also ``CASE_statistics.json``, ``CASE_preview.png``, ``CASE.seg.nrrd``, ``CASE_seg.dcm``
 and the cohort's ``OUT/statistics.csv``, see :mod:`medseg.inference.outputs`.
 
-And ``OUT/timings.csv``: seconds per case and phase (read, preprocess, forward, invert,
-post-process, write, record) of the latest run, see :mod:`medseg.inference.timings`; a log, not
-an output (not in the manifest, different on every run).
+``OUT/manifest.json`` also records the model bundle used (``bundle: {path, sha256}``, see
+:func:`medseg.bundle.bundle_sha256`). And ``OUT/timings.csv``: seconds per case and phase (read,
+preprocess, forward, invert, post-process, write, record) of the latest run, see
+:mod:`medseg.inference.timings`; a log, not an output (not in the manifest, different on every run).
 
-Input cases: every volume file or DICOM series folder of the input folder (or the single file).
+Input cases: every volume file or DICOM series folder of the input folder (or the single file),
+named by :func:`medseg.fsutil.unique_names` (the names ``medseg evaluate`` gives the same files).
 Multi-channel models take nnU-Net-style names ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` ...;
 for one-channel models a ``_0000`` suffix present on every file is dropped from the case id.
 """
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.fsutil import atomic_path, case_id, sanitize_name
+from medseg.fsutil import atomic_path, case_id, unique_names
 
 log = logging.getLogger("medseg.inference")
 
@@ -65,7 +67,8 @@ def find_cases(input_path: str | Path, *, channels: int = 1) -> list[tuple[str, 
     matches = [_CHANNEL.match(i) for i in ids]
     if channels == 1:
         strip = all(m is not None and m["ch"] == "0000" for m in matches)
-        return [(sanitize_name(m["case"] if strip else i), [p]) for i, m, p in zip(ids, matches, paths)]  # type: ignore[index]
+        raw = [m["case"] if strip else i for i, m in zip(ids, matches)]  # type: ignore[index]
+        return [(name, [p]) for name, p in zip(unique_names(raw), paths)]
     if not all(matches):
         bad = [i for i, m in zip(ids, matches) if m is None][:3]
         raise InputError(f"the model takes {channels} channels: name the files CASE_0000 .. CASE_{channels - 1:04d} "
@@ -74,10 +77,11 @@ def find_cases(input_path: str | Path, *, channels: int = 1) -> list[tuple[str, 
     for m, p in zip(matches, paths):
         groups.setdefault(m["case"], {})[int(m["ch"])] = p  # type: ignore[index]
     out = []
-    for cid in sorted(groups):
+    raw = sorted(groups)
+    for cid, name in zip(raw, unique_names(raw)):
         # an incomplete case is passed on as is: the predictor then reports it as a failed case
         chans = groups[cid]
-        out.append((sanitize_name(cid), [chans[k] for k in sorted(chans)]))
+        out.append((name, [chans[k] for k in sorted(chans)]))
     return out
 
 
@@ -255,7 +259,8 @@ def _cases_to_do(cases: list[tuple[str, list[Path]]], out: Path, params: dict[st
     from medseg.batch import is_complete, params_hash, read_manifest
 
     man, ph = read_manifest(out), params_hash(params)
-    return sum(not is_complete(man["cases"].get(cid), out, ph) for cid, _ in cases)
+    ids = {cid for cid, _ in cases}
+    return sum(not is_complete(man["cases"].get(cid), out, ph, case_id=cid, case_ids=ids) for cid, _ in cases)
 
 
 def _remote_stages(predictor_factory: Callable[[], Any] | None, save_probabilities: bool, write):
@@ -321,16 +326,20 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     steps = _CaseSteps(predictor, clock, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
                        bar=bar, on_case=on_case, windows=spec.is_local, todo=todo, outputs=outputs)
     remote = None if spec.is_local else _remote_stages(predictor_factory, save_probabilities, steps.write)
+    prov = predictor.provenance() if hasattr(predictor, "provenance") else None
+    record = {"bundle": prov} if prov else None
+    if prov:
+        log.info("model bundle %s (sha256 %s)", prov["path"], prov["sha256"])
     report = None
     try:
         if spec.is_local:
             report = run_batch([(cid, (cid, paths)) for cid, paths in cases], out_dir=out, compute=steps.compute,
                                write=steps.timed_write, load=steps.load, params=params, prefetch=prefetch,
-                               on_finished=steps.finished)
+                               on_finished=steps.finished, record=record)
         else:
             report = run_batch([(cid, paths) for cid, paths in cases], out_dir=out, compute=steps.compute,
                                write=steps.write, load=steps.load, params=params, prefetch=prefetch, executor=spec,
-                               remote=remote, on_result=steps.case_done)
+                               remote=remote, on_result=steps.case_done, record=record)
         if outputs is not None and outputs.statistics:
             from medseg.inference.outputs import write_cohort_statistics
 

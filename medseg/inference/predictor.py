@@ -167,6 +167,18 @@ class Predictor:
         models, meta, paths = load_models(path, weights=weights, device=device, folds=folds)
         return cls(models, meta, device=device, source=path, weights_path=paths, **kwargs)
 
+    def provenance(self) -> dict[str, Any] | None:
+        """The bundle folder this predictor was loaded from (absolute) and its
+        :func:`medseg.bundle.bundle_sha256`; None for a model not loaded from a bundle folder."""
+        if self.source is None or not self.weights_paths:
+            return None
+        from medseg.bundle import bundle_sha256
+
+        self.identity()
+        src = Path(self.source)
+        return {"path": str(src.absolute()),
+                "sha256": bundle_sha256(src, self.weights_paths, getattr(self, "_weight_digests", None))}
+
     def identity(self) -> dict[str, Any]:
         """What identifies the model's outputs: architecture, labels, plan and a SHA-256 of the weights."""
         if self._identity is None:
@@ -177,6 +189,7 @@ class Predictor:
 
             if self.weights_paths:
                 digests = [sha256_file(p) for p in self.weights_paths]
+                self._weight_digests = digests
                 digest = digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
             else:
                 h = hashlib.sha256()

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from medseg.errors import InputError
+from medseg.errors import InputError, printable
 from medseg.volume import Volume
 
 NIFTI_EXT = (".nii.gz", ".nii")
@@ -90,6 +90,10 @@ def read_volume(path: str | Path, *, is_label: bool = False, series_uid: str | N
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=p, code="missing")
+    if not p.is_dir():
+        from medseg.limits import require_regular_file
+
+        require_regular_file(p)  # a FIFO named x.nii.gz would block the reader forever
     fmt = _format(p)
     if fmt == "nifti":
         from medseg.io.nifti import read_nifti
@@ -139,8 +143,9 @@ def write_volume(vol: Volume, path: str | Path) -> Path:
 def list_cases(path: str | Path) -> list[Path]:
     """The volumes under ``path``: the file itself, or every volume file / DICOM folder in a folder
     (sorted, non-recursive; hidden files, temporary files of atomic writes, the data files of
-    detached headers and 3D Slicer ``.seg.nrrd`` segmentations (outputs, not images) are ignored).
-    A folder that itself holds DICOM image files is one case (DICOM SEG files do not count)."""
+    detached headers and 3D Slicer ``.seg.nrrd`` segmentations (outputs, not images) are ignored;
+    hidden volume files are named in a warning rather than skipped without a word). A folder that
+    itself holds DICOM image files is one case (DICOM SEG files do not count)."""
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=p, code="missing")
@@ -148,14 +153,27 @@ def list_cases(path: str | Path) -> list[Path]:
         return [p]
     if _is_dicom_folder(p):
         return [p]
-    out = []
+    out, hidden = [], []
     for c in sorted(p.iterdir()):
-        if c.name.startswith(".") or _TMP_NAME.match(c.name):
+        if _TMP_NAME.match(c.name):
             continue
-        if c.is_file() and c.name.lower().endswith(VOLUME_EXT) and not c.name.lower().endswith(".seg.nrrd"):
+        if c.name.startswith("."):
+            if c.name.lower().endswith(VOLUME_EXT):
+                hidden.append(c.name)
+            continue
+        if c.name.lower().endswith(VOLUME_EXT) and not c.is_dir() and not c.is_file():
+            out.append(c)  # a FIFO, socket or device: read_volume reports it as this case's error
+        elif c.is_file() and c.name.lower().endswith(VOLUME_EXT) and not c.name.lower().endswith(".seg.nrrd"):
             out.append(c)
         elif c.is_dir() and _is_dicom_folder(c):
             out.append(c)
+    if hidden:
+        import logging
+
+        logging.getLogger("medseg.io").warning(
+            "%s: %d hidden volume file(s) not used as cases (names starting with '.'; rename them to use "
+            "them): %s", p, len(hidden), ", ".join(printable(h) for h in hidden[:5]) + (" ..." if len(hidden) > 5
+                                                                                        else ""))
     return out
 
 

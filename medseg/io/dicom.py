@@ -38,7 +38,6 @@ TILT_RTOL = 1e-3  # allowed sideways drift of slice positions per mm along the n
 class _Slice:
     path: Path
     series_uid: str
-    description: str
     iop: np.ndarray  # (6,) row cosine then column cosine, LPS
     ipp: np.ndarray  # (3,) LPS mm, centre of the first transmitted pixel
     pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
@@ -107,7 +106,6 @@ def _scan(folder: Path) -> list[_Slice]:
             raise InputError(f"slice {f.name} has PixelSpacing {tuple(sp.tolist())}; must be positive",
                              path=folder, code="bad_spacing")
         slices.append(_Slice(path=f, series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-                             description=str(ds.get("SeriesDescription", "") or ""),
                              iop=_floats(ds, "ImageOrientationPatient", 6, f),
                              ipp=_floats(ds, "ImagePositionPatient", 3, f),
                              pixel_spacing=(float(sp[0]), float(sp[1])), rows=int(ds.Rows), cols=int(ds.Columns),
@@ -116,11 +114,12 @@ def _scan(folder: Path) -> list[_Slice]:
 
 
 def list_series(folder: str | Path) -> list[dict]:
-    """The image series in ``folder``: ``[{uid, n_slices, description}]``, largest first."""
+    """The image series in ``folder``: ``[{uid, n_slices}]``, largest first. Free-text fields
+    (SeriesDescription, StudyDescription, ...) often hold names: they are identifiers and are never read."""
     groups: dict[str, list[_Slice]] = {}
     for s in _scan(Path(folder)):
         groups.setdefault(s.series_uid, []).append(s)
-    out = [{"uid": uid, "n_slices": len(g), "description": g[0].description} for uid, g in groups.items()]
+    out = [{"uid": uid, "n_slices": len(g)} for uid, g in groups.items()]
     return sorted(out, key=lambda d: (-d["n_slices"], d["uid"]))
 
 
@@ -134,7 +133,7 @@ def _pick_series(folder: Path, slices: list[_Slice], series_uid: str | None) -> 
                              f"{', '.join(repr(u) for u in groups) or 'none'})", path=folder, code="series_not_found")
         return groups[series_uid]
     if len(groups) > 1:
-        listing = "; ".join(f"{u or '<empty UID>'} ({len(g)} slices, {g[0].description or 'no description'!r})"
+        listing = "; ".join(f"{u or '<empty UID>'} ({len(g)} slices)"
                             for u, g in sorted(groups.items(), key=lambda kv: -len(kv[1])))
         raise InputError(f"folder holds {len(groups)} DICOM series; pick one with series_uid= "
                          f"(--series-uid): {listing}", path=folder, code="multiple_series")
@@ -250,7 +249,8 @@ def read_dicom_series(folder: str | Path, *, is_label: bool = False, series_uid:
     -------
     Volume with array ``(z, y, x)`` = ``(slices, rows, columns)``, rescaled values (int16/int32
     when slope is 1 and the intercept an integer, float32 otherwise), RAS geometry.
-    ``meta`` holds ``series_uid``, ``series_description``, ``n_slices`` (no patient data).
+    ``meta`` holds ``series_uid`` and ``n_slices``: no patient data, and no free-text field such as
+    SeriesDescription (it often holds names, so it is treated as an identifier and never read).
 
     Raises
     ------
@@ -281,10 +281,13 @@ def read_dicom_series(folder: str | Path, *, is_label: bool = False, series_uid:
         check_geometry(spacing, direction)
     except ValueError as exc:
         raise InputError(f"bad geometry: {exc}", path=path, code="bad_geometry") from None
+    from medseg.limits import check_size
+
+    voxels = len(series) * series[0].rows * series[0].cols
+    check_size(voxels=voxels, nbytes=voxels * 4, what="DICOM series", path=path)
     array = _pixels(series, path)
-    meta = {"path": str(path), "format": "dicom", "series_uid": series[0].series_uid,
-            "series_description": series[0].description, "n_slices": len(series)}
-    log.debug("%s: read DICOM series %r, %d slices", path, series[0].description, len(series))
+    meta = {"path": str(path), "format": "dicom", "series_uid": series[0].series_uid, "n_slices": len(series)}
+    log.debug("%s: read DICOM series %s, %d slices", path, series[0].series_uid, len(series))
     return Volume(array, spacing, tuple(origin.tolist()), direction, is_label=is_label, meta=meta)
 
 

@@ -114,13 +114,17 @@ def read_itk(path: str | Path, *, is_label: bool = False) -> Volume:
     """
     import SimpleITK as sitk
 
-    path = Path(path)
+    from medseg.limits import require_regular_file
+
+    path = require_regular_file(Path(path))
     if path.stat().st_size == 0:
         raise InputError("empty file (0 bytes): the file is truncated", path=path, code="truncated")
-    from medseg.io.itk_checks import check_meta_header, verify_local_stream
+    from medseg.io.itk_checks import check_detached_data, check_meta_header, verify_local_stream
 
     if path.suffix.lower() in (".mha", ".mhd"):
         check_meta_header(path)
+    check_detached_data(path)
+    _check_described_size(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -131,6 +135,26 @@ def read_itk(path: str | Path, *, is_label: bool = False) -> Volume:
     vol = sitk_to_volume(img, is_label=is_label, path=path)
     verify_local_stream(path, int(vol.array.nbytes) * img.GetNumberOfComponentsPerPixel())
     return vol
+
+
+def _check_described_size(path: Path) -> None:
+    """The header's sizes and voxel type against the caps (:mod:`medseg.limits`), before any voxel is read."""
+    import SimpleITK as sitk
+
+    from medseg.limits import check_size
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # ReadImage below reports what is wrong, with the error codes of _classify_itk_error
+    voxels = 1
+    for n in reader.GetSize():
+        voxels *= int(n)
+    comps = int(reader.GetNumberOfComponents() or 1)
+    itemsize = int(sitk.Image(1, 1, reader.GetPixelID()).GetSizeOfPixelComponent()) if comps == 1 else 8
+    check_size(voxels=voxels * comps, nbytes=voxels * comps * itemsize, what="image", path=path)
 
 
 def write_itk(vol: Volume, path: str | Path, *, compress: bool = True) -> Path:

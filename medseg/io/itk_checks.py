@@ -4,7 +4,11 @@
   numbers (``nan`` becomes 0) without complaint: :func:`check_meta_header` refuses them.
 * MetaIO and teem's NRRD reader print "Uncompress failed" or nothing at all, and return garbage
   voxels, for a damaged or short zlib/gzip stream: :func:`verify_local_stream` decompresses the
-  attached stream with checksums and compares its length with the image size.
+  attached stream with checksums (and a running cap, :mod:`medseg.limits`) and compares its
+  length with the image size.
+* A detached header (``.mhd`` ``ElementDataFile``, ``.nhdr`` ``data file``) may name any file:
+  ``/etc/passwd`` or ``../secret.raw``. :func:`check_detached_data` requires every data file to be
+  a regular file lying beside its header (same folder, symlinks resolved).
 """
 
 from __future__ import annotations
@@ -73,6 +77,52 @@ def check_meta_header(path: Path) -> None:
                              code="bad_header")
 
 
+def detached_data_files(path: Path) -> list[str]:
+    """The data file names a MetaImage / NRRD header refers to (empty for attached data)."""
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD_BYTES)
+    text = head.decode("latin-1")
+    if path.suffix.lower() in (".mha", ".mhd"):
+        parsed = _meta_header(head)
+        if parsed is None:
+            return []
+        fields, off = parsed
+        value = fields.get("elementdatafile", "")
+        if value.upper() == "LOCAL":
+            return []
+        if value.upper() == "LIST" or value.upper().startswith("LIST "):
+            return [ln.strip() for ln in head[off:].decode("latin-1").splitlines() if ln.strip()]
+        return [value.split()[0] if "%" in value else value]
+    lines = text.split("\n\n", 1)[0].splitlines() if text.startswith("NRRD") else []
+    for i, line in enumerate(lines):
+        key, sep, value = line.partition(":")
+        if not sep or key.strip().lower() not in ("data file", "datafile"):
+            continue
+        value = value.lstrip("=").strip()
+        if value.upper().startswith("LIST"):
+            return [ln.strip() for ln in lines[i + 1:] if ln.strip()]
+        return [value.split()[0] if "%" in value else value]
+    return []
+
+
+def check_detached_data(path: Path) -> None:
+    """Refuse a detached header whose data file is not a regular file beside it (code ``unsafe_path``)."""
+    folder = path.parent.resolve()
+    for name in detached_data_files(path):
+        if "%" in name:  # a numbered pattern: the folder part must be empty
+            target_dir = (path.parent / name).parent.resolve()
+            if target_dir != folder:
+                raise InputError(f"the header names data files {name!r} outside its own folder; detached data "
+                                 "files must lie beside their header", path=path, code="unsafe_path")
+            continue
+        target = (path.parent / name).resolve()
+        if target.parent != folder:
+            raise InputError(f"the header names the data file {name!r}, which is not beside it (in {folder}); "
+                             "detached data files must lie in the header's folder", path=path, code="unsafe_path")
+        if target.exists() and not target.is_file():
+            raise InputError(f"the data file {name!r} is not a regular file", path=path, code="not_a_file")
+
+
 def _nrrd_data_offset(data: bytes) -> tuple[dict[str, str], int] | None:
     end = data.find(b"\n\n")
     if end < 0 or not data.startswith(b"NRRD"):
@@ -111,16 +161,21 @@ def verify_local_stream(path: Path, expected_bytes: int) -> None:
             return
         kind = "gzip"
     stream = data[off:]
+    from medseg.limits import gunzip_capped, gunzip_stream
+
     try:
+        # the cap: one step past what the header describes is already an error, so never inflate more
         if kind == "zlib":
-            d = zlib.decompressobj()
-            raw = d.decompress(stream)
-            if not d.eof:
-                raise EOFError
-            extra = d.unused_data
+            raw, extra = gunzip_stream(stream, path=path, cap=expected_bytes + (1 << 20), wbits=zlib.MAX_WBITS)
         else:
-            raw = gzip.decompress(stream)
+            raw = gunzip_capped(stream, path=path, cap=expected_bytes + (1 << 20))
             extra = b""
+    except InputError as exc:
+        if exc.code != "too_large":
+            raise
+        raise InputError(f"compressed voxel data inflates to more than the {expected_bytes:,} bytes the header "
+                         "describes (sizes or voxel type in the header are wrong)", path=path,
+                         code="bad_header") from None
     except EOFError:
         raise InputError("compressed voxel data ends early: the file is truncated (re-copy it)", path=path,
                          code="truncated") from None

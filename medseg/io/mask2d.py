@@ -69,10 +69,17 @@ def read_mask2d(path: str | Path, *, pixel_spacing_mm: Sequence[float] | None, b
     sy, sx = _spacing(pixel_spacing_mm, p)
     from PIL import Image
 
+    from medseg.limits import check_size, require_regular_file
+
+    require_regular_file(p)
     try:
         with Image.open(p) as im:
+            w, h = im.size  # the caps of medseg.limits, from the header, before anything is decoded
+            check_size(voxels=w * h, nbytes=w * h * max(1, len(im.getbands())), what="mask image", path=p)
             im.load()
             arr = np.asarray(im)
+    except InputError:
+        raise
     except Exception as exc:  # PIL raises many types for damaged files
         raise InputError(f"cannot read the image ({type(exc).__name__}: {exc})", path=p, code="unreadable") from None
     if arr.ndim == 3:

@@ -38,26 +38,113 @@ _PAIR_MAGIC = (b"ni1\x00", b"ni2\x00")
 _QFORM_TOL = 1e-5
 
 
+# bytes per voxel of the NIfTI datatype codes (for the size check before anything is inflated)
+_DT_SIZE = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+            1536: 16, 1792: 16, 2048: 32, 2304: 4}
+_SLACK = 1 << 20  # bytes a stream may hold beyond what the header describes before it is cut off
+
+
 def _load_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when they start with the gzip magic (whatever the extension)."""
+    """The file's bytes, gunzipped when they start with the gzip magic (whatever the extension).
+
+    The header is read (inflated) first and the size it describes checked against the caps of
+    :mod:`medseg.limits` before the voxel data is inflated; the stream is then inflated with a
+    running cap at the described size, so a decompression bomb never reaches memory."""
+    from medseg.limits import check_size, limits, require_regular_file
+
+    require_regular_file(path)
     try:
+        size = path.stat().st_size
+        if size > limits().max_bytes + _SLACK:
+            check_size(voxels=0, nbytes=size, what="file", path=path)
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the file ({exc.strerror or exc})", path=path, code="unreadable") from None
     if not raw:
         raise InputError("empty file (0 bytes): the file is truncated", path=path, code="truncated")
     if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except EOFError:
-            raise InputError("gzip stream ends early: the file is truncated (re-copy or re-export it)",
-                             path=path, code="truncated") from None
-        except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-            raise InputError(f"gzip data is corrupt ({exc}); re-copy or re-export the file", path=path,
-                             code="corrupt") from None
+        with _gzip_errors(path):
+            head = _gunzip_head(raw, 540)
+        need = _described_bytes(head, path)
+        with _gzip_errors(path):
+            from medseg.limits import gunzip_capped
+
+            try:
+                return gunzip_capped(raw, path=path, cap=need + _SLACK)
+            except InputError as exc:
+                if exc.code != "too_large":
+                    raise
+                raise InputError(f"the gzip stream inflates to more than the {need:,} bytes the header describes "
+                                 "(more than 1 MiB extra): the header does not match the data", path=path,
+                                 code="bad_header") from None
     if path.name.lower().endswith(".gz"):
         raise InputError("named .gz but not gzip-compressed data", path=path, code="corrupt")
+    _described_bytes(raw[:540], path)
     return raw
+
+
+class _gzip_errors:
+    """Map gzip / zlib failures to InputError codes ``truncated`` and ``corrupt``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, etype, exc, tb):
+        if etype is None or issubclass(etype, InputError):
+            return False
+        if issubclass(etype, EOFError):
+            raise InputError("gzip stream ends early: the file is truncated (re-copy or re-export it)",
+                             path=self.path, code="truncated") from None
+        if issubclass(etype, (gzip.BadGzipFile, zlib.error, OSError)):
+            raise InputError(f"gzip data is corrupt ({exc}); re-copy or re-export the file", path=self.path,
+                             code="corrupt") from None
+        return False
+
+
+def _gunzip_head(raw: bytes, n: int) -> bytes:
+    """The first ``n`` inflated bytes of a gzip stream (or all of them when it is shorter)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out, pos = b"", 0
+    while len(out) < n and not d.eof:
+        if d.unconsumed_tail:
+            tail = d.unconsumed_tail
+        elif pos < len(raw):
+            tail, pos = raw[pos:pos + (1 << 16)], pos + (1 << 16)
+        else:
+            break
+        out += d.decompress(tail, n - len(out))
+    return out
+
+
+def _described_bytes(head: bytes, path: Path) -> int:
+    """Bytes of a file the header ``head`` describes (offset + voxels x size); refuses a header whose
+    sizes pass the caps (code ``too_large``). A header too damaged to tell is left to the full checks."""
+    from medseg.limits import check_size
+
+    if len(head) < 348:
+        return len(head)
+    kind = _header_kind(head, path)
+    endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
+    if kind == "nifti1":
+        dim = struct.unpack(endian + "8h", head[40:56])
+        dtype_code = struct.unpack(endian + "h", head[70:72])[0]
+        offset = struct.unpack(endian + "f", head[108:112])[0]
+    else:
+        dim = struct.unpack(endian + "8q", head[16:80])
+        dtype_code = struct.unpack(endian + "h", head[12:14])[0]
+        offset = struct.unpack(endian + "q", head[168:176])[0]
+    if not 1 <= dim[0] <= 7 or any(n <= 0 for n in dim[1:dim[0] + 1]):
+        return len(head)  # the full header checks say what is wrong
+    voxels = 1
+    for n in dim[1:dim[0] + 1]:
+        voxels *= int(n)
+    itemsize = _DT_SIZE.get(int(dtype_code), 1)
+    off = int(offset) if offset == offset and 0 <= offset < (1 << 40) else 0
+    check_size(voxels=voxels, nbytes=voxels * itemsize, what="volume", path=path)
+    return max(off, 348) + voxels * itemsize
 
 
 def _header_kind(data: bytes, path: Path) -> str:

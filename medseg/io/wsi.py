@@ -28,21 +28,105 @@ import numpy as np
 
 from medseg.errors import InputError
 
-__all__ = ["Slide", "ArraySlide", "OpenSlideSlide", "open_slide", "slide_id", "SLIDE_EXTENSIONS"]
+__all__ = ["Slide", "ArraySlide", "OpenSlideSlide", "open_slide", "slide_id", "slide_ids", "check_mpp",
+           "check_pyramid", "check_level_content", "SLIDE_EXTENSIONS"]
 
 OPENSLIDE_EXT = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff",
                  ".dcm")
 PLAIN_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SLIDE_EXTENSIONS = tuple(sorted(set(OPENSLIDE_EXT + PLAIN_EXT)))
 MPP_TOLERANCE = 0.02  # relative; resolutions this close count as equal
+MPP_RANGE = (1e-3, 1e3)  # um/px a slide or a tiling resolution may have (1 nm .. 1 mm per pixel)
+LEVEL_RATIO_TOL = 0.02  # relative disagreement allowed between a level's downsample and its size ratios
 _HINT = "install the slide extras: pip install 'medseg[wsi]' (openslide-python and openslide-bin)"
 
 
+def check_mpp(value: Any, *, what: str = "mpp", path: str | Path | None = None) -> float:
+    """``value`` as a float if it is a finite resolution within :data:`MPP_RANGE` um/px; otherwise
+    ``InputError(code="bad_mpp")`` naming ``what`` (``--mpp``, ``slide metadata openslide.mpp-x``...)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    lo, hi = MPP_RANGE
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise InputError(f"{what} = {value!r} is not a resolution: it must be a finite number of um per pixel "
+                         f"between {lo:g} and {hi:g}", path=path, code="bad_mpp")
+    return v
+
+
+def check_pyramid(dims: list[tuple[int, int]], downsamples: list[float], *, path: str | Path | None = None) -> None:
+    """Cheap consistency checks of a pyramid's level table (no pixel read): level 0 has the largest
+    size, sizes shrink level by level, each level's width and height ratios to level 0 agree with
+    each other and with its downsample (a level with a wrong aspect or a wrong size was replaced or
+    damaged). Raises ``InputError(code="damaged_pyramid")``."""
+    if not dims or any(w <= 0 or h <= 0 for w, h in dims):
+        raise InputError(f"pyramid level sizes {dims} hold an empty level", path=path, code="damaged_pyramid")
+    w0, h0 = dims[0]
+    for i, ((w, h), ds) in enumerate(zip(dims, downsamples)):
+        if not (math.isfinite(ds) and ds >= 1.0 - 1e-6):
+            raise InputError(f"pyramid level {i} has downsample {ds}", path=path, code="damaged_pyramid")
+        if i and (w > dims[i - 1][0] or h > dims[i - 1][1]):
+            raise InputError(f"pyramid level {i} ({w} x {h}) is larger than level {i - 1} {dims[i - 1]}", path=path,
+                             code="damaged_pyramid")
+        rx, ry = w0 / w, h0 / h
+        # integer sizes round: allow one pixel of rounding on top of the relative tolerance
+        tol_x = LEVEL_RATIO_TOL * rx + rx / w
+        tol_y = LEVEL_RATIO_TOL * ry + ry / h
+        if abs(rx - ry) > tol_x + tol_y or abs(rx - ds) > tol_x + ds * LEVEL_RATIO_TOL \
+                or abs(ry - ds) > tol_y + ds * LEVEL_RATIO_TOL:
+            raise InputError(f"pyramid level {i} is {w} x {h} px, which does not match level 0 ({w0} x {h0}) at "
+                             f"downsample {ds:.4g} (wrong aspect or size: a damaged or replaced level)", path=path,
+                             code="damaged_pyramid")
+
+
+LEVEL_PROBE_PX = 256       # side of the region read per level by check_level_content
+LEVEL_CONTENT_TOL = 60.0   # mean absolute difference (0..255) of 8 x 8 summaries that marks a level as damaged
+
+
+def check_level_content(slide: Slide, *, path: str | Path | None = None) -> None:
+    """Cheap content check across pyramid levels: one central region (at most
+    :data:`LEVEL_PROBE_PX` px per level) is read from every level and from the coarsest, both are
+    reduced to 8 x 8 colour summaries and compared; a level whose summary differs by more than
+    :data:`LEVEL_CONTENT_TOL` grey levels on average (e.g. replaced by a black image of the right
+    size) raises ``InputError(code="damaged_pyramid")``. Reads at most 1024 x 1024 px per level.
+    Only the central region is compared: damage elsewhere in a level is not seen."""
+    n = slide.level_count
+    if n < 2:
+        return
+    w0, h0 = slide.dimensions
+    last = n - 1
+    ds_last = slide.level_downsamples[last]
+    for i in range(last):
+        ds = slide.level_downsamples[i]
+        # at least 8 px of the coarsest level, at most 4 x LEVEL_PROBE_PX px of this one
+        extent = int(min(max(LEVEL_PROBE_PX * ds, 8 * ds_last), 4 * LEVEL_PROBE_PX * ds, w0, h0))
+        if extent < 8 * ds_last:
+            continue  # the slide is too small at the coarsest level to compare
+        x, y = (w0 - extent) // 2, (h0 - extent) // 2
+        side_i = max(8, int(round(extent / ds)))
+        side_c = max(1, int(round(extent / ds_last)))
+        fine = resize_rgb(slide.read_level((x, y), i, (side_i, side_i)), (8, 8)).astype(np.float32)
+        coarse = resize_rgb(slide.read_level((x, y), last, (side_c, side_c)), (8, 8)).astype(np.float32)
+        diff = float(np.abs(fine - coarse).mean())
+        if diff > LEVEL_CONTENT_TOL:
+            raise InputError(f"pyramid level {i} does not show what level {last} shows over the same region (mean "
+                             f"difference {diff:.0f} of 255): a damaged or replaced level", path=path,
+                             code="damaged_pyramid")
+
+
 def slide_id(path: str | Path) -> str:
-    """Slide name without extension, safe as a folder name."""
+    """Slide name without extension, safe as a folder name (:func:`medseg.fsutil.sanitize_name`)."""
     from medseg.fsutil import sanitize_name
 
     return sanitize_name(Path(path).stem)
+
+
+def slide_ids(paths: list) -> list[str]:
+    """:func:`slide_id` of each slide, collision-free (:func:`medseg.fsutil.unique_names`)."""
+    from medseg.fsutil import unique_names
+
+    return unique_names([Path(p).stem for p in paths])
 
 
 @dataclass
@@ -147,8 +231,9 @@ class ArraySlide(Slide):
             if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
                 a = a * 255.0
             a = np.clip(a, 0, 255).astype(np.uint8)
-        if mpp is None or not (mpp > 0):
+        if mpp is None:
             raise InputError("this image has no resolution; give --mpp (um per pixel)", path=path, code="no_mpp")
+        mpp = check_mpp(mpp, what="the image resolution (mpp)", path=path)
         self.array = np.ascontiguousarray(a[..., :3])
         h, w = self.array.shape[:2]
         super().__init__([(w, h)], [1.0], float(mpp), None, vendor, path)
@@ -212,8 +297,13 @@ def _openslide():
 def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     """Open a slide file. ``mpp`` overrides (or supplies missing) resolution metadata, in um/px."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError("no such slide file", path=p, code="missing")
+    from medseg.limits import require_regular_file
+
+    require_regular_file(p, what="slide file")
+    if mpp is not None:
+        mpp = check_mpp(mpp, what="the given slide mpp (--slide-mpp / --mpp)", path=p)
     if p.stat().st_size == 0:
         raise InputError("slide file is empty", path=p, code="truncated")
     suffix = p.suffix.lower()
@@ -246,13 +336,24 @@ def _wrap_openslide(handle: Any, p: Path, mpp: float | None) -> Slide:
             handle.close()
             raise InputError("slide has no resolution (mpp) metadata; give --mpp (um per pixel)", path=p,
                              code="no_mpp") from None
-        if not (mx > 0 and my > 0):
+        try:
+            mx = check_mpp(mx, what="slide metadata openslide.mpp-x", path=p)
+            my = check_mpp(my, what="slide metadata openslide.mpp-y", path=p)
+        except InputError as exc:
             handle.close()
-            raise InputError(f"slide has invalid mpp metadata ({mx}, {my}); give --mpp", path=p, code="no_mpp")
+            raise InputError(f"{exc.problem}; give --slide-mpp if the slide's resolution is known", path=p,
+                             code="bad_mpp") from None
         mpp = (mx + my) / 2.0
+    try:
+        check_pyramid([tuple(map(int, d)) for d in handle.level_dimensions],
+                      [float(d) for d in handle.level_downsamples], path=p)
+    except InputError:
+        handle.close()
+        raise
     slide = OpenSlideSlide(handle, path=str(p), mpp=float(mpp))
     try:  # touch one pixel so truncated pyramids fail here, not in a worker later
         slide.read_level((0, 0), slide.level_count - 1, (1, 1))
+        check_level_content(slide, path=p)
     except InputError:
         slide.close()
         raise
@@ -260,15 +361,28 @@ def _wrap_openslide(handle: Any, p: Path, mpp: float | None) -> Slide:
 
 
 def _open_plain(p: Path, mpp: float | None) -> Slide:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = None  # exported slides are legitimately huge
+    from medseg.limits import check_size, limits
+
+    # PIL's decompression-bomb guard stays on, tied to the cap of medseg.limits: PIL warns above
+    # MAX_IMAGE_PIXELS and refuses above twice that; the warning is made an error here
+    cap = limits()
+    Image.MAX_IMAGE_PIXELS = min(cap.max_voxels, cap.max_bytes // 3)
     try:
-        with Image.open(p) as im:
-            im.load()
-            if mpp is None:
-                mpp = _mpp_from_dpi(im)
-            arr = np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size  # from the header: nothing decoded yet
+                check_size(voxels=w * h, nbytes=w * h * 3, what="slide image", path=p)
+                im.load()
+                if mpp is None:
+                    mpp = _mpp_from_dpi(im)
+                arr = np.asarray(im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"image too large ({exc})", path=p, code="too_large") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InputError(f"cannot read image (corrupt or truncated?): {exc}", path=p, code="unreadable") from None
     if mpp is None:
@@ -283,5 +397,8 @@ def _mpp_from_dpi(im: Any) -> float | None:
         return None
     unit, xres = tags.get(296), tags.get(282)
     if unit == 3 and xres:
-        return 1e4 / float(xres)
+        try:
+            return 1e4 / float(xres)
+        except (ZeroDivisionError, TypeError, ValueError):
+            return math.nan  # checked (and refused as bad_mpp) by ArraySlide
     return None

@@ -66,14 +66,16 @@ class CohortResult:
 
 
 def _case_files(path: Path) -> dict[str, Path]:
-    from medseg.fsutil import case_id
+    """Case name -> file, named as ``medseg predict`` names its cases and outputs
+    (:func:`medseg.fsutil.unique_names`), so predictions of raw-named inputs pair with their references."""
+    from medseg.fsutil import case_id, unique_names
     from medseg.io import list_cases
     from medseg.io.mask2d import is_mask2d_file, list_masks2d, mask2d_case_id
 
     out: dict[str, Path] = {}
     files = [p for p in list_cases(path) if not is_mask2d_file(p)] + list_masks2d(path)
-    for p in files:
-        cid = mask2d_case_id(p) if is_mask2d_file(p) else case_id(p)
+    raw = [mask2d_case_id(p) if is_mask2d_file(p) else case_id(p) for p in files]
+    for p, cid in zip(files, unique_names(raw)):
         if cid in out:
             raise InputError(f"two files give case '{cid}': {out[cid].name} and {p.name}", path=path,
                              code="duplicate_case")
@@ -82,16 +84,16 @@ def _case_files(path: Path) -> dict[str, Path]:
 
 
 def pair_cases(pred: str | Path, ref: str | Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
-    """Pair files by case name (file name without extension).
+    """Pair files by case name (file name without extension, sanitised as ``predict`` does).
 
     Two single files are paired whatever their names. Returns ``(pairs, pred_only, ref_only)``.
     """
     pred, ref = Path(pred), Path(ref)
     if pred.is_file() and ref.is_file():
-        from medseg.fsutil import case_id
+        from medseg.fsutil import case_id, sanitize_name
         from medseg.io.mask2d import is_mask2d_file, mask2d_case_id
 
-        return [(mask2d_case_id(ref) if is_mask2d_file(ref) else case_id(ref), pred, ref)], [], []
+        return [(sanitize_name(mask2d_case_id(ref) if is_mask2d_file(ref) else case_id(ref)), pred, ref)], [], []
     p_files, r_files = _case_files(pred), _case_files(ref)
     if not r_files:
         raise InputError("no reference volumes found", path=ref, code="no_cases")

@@ -104,7 +104,8 @@ def labels_present(array: np.ndarray) -> list[int]:
     a = as_label_map(array)
     top = int(a.max(initial=0))
     if top < 65536:
-        return [int(k) for k in np.flatnonzero(np.bincount(a.ravel(), minlength=top + 1))[1:] if k > 0]
+        # every non-empty bin but 0 (a volume without background still has its label 1)
+        return [int(k) for k in np.flatnonzero(np.bincount(a.ravel(), minlength=top + 1)) if k > 0]
     return [int(k) for k in np.unique(a) if k > 0]
 
 

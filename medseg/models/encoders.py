@@ -199,7 +199,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise many types
-        raise InputError(f"cannot read weights: {exc}", path=p, code="bad_weights") from None
+        from medseg.errors import unpickle_reason
+
+        raise InputError(f"cannot read weights ({unpickle_reason(exc)})", path=p, code="bad_weights") from None
     while isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
         inner = next((sd[k] for k in _CONTAINERS if isinstance(sd.get(k), dict)), None)
         if inner is None:

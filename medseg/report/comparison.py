@@ -93,6 +93,14 @@ def _csv_rows(comparison: dict[str, Any]) -> list[list[Any]]:
 
 
 def write_comparison(comparison: dict[str, Any], metrics: Sequence[str], out_dir: str | Path) -> dict[str, Path]:
+    """:func:`_write_comparison` holding the output folder's lock (:func:`medseg.fsutil.output_lock`)."""
+    from medseg.fsutil import output_lock
+
+    with output_lock(out_dir):
+        return _write_comparison(comparison, metrics, out_dir)
+
+
+def _write_comparison(comparison: dict[str, Any], metrics: Sequence[str], out_dir: str | Path) -> dict[str, Path]:
     """Write comparison.csv / .json / .html and the paired-dots PNGs. Returns the paths."""
     from medseg.csvsafe import csv_text
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg.fsutil import remove_stale_tmp, safe_join
+from medseg.fsutil import output_lock, remove_stale_tmp, safe_join
 from medseg.metrics.aggregate import BOOTSTRAP_SEED, N_BOOT, summarize_rows
 from medseg.metrics.cohort import FAILED_POLICIES, CohortResult, evaluate_cohort
 from medseg.metrics.evaluate import MODES
@@ -76,25 +76,29 @@ def run_evaluation(
     case_pages: bool = False,
 ) -> tuple[CohortResult, dict[str, Path]]:
     """:func:`medseg.metrics.cohort.evaluate_cohort` followed by :func:`write_evaluation`
-    (``images`` or ``case_pages=True``: case pages with slices and contours, see there)."""
+    (``images`` or ``case_pages=True``: case pages with slices and contours, see there), holding the
+    output folder's lock (:func:`medseg.fsutil.output_lock`, the one ``predict`` takes) throughout: two
+    runs into one folder cannot mix their files (the second fails with code ``busy``), and a folder
+    that cannot be written is a one-line error before any case is scored."""
     if mode not in MODES:
         from medseg.errors import ConfigError
 
         raise ConfigError(f"unknown metric mode '{mode}' (use one of {', '.join(MODES)})", code="bad_mode")
-    result = evaluate_cohort(pred, ref, labels=labels, label_names=label_names, tolerance_mm=tolerance_mm,
-                             mode=mode, workers=workers, progress=progress, executor=executor, metrics=metrics,
-                             empty_reference=empty_reference, failed=failed, pixel_spacing_mm=pixel_spacing_mm,
-                             binary_2d=binary_2d)
-    tol = {str(k): v for k, v in tolerance_mm.items()} if isinstance(tolerance_mm, Mapping) else tolerance_mm
-    meta = {"pred": str(pred), "ref": str(ref), "mode": mode, "mode_description": MODES[mode],
-            "hd_percentile": 95, "nsd_tolerance_mm": tol, "labels": result.labels,
-            "label_names": {str(k): v for k, v in (label_names or {}).items()}}
-    files = None
-    if images is not None or case_pages:
-        from medseg.metrics.cohort import pair_cases
+    with output_lock(out_dir):
+        result = evaluate_cohort(pred, ref, labels=labels, label_names=label_names, tolerance_mm=tolerance_mm,
+                                 mode=mode, workers=workers, progress=progress, executor=executor, metrics=metrics,
+                                 empty_reference=empty_reference, failed=failed, pixel_spacing_mm=pixel_spacing_mm,
+                                 binary_2d=binary_2d)
+        tol = {str(k): v for k, v in tolerance_mm.items()} if isinstance(tolerance_mm, Mapping) else tolerance_mm
+        meta = {"pred": str(pred), "ref": str(ref), "mode": mode, "mode_description": MODES[mode],
+                "hd_percentile": 95, "nsd_tolerance_mm": tol, "labels": result.labels,
+                "label_names": {str(k): v for k, v in (label_names or {}).items()}}
+        files = None
+        if images is not None or case_pages:
+            from medseg.metrics.cohort import pair_cases
 
-        files = {c: (p, r) for c, p, r in pair_cases(pred, ref)[0] if c not in result.failed}
-    paths = write_evaluation(result, out_dir, meta=meta, images=images, files=files,
-                             pixel_spacing_mm=pixel_spacing_mm, binary_2d=binary_2d)
+            files = {c: (p, r) for c, p, r in pair_cases(pred, ref)[0] if c not in result.failed}
+        paths = write_evaluation(result, out_dir, meta=meta, images=images, files=files,
+                                 pixel_spacing_mm=pixel_spacing_mm, binary_2d=binary_2d)
     log.info("scored %d cases (%d failed); report at %s", len(result.cases), len(result.failed), paths["report"])
     return result, paths

@@ -14,6 +14,9 @@ from medseg.fsutil import atomic_write_text
 from medseg.metrics.catalog import DEFAULT_METRICS, spec_of
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "nsd": "NSD"}
+#: box plots show at most this many labels (a case with 8,000 labels would take hours to draw; the
+#: tables and metrics.csv keep every label)
+MAX_PLOT_LABELS = 40
 # click a header to sort its table (numbers numerically, '–' last); no external script
 SORT_JS = (
     "<script>document.querySelectorAll('table.sortable th').forEach(function(th){th.style.cursor='pointer';"
@@ -45,11 +48,15 @@ def box_plot_png(rows: Sequence[dict[str, Any]], summary: dict[str, Any], metric
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    labels = list(summary)
-    data = []
-    for lab in labels:
-        vals = [float(r[metric]) for r in rows if str(r["label"]) == lab]
-        data.append([v for v in vals if not math.isnan(v)])
+    labels = list(summary)[:MAX_PLOT_LABELS]
+    by_label: dict[str, list[float]] = {lab: [] for lab in labels}
+    for r in rows:  # one pass over the rows, whatever the number of labels
+        vals = by_label.get(str(r["label"]))
+        if vals is not None:
+            v = float(r[metric])
+            if not math.isnan(v):
+                vals.append(v)
+    data = [by_label[lab] for lab in labels]
     fig = Figure(figsize=(max(4.0, 0.45 * len(labels) + 2.0), 3.2), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     ax.boxplot([d if d else [math.nan] for d in data], showmeans=True)
@@ -134,6 +141,9 @@ def render_html(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, meta
     parts.append(extra_html)
     if summary:
         parts.append("<h2>Distributions</h2>")
+        if len(summary) > MAX_PLOT_LABELS:
+            parts.append(f"<p>{len(summary)} labels: the box plots show the first {MAX_PLOT_LABELS}; the tables "
+                         "and metrics.csv hold every label.</p>")
         for m in metrics:
             b64 = base64.b64encode(box_plot_png(rows, summary, m)).decode("ascii")
             parts.append(f"<div><img alt='{e(metric_title(m))} box plot' src='data:image/png;base64,{b64}'></div>")

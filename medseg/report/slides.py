@@ -64,6 +64,14 @@ def _save(path: Path, data: bytes) -> Path:
 
 
 def write_slide_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """:func:`_write_slide_report` holding the output folder's lock (:func:`medseg.fsutil.output_lock`)."""
+    from medseg.fsutil import output_lock
+
+    with output_lock(out_dir):
+        return _write_slide_report(result, out_dir)
+
+
+def _write_slide_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """``roc.png``, ``pr.png``, ``slide_metrics.json``, ``confusion.csv`` and ``report.html`` in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

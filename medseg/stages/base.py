@@ -108,6 +108,7 @@ def map_volumes(ctx: Context, fn: Callable[[Any], Any], *, input: str | None,
     """Apply ``fn(volume) -> volume`` to every case of ``input`` (default: the previous volume
     stage's output) and write ``OUTPUT/<stage name>/<case>.nii.gz``. A bad case is reported in
     ``failed`` and the others go on; the output folder becomes the next stage's default input."""
+    from medseg.fsutil import case_names, output_lock
     from medseg.io import list_cases, read_volume, write_volume
 
     src = ctx.resolve_input(input) if input else ctx.results.get("_last_volume_dir")
@@ -115,16 +116,16 @@ def map_volumes(ctx: Context, fn: Callable[[Any], Any], *, input: str | None,
         raise ConfigError(f"stage '{ctx.stage_name or default_name}': give 'input' (a file or folder of volumes)",
                           code="bad_params")
     out_dir = ctx.out(ctx.stage_name or default_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
     done, failed = [], {}
-    for path in list_cases(Path(src)):
-        cid = _cid(path)
-        try:
-            write_volume(fn(read_volume(path, kind=kind)), out_dir / f"{cid}.nii.gz")
-            done.append(cid)
-        except MedsegError as exc:
-            log.error("%s", exc)
-            failed[cid] = status_of(exc)
+    paths = list_cases(Path(src))
+    with output_lock(out_dir):  # the lock every verb that writes a folder takes
+        for path, cid in zip(paths, case_names(paths)):
+            try:
+                write_volume(fn(read_volume(path, kind=kind)), out_dir / f"{cid}.nii.gz")
+                done.append(cid)
+            except MedsegError as exc:
+                log.error("%s", exc)
+                failed[cid] = status_of(exc)
     ctx.results["_last_volume_dir"] = out_dir
     return {"output": str(out_dir), "done": done, "failed": failed}
 
@@ -145,8 +146,3 @@ def volume_stage(name: str, fn: Callable[..., Any], *, label_aware: bool = True)
     stage.__doc__ = f"Pipeline stage applying {fn.__name__} to every volume.\n\n{fn.__doc__ or ''}"
     return register_stage(name)(stage)
 
-
-def _cid(path: Path) -> str:
-    from medseg.fsutil import case_id, sanitize_name
-
-    return sanitize_name(case_id(path))

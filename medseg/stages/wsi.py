@@ -18,7 +18,7 @@ import numpy as np
 
 from medseg.errors import ConfigError, InputError
 from medseg.fsutil import atomic_write_text
-from medseg.io.wsi import SLIDE_EXTENSIONS, slide_id
+from medseg.io.wsi import SLIDE_EXTENSIONS, slide_ids
 from medseg.stages.base import Context, register_stage
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def stage_tile(ctx: Context, slides: Any = None, **params: Any) -> dict[str, Any
     paths = _slides(ctx, slides)
     rows = tile_slides(paths, ctx.out("tiles"), tp)
     atomic_write_text(ctx.out("tiles", "tiling.json"), json.dumps(rows, indent=1))
-    ctx.results[STATE_KEY] = WsiState(tiling=tp, slides={slide_id(p): str(p) for p in paths})
+    ctx.results[STATE_KEY] = WsiState(tiling=tp, slides=dict(zip(slide_ids(paths), map(str, paths))))
     return {"tiled": [r["slide"] for r in rows if r["status"] == "ok"],
             "failed": {r["slide"]: r["status"] for r in rows if r["status"] not in ("ok",)}}
 

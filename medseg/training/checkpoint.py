@@ -73,8 +73,10 @@ def load_checkpoint(bundle_dir: Path, *, model, architecture: str, optimizer, sc
     try:
         state = torch.load(spath, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors of every kind: refuse, never fall back to full pickle
-        raise InputError(f"training state is damaged or not a medseg checkpoint ({exc.__class__.__name__}: "
-                         f"{str(exc)[:200]})", path=spath, code="corrupt") from None
+        from medseg.errors import unpickle_reason
+
+        raise InputError(f"training state is damaged or not a medseg checkpoint ({unpickle_reason(exc)}); it is "
+                         "never loaded with weights_only=False", path=spath, code="corrupt") from None
     if not isinstance(state, dict) or not {"epoch", "optimizer", "torch_rng", "history"} <= set(state):
         raise InputError("training state lacks epoch/optimizer/RNG entries", path=spath, code="corrupt")
     wpath = bundle_dir / WEIGHTS["last"]

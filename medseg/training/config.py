@@ -145,6 +145,9 @@ def _validate(cfg: dict[str, Any]) -> None:
                           f"or 3, got {dims!r}")
     for (section, key), allowed in _CHOICES.items():
         val = cfg[section][key]
+        if isinstance(val, bool) and "off" in allowed:
+            # YAML 1.1 reads a bare off / no / false as False (``--set training.amp=off``): it means "off"
+            val = cfg[section][key] = "off" if val is False else val
         if val not in allowed:
             raise ConfigError(f"{section}.{key} = {val!r} is not one of {', '.join(allowed)}")
     t = cfg["training"]

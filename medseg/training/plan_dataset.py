@@ -46,7 +46,8 @@ def check_cases(info) -> None:
         except MedsegError as exc:
             bad.append(f"{cf.case}: {exc}")
     if bad:
-        raise InputError(f"{len(bad)} bad case(s), nothing planned:\n  " + "\n  ".join(bad), path=info.root,
+        # one line: error messages escape newlines (a file name must not forge a log line)
+        raise InputError(f"{len(bad)} bad case(s), nothing planned: " + "; ".join(bad), path=info.root,
                          code="bad_cases")
 
 

@@ -263,7 +263,17 @@ def _save_remote(_name: str, encoded: dict[str, Any], out_root: Path, *, spec: E
     return save_slide(encoded, out_root, spec=spec, fp=fp)
 
 
-def extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, *, device: torch.device | str,
+def extract_features_batch(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`_extract_features_batch` holding the output folder's lock (:func:`medseg.fsutil.output_lock`, shared by
+    every verb that writes a folder): a second run into the same folder fails with code ``busy``."""
+    from medseg.fsutil import output_lock
+
+    out = kwargs["out_root"] if "out_root" in kwargs else args[1]
+    with output_lock(out):
+        return _extract_features_batch(*args, **kwargs)
+
+
+def _extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, *, device: torch.device | str,
                            batch_size: int = 64, workers: int = 2, slides: list[str] | None = None,
                            slide_mpp: float | None = None, executor=None) -> list[dict[str, Any]]:
     """Encode every tiled slide under ``tile_root`` (``<slide>/tiles.h5``); resumable, per-slide errors.

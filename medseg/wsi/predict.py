@@ -20,7 +20,7 @@ import torch
 from medseg.csvsafe import csv_text
 from medseg.errors import MedsegError, status_of
 from medseg.fsutil import atomic_write_text, safe_join
-from medseg.io.wsi import open_slide, slide_id
+from medseg.io.wsi import open_slide, slide_ids
 from medseg.mil.fit import attention_weights, predict_bags
 from medseg.wsi.bundle import load_bundle
 from medseg.wsi.features import extract_slide_features
@@ -34,16 +34,31 @@ __all__ = ["predict_slides", "heatmap_mpp"]
 HEATMAP_SIDE = 1024  # px, long side of the heatmap PNG (coarser slides: the mask's resolution)
 
 
-def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch.device, workers: int = 2,
+def predict_slides(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`_predict_slides` holding the output folder's lock (:func:`medseg.fsutil.output_lock`, shared by
+    every verb that writes a folder): a second run into the same folder fails with code ``busy``."""
+    from medseg.fsutil import output_lock
+
+    out = kwargs["out"] if "out" in kwargs else args[2]
+    with output_lock(out):
+        return _predict_slides(*args, **kwargs)
+
+
+def _predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch.device, workers: int = 2,
                    batch_size: int = 32, top_k: int = 8, slide_mpp: float | None = None) -> list[dict[str, Any]]:
     tiling, spec, ens, doc = load_bundle(bundle)
     if slide_mpp is not None:
-        tiling.slide_mpp = slide_mpp
+        from medseg.errors import ConfigError
+        from medseg.io.wsi import check_mpp
+
+        try:
+            tiling.slide_mpp = check_mpp(slide_mpp, what="--slide-mpp")
+        except MedsegError as exc:
+            raise ConfigError(exc.problem, code="bad_mpp") from None
     encoder = spec.build(device)
     classes, thr = doc.get("classes", ["0", "1"]), float(doc.get("threshold", 0.5))
     rows: list[dict[str, Any]] = []
-    for path in slides:
-        name = slide_id(path)
+    for path, name in zip(slides, slide_ids(slides)):
         row: dict[str, Any] = {"slide": name, "probability": "", "label": "", "status": "", "n_tiles": 0}
         try:
             sdir = safe_join(out, name)
@@ -68,6 +83,11 @@ def predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torch
             log.error("%s", exc)
             row["status"] = status_of(exc)
             row["error"] = exc.problem
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
+            log.error("%s: %s: %s", path, type(exc).__name__, exc)
+            log.debug("slide %s traceback", name, exc_info=True)
+            row["status"] = status_of(exc)
+            row["error"] = f"{type(exc).__name__}: {exc}"
         rows.append(row)
     write_predictions_csv(rows, out / "predictions.csv")
     return rows

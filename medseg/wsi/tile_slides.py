@@ -16,7 +16,7 @@ from typing import Any
 
 from medseg.errors import MedsegError, status_of
 from medseg.fsutil import atomic_write_text, safe_join
-from medseg.io.wsi import Slide, open_slide, slide_id
+from medseg.io.wsi import Slide, open_slide, slide_ids
 from medseg.wsi.overlay import mask_grid_overlay, save_png
 from medseg.wsi.tiling import save_tiles, tile_grid
 from medseg.wsi.tissue import area_mm2, tissue_mask
@@ -36,6 +36,20 @@ class TilingParams:
     mode: str = "auto"              # brightfield | fluorescence | auto
     min_area_mm2: float = 0.01
     slide_mpp: float | None = None  # override/supply the slide's own resolution
+
+    def __post_init__(self) -> None:
+        """Resolutions are checked where they enter (finite, within ``MPP_RANGE``): a usage error
+        (``ConfigError``, code ``bad_mpp``) before any slide, never a silent ``no_tissue``."""
+        from medseg.errors import ConfigError
+        from medseg.io.wsi import check_mpp
+
+        try:
+            self.mpp = check_mpp(self.mpp, what="--mpp (tile resolution)")
+            self.mask_mpp = check_mpp(self.mask_mpp, what="mask_mpp")
+            if self.slide_mpp is not None:
+                self.slide_mpp = check_mpp(self.slide_mpp, what="--slide-mpp")
+        except MedsegError as exc:
+            raise ConfigError(exc.problem, code="bad_mpp") from None
 
 
 def tile_slide(slide: Slide, out_dir: Path, p: TilingParams, *, name: str) -> dict[str, Any]:
@@ -64,12 +78,21 @@ def tile_slide(slide: Slide, out_dir: Path, p: TilingParams, *, name: str) -> di
     return summary
 
 
-def tile_slides(paths: list[Path], out_root: Path, p: TilingParams) -> list[dict[str, Any]]:
+def tile_slides(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`_tile_slides` holding the output folder's lock (:func:`medseg.fsutil.output_lock`, shared by
+    every verb that writes a folder): a second run into the same folder fails with code ``busy``."""
+    from medseg.fsutil import output_lock
+
+    out = kwargs["out_root"] if "out_root" in kwargs else args[1]
+    with output_lock(out):
+        return _tile_slides(*args, **kwargs)
+
+
+def _tile_slides(paths: list[Path], out_root: Path, p: TilingParams) -> list[dict[str, Any]]:
     """Tile every slide; failures are reported per slide and do not stop the batch."""
     rows = []
     seen: set[str] = set()
-    for path in paths:
-        name = slide_id(path)
+    for path, name in zip(paths, slide_ids(paths)):
         if name in seen:
             rows.append({"slide": name, "path": str(path), "status": "error:duplicate_name",
                          "error": "two input slides share this name"})
@@ -85,4 +108,9 @@ def tile_slides(paths: list[Path], out_root: Path, p: TilingParams) -> list[dict
         except MedsegError as exc:
             log.error("%s", exc)
             rows.append({"slide": name, "path": str(path), "status": status_of(exc), "error": exc.problem})
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
+            log.error("%s: %s: %s", path, type(exc).__name__, exc)
+            log.debug("slide %s traceback", name, exc_info=True)
+            rows.append({"slide": name, "path": str(path), "status": status_of(exc),
+                         "error": f"{type(exc).__name__}: {exc}"})
     return rows

@@ -50,7 +50,8 @@ def test_text_on_dicom_folder_and_itk_file(capsys, tmp_path):
     folder = shared_path("dicom", "udacity_study3_HCropVolume")
     assert main(["info", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "shape (z,y,x): (40, 50, 34)" in out and "HippoCrop" in out and "orientation:" in out
+    assert "shape (z,y,x): (40, 50, 34)" in out and "orientation:" in out
+    assert "HippoCrop" not in out  # the SeriesDescription (free text) is an identifier: never printed
     src = shared_path("totalsegmentator", "example_seg_dicom.nii.gz")
     mha = tmp_path / "seg.mha"
     sitk.WriteImage(sitk.ReadImage(str(src)), str(mha))

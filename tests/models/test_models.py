@@ -49,7 +49,8 @@ def test_one_registry_per_contract():
 
     assert set(MIL_MODELS) == set(mil_head_names()) == {"attention_mil", "gated_attention_mil", "mean_mil", "max_mil"}
     assert set(ENCODER_NAMES) == set(encoder_names()) == {"tile_resnet18", "tile_resnet_small", "tile_resnet_tiny",
-                                                          "monai_resnet18", "monai_resnet50"}
+                                                          "monai_resnet18", "monai_resnet50", "resnet50_trunc",
+                                                          "vit_small_patch16", "vit_base_patch16"}
     seg = set(seg_model_names())
     assert not seg & set(MIL_HEADS) and not seg & set(TILE_ENCODERS) and not set(MIL_HEADS) & set(TILE_ENCODERS)
     # a name is built only by the registry of its contract

@@ -184,9 +184,14 @@ def test_evaluate_with_hostile_file_names(tmp_path, monkeypatch):
     assert new and all(p == tmp_path / "out" or (tmp_path / "out") in p.parents for p in new)
     assert not (tmp_path / "pwned").exists()
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+    assert "<script>alert(1)" not in html and "\u202e" not in html
     rows = (tmp_path / "out" / "metrics.csv").read_text(encoding="utf-8")
-    assert all(case_id(f"{n}.nii.gz") in rows for n in FILE_NAMES if "\\" not in n)
+    # the case names predict would give these files (issue 13: one case-name function for every verb)
+    from medseg.fsutil import unique_names
+
+    names = unique_names([case_id(f"{n}.nii.gz") for n in FILE_NAMES])
+    assert len(set(names)) == len(FILE_NAMES) and all(n in rows for n in names)
+    assert "\u202e" not in rows
 
 
 # ----------------------------------------------------------------------------- patient identifiers
