@@ -52,7 +52,7 @@ def pipelined(src: Path, out: Path, threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "medseg", "predict", "--model", "hippocampus_unet", "--input", str(src),
            "--output", str(out), "--device", "cpu", "--no-progress"]
     if threads:
-        cmd += ["--workers", str(threads)]
+        cmd += ["--threads", str(threads)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t

@@ -377,6 +377,9 @@ def load_models(bundle_dir: str | Path, *, weights: str = "best", device: str | 
     models = []
     paths = fold_weight_paths(d, meta, weights=weights, folds=folds)
     for wpath in paths:
+        if weights == "last" and not wpath.exists() and meta.get("weights_storage"):
+            raise InputError("this bundle was exported for shipping with its best weights only (no last-epoch "
+                             "weights): use --weights best", path=wpath, code="missing")
         check_inside(d, wpath)
         model = build_model(meta)
         state, fmeta = load_weights(wpath)

@@ -212,9 +212,14 @@ def save_yaml(cfg: Any, path: str | os.PathLike) -> Path:
 def check_keys(section: dict[str, Any], allowed: Iterable[str], *, where: str) -> None:
     """Raise ConfigError naming any key of ``section`` not in ``allowed``."""
     allowed = set(allowed)
-    unknown = sorted(set(section) - allowed)
+    unknown = sorted(set(section) - allowed, key=str)
     if unknown:
+        import difflib
+
+        names = sorted(str(a) for a in allowed)
+        hints = [(f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(str(k), names, n=1, cutoff=0.7))
+                  else str(k)) for k in unknown]
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})",
+            f"{where}: unknown key(s) {', '.join(hints)} (allowed: {', '.join(names)})",
             code="unknown_key",
         )

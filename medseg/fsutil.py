@@ -275,3 +275,22 @@ def _same_file(path: Path, fd: int) -> bool:
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
+    """``path`` as a usable output folder: an existing folder, or one that can be made (its nearest
+    existing parent is a folder we may write). Raises ConfigError (code ``output_is_file`` /
+    ``not_writable``) naming ``what`` and the path otherwise, before any work; creates nothing."""
+    from medseg.errors import ConfigError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {p} is an existing file; give a folder", code="output_is_file")
+    base = p.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"{what} {p}: {base} is a file, so the folder cannot be made", code="output_is_file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {p}: folder {base} is not writable", code="not_writable")
+    return p

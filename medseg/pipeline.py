@@ -28,6 +28,7 @@ from typing import Any
 from medseg import config as cfgmod
 from medseg.errors import ConfigError
 from medseg.stages import STAGES, Context
+from medseg.stages.base import check_stage_params
 
 log = logging.getLogger("medseg.pipeline")
 
@@ -91,16 +92,28 @@ def resolve_config(cfg: dict[str, Any], *, config_path: Path | None = None) -> d
     return out
 
 
+def check_config(cfg: dict[str, Any], *, config_path: Path | None = None,
+                 base_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """The resolved config and its output folder, after checking everything that can be checked before a
+    stage runs: the shape of the config, every stage name, every stage's parameters against its signature
+    (an unknown key such as ``nsd_tolerence_mm`` names the stage and the closest known key) and the
+    output folder (not an existing file, writable). ConfigError otherwise; nothing is written."""
+    from medseg.fsutil import check_output_dir
+
+    resolved = resolve_config(cfg, config_path=config_path)
+    for st in resolved["stages"]:
+        check_stage_params(st["stage"], st["name"], st["params"])
+    out_dir = Path(resolved["output"])
+    out_dir = out_dir if out_dir.is_absolute() else (base_dir or Path.cwd()) / out_dir
+    return resolved, check_output_dir(out_dir, "output")
+
+
 def run_pipeline(
     cfg: dict[str, Any], *, config_path: Path | None = None, base_dir: Path | None = None
 ) -> Context:
-    """Run every stage in order. Returns the context (with each stage's results)."""
-    resolved = resolve_config(cfg, config_path=config_path)
-    for st in resolved["stages"]:
-        STAGES.get(st["stage"])  # fail early on unknown stage names
+    """Run every stage in order (after :func:`check_config`). Returns the context (with each stage's results)."""
+    resolved, out_dir = check_config(cfg, config_path=config_path, base_dir=base_dir)
     base = base_dir or Path.cwd()
-    out_dir = Path(resolved["output"])
-    out_dir = out_dir if out_dir.is_absolute() else base / out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     cfgmod.save_yaml(resolved, out_dir / "config.resolved.yaml")
     ctx = Context(output_dir=out_dir.resolve(), config=resolved, base_dir=base)

@@ -23,7 +23,7 @@ PKG = REPO / "medseg"
 # Bottom to top. A unit imports only from layers below its own (docs/architecture.md has the same table).
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"errors"}),
-    ("utilities", {"fsutil", "registry", "device", "executors", "csvsafe", "volume", "limits"}),
+    ("utilities", {"fsutil", "registry", "device", "executors", "csvsafe", "volume", "limits", "progress"}),
     ("core", {"medseg", "config", "manifest", "ray_runner"}),
     ("io and batch runs", {"io", "batch"}),
     ("engines", {"preprocess", "metrics", "models"}),
@@ -40,8 +40,8 @@ LAYERS: list[tuple[str, set[str]]] = [
 EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # Units that never import torch, even lazily: they run with numpy, scipy and SimpleITK alone.
-TORCH_FREE = {"errors", "limits", "fsutil", "registry", "executors", "csvsafe", "volume", "medseg", "config",
-              "manifest", "ray_runner", "io", "batch", "preprocess", "metrics", "postprocess", "report"}
+TORCH_FREE = {"errors", "limits", "fsutil", "registry", "executors", "csvsafe", "volume", "progress", "medseg",
+              "config", "manifest", "ray_runner", "io", "batch", "preprocess", "metrics", "postprocess", "report"}
 
 
 def _modules() -> dict[str, Path]:

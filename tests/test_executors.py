@@ -132,7 +132,7 @@ def test_cli_default_path_never_imports_ray(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
-def test_missing_ray_gives_the_install_hint(monkeypatch, caplog):
+def test_missing_ray_gives_the_install_hint(monkeypatch, caplog, tmp_path):
     from medseg.errors import ConfigError
     from medseg.executors import executor_spec, require_ray
 
@@ -141,8 +141,9 @@ def test_missing_ray_gives_the_install_hint(monkeypatch, caplog):
         require_ray()
     from medseg.cli.main import main
 
-    # the CLI fails before reading any case, with the hint (exit code 1)
-    assert main(["evaluate", "--pred", "nowhere", "--ref", "nowhere", "--out", "x", "--executor", "ray"]) == 1
+    # the CLI fails before reading any case, with the hint (exit code 2: a usage error)
+    assert main(["evaluate", "--pred", str(tmp_path), "--ref", str(tmp_path), "--out", str(tmp_path / "x"),
+                 "--executor", "ray"]) == 2
     assert "pip install 'medseg[distributed]'" in caplog.text
     with pytest.raises(ConfigError, match="--executor"):
         executor_spec("dask")

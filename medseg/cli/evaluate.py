@@ -1,4 +1,4 @@
-"""Score predictions against references: ``medseg evaluate --pred P --ref R --out DIR``.
+"""Score predictions against references: ``medseg evaluate --pred P --ref R --output DIR``.
 
 P and R are files or folders; cases are paired by file name (without extension). Writes
 DIR/metrics.csv (one row per case and label), DIR/summary.json and DIR/report.html. HD95 and NSD
@@ -28,12 +28,18 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-names", default=None,
                    help="names of the --pred methods in order, e.g. unet,nnunet (default: folder names)")
     p.add_argument("--ref", type=Path, required=True, help="reference file or folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    from medseg.cli.common import add_output
+
+    add_output(p, "output folder (metrics.csv, summary.json, report.html)")
     p.add_argument("--labels", default=None,
                    help="labels to score, e.g. 1,2 (default: every label > 0 in any reference or prediction)")
-    p.add_argument("--label-names", default=None, help="names, e.g. 1=anterior,2=posterior (or in --labels order)")
+    p.add_argument("--label-names", default=None, metavar="1=NAME,2=NAME|FILE",
+                   help="label names: 1=anterior,2=posterior (commas between pairs), names in --labels order, "
+                   "or a file: a dataset.json (its 'labels') or a text file of N=NAME lines "
+                   "(default: label_1, label_2 ...)")
     p.add_argument("--nsd-tolerance-mm", default="1.0",
-                   help="NSD tolerance in mm: one value, or one per label in --labels order (e.g. 1,2.5)")
+                   help="NSD tolerance in mm: one value, or one per label in --labels order (e.g. 1,2.5) "
+                   "(default: %(default)s)")
     p.add_argument("--mode", choices=["surface-distance", "monai"], default="surface-distance",
                    help="HD95/NSD definition: surfel-based surface-distance (default) or MONAI voxel-based")
     p.add_argument("--metrics", default=None,
@@ -50,7 +56,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, default=None,
                    help="folder of the images (case.nii.gz or case_0000.nii.gz): the report shows, per label, the "
                         "worst / median / best cases as slices through the largest error, one page per case")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes over cases (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes over cases (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from medseg.executors import add_executor_args
 
@@ -58,11 +64,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.cli.common import check_input, check_output_dir
     from medseg.executors import spec_from_args
     from medseg.metrics.catalog import parse_metrics
     from medseg.metrics.params import parse_label_names, parse_labels, parse_pixel_spacing, parse_tolerances
     from medseg.report.evaluation import run_evaluation
 
+    for pred in args.pred:
+        check_input(pred, "--pred")
+    check_input(args.ref, "--ref")
+    check_input(args.images, "--images", kind="folder")
+    check_output_dir(args.output)
     labels = parse_labels(args.labels)
     names = parse_label_names(args.label_names, labels)
     tol = parse_tolerances(args.nsd_tolerance_mm, labels)
@@ -74,12 +86,12 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError("--workers must be >= 1", code="bad_params")
     kwargs = dict(labels=labels, label_names=names, tolerance_mm=tol, mode=args.mode, workers=args.workers,
-                  progress=not args.no_progress, executor=spec, metrics=metrics,
+                  progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0, executor=spec, metrics=metrics,
                   empty_reference=args.empty_reference, failed="exclude" if args.exclude_failed else "worst",
                   pixel_spacing_mm=pixel_spacing, binary_2d=not args.mask_labels, images=args.images)
     if len(args.pred) > 1:
         return _compare(args, kwargs)
-    result, paths = run_evaluation(args.pred[0], args.ref, args.out, **kwargs)
+    result, paths = run_evaluation(args.pred[0], args.ref, args.output, **kwargs)
     _print_result(result, args.exclude_failed)
     print(f"metrics: {paths['metrics_csv']}\nsummary: {paths['summary']}\nreport:  {paths['report']}")
     return 1 if result.failed else 0
@@ -103,7 +115,7 @@ def _compare(args: argparse.Namespace, kwargs: dict) -> int:
     from medseg.report.comparison import run_comparison
 
     names = parse_names(args.method_names) or None
-    results, comparison, paths = run_comparison(args.pred, args.ref, args.out, names=names, **kwargs)
+    results, comparison, paths = run_comparison(args.pred, args.ref, args.output, names=names, **kwargs)
     for name, res in results.items():
         _print_result(res, args.exclude_failed, prefix=f"{name}: ")
     excluded = False

@@ -1,5 +1,5 @@
 """Choose between configurations trained with ``medseg train --plan ... --fold all``:
-``medseg find-best RUN [RUN ...] [--out best.yaml]``.
+``medseg find-best RUN [RUN ...] [--output best.yaml]``.
 
 Every run alone and every pair (mean of the two runs' probabilities) is scored on the pooled
 out-of-fold predictions - each case predicted by the fold that held it out - by the mean over
@@ -16,14 +16,21 @@ from pathlib import Path
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run folders of --fold all (each with fold_0 .. fold_4)")
     p.add_argument("--folds", default="0,1,2,3,4", help="folds to pool (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="ranking to write (default: best.yaml beside the runs)")
+    from medseg.cli.common import add_output
+
+    add_output(p, "ranking to write (default: best.yaml beside the runs)", required=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
+    from medseg.cli.common import check_input, check_output_file
     from medseg.errors import ConfigError
     from medseg.training.crossval import find_best_configuration
 
+    for r in args.runs:
+        check_input(r, "run folder", kind="folder")
+    out = args.output or args.runs[0].parent / "best.yaml"
+    check_output_file(out)
     try:
         folds = [int(f) for f in args.folds.split(",") if f.strip()]
     except ValueError:
@@ -33,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"two runs share a folder name ({', '.join(names)}); the ranking names runs by folder")
     result = find_best_configuration(dict(zip(names, args.runs)), folds)
     result["runs"] = {n: str(r) for n, r in zip(names, args.runs)}
-    out = args.out or args.runs[0].parent / "best.yaml"
     cfgmod.save_yaml(result, out)
     print(f"{result['cases']} out-of-fold cases, labels {result['labels']}")
     for r in result["ranking"]:

@@ -1,4 +1,4 @@
-"""Analyse a data set and propose preprocessing: ``medseg fingerprint --images DIR [--labels DIR] --out plan.yaml``.
+"""Analyse a data set and propose preprocessing: ``medseg fingerprint --images DIR [--labels DIR] --output plan.yaml``.
 
 Reads every image (and the label with the same case name, if ``--labels``), computes the
 fingerprint (spacings, shapes, foreground intensity statistics) and writes the proposed plan
@@ -18,11 +18,16 @@ _CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net channel suffix of image names (case
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder (or file) of images")
-    p.add_argument("--labels", type=Path, default=None, help="folder of label maps with the same case names")
-    p.add_argument("--out", type=Path, required=True, help="plan to write (YAML)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="folder of label maps with the same case names (default: none; statistics over the "
+                   "whole image)")
+    from medseg.cli.common import add_output
+
+    add_output(p, "plan to write (YAML)")
     p.add_argument("--modality", choices=["CT", "other"], default=None,
-                   help="override the modality guess (CT: HU clipping + data-set z-score)")
-    p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (sorted)")
+                   help="override the modality guess (CT: HU clipping + data-set z-score; default: guessed from the "
+                   "intensities)")
+    p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (sorted; default: all)")
     p.add_argument("--samples-per-case", type=int, default=10_000,
                    help="foreground voxels sampled per case for intensity statistics")
 
@@ -45,11 +50,15 @@ def _match_labels(images: list[Path], label_dir: Path) -> list[Path | None]:
 
 def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
+    from medseg.cli.common import check_input, check_output_file
     from medseg.errors import InputError
     from medseg.io import list_cases
     from medseg.preprocess.fingerprint import fingerprint
     from medseg.preprocess.plan import propose_plan
 
+    check_input(args.images, "--images")
+    check_input(args.labels, "--labels", kind="folder")
+    check_output_file(args.output)
     images = list_cases(args.images)
     if args.max_cases is not None:
         images = images[: max(1, args.max_cases)]
@@ -59,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     labels = _match_labels(images, args.labels) if args.labels else None
     fp = fingerprint(images, labels, samples_per_case=args.samples_per_case)
     plan = propose_plan(fp, modality=args.modality)
-    cfgmod.save_yaml({**plan, "fingerprint": fp}, args.out)
-    print(json.dumps({"plan": str(args.out), "cases": fp["n_cases"], "failed": fp["failed"],
+    cfgmod.save_yaml({**plan, "fingerprint": fp}, args.output)
+    print(json.dumps({"plan": str(args.output), "cases": fp["n_cases"], "failed": fp["failed"],
                       "modality": plan["modality"], "target_spacing_mm": plan["spacing_mm"],
                       "normalization": plan["normalization"]["scheme"]}))
     return 0 if not fp["failed"] else 1

@@ -107,9 +107,20 @@ def format_text(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.cli.common import check_input
+    from medseg.errors import InputError
     from medseg.io import read_volume
 
-    vol = read_volume(args.path, series_uid=args.series_uid, kind="label" if args.label else None)
+    check_input(args.path, "PATH")
+    try:
+        vol = read_volume(args.path, series_uid=args.series_uid, kind="label" if args.label else None)
+    except InputError as exc:
+        from medseg.io.wsi import SLIDE_EXTENSIONS
+
+        if exc.code == "unknown_format" and args.path.suffix.lower() in SLIDE_EXTENSIONS:
+            raise InputError(f"{exc.problem}; for a whole-slide image use: medseg wsi info {args.path}",
+                             path=args.path, code=exc.code) from None
+        raise
     info = describe(vol, force_label=args.label)
     info["path"] = str(args.path)
     print(json.dumps(info) if args.json else format_text(info))

@@ -25,14 +25,20 @@ VERBS: dict[str, tuple[str, str]] = {
     "predict": ("medseg.cli.predict",
                 "segment volumes with a model bundle (resumable batch, outputs on the input grid)"),
     "export": ("medseg.cli.export", "copy a model bundle for shipping, weights stored as float16 or int8"),
-    "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict"),
+    "wsi": ("medseg.cli.wsi", "whole slides: info, tile, features, train, predict, evaluate"),
     "mil": ("medseg.cli.mil", "multiple-instance learning on bags of feature vectors (cross-validation)"),
 }
 
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object]:
-    parser = argparse.ArgumentParser(prog="medseg", description="Medical image segmentation toolkit.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    from medseg import __version__
+    from medseg.cli.common import MedsegParser
+
+    MedsegParser.argv = list(argv)
+    parser = MedsegParser(prog="medseg", description="Medical image segmentation toolkit. Exit codes: 0 all done, "
+                          "1 some cases failed (the others finished), 2 usage or config error, 130 interrupted "
+                          "(Ctrl-C), 143 terminated (SIGTERM).")
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     # Import only the verb asked for (or all of them for --help).
     wanted = next((a for a in argv if not a.startswith("-")), None)
@@ -49,29 +55,57 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object]:
     return parser, sub
 
 
+def _configure_logging(verbosity: int) -> None:
+    """-q: warnings and errors (-qq: errors); default: progress and results; -v: medseg's debug messages
+    and timings; -vv: every library's debug messages too."""
+    level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.INFO}.get(verbosity, logging.ERROR if verbosity < 0
+                                                                        else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medseg").setLevel(logging.DEBUG if verbosity >= 1 else logging.NOTSET)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, _ = build_parser(argv)
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from medseg.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, verbosity
+
+    args.verbosity = verbosity(args)
+    _configure_logging(args.verbosity)
     if not getattr(args, "_run", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     from medseg.cli.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+    from medseg.errors import ConfigError
 
+    log = logging.getLogger("medseg")
     try:
         with sigterm_as_interrupt():  # a scheduler's SIGTERM stops cleanly, as Ctrl-C does
             return int(args._run(args) or 0)
+    except ConfigError as exc:  # a bad option, config key or output path: nothing was done
+        log.error("%s", exc)
+        return EXIT_USAGE
     except MedsegError as exc:
-        logging.getLogger("medseg").error("%s", exc)
-        return 1
+        log.error("%s", exc)
+        return EXIT_FAILED
     except Terminated:
-        logging.getLogger("medseg").error("terminated (SIGTERM); finished outputs are kept, re-run to resume")
+        log.error("terminated (SIGTERM); finished outputs are kept, re-run to resume")
         return EXIT_TERMINATED
     except KeyboardInterrupt:
-        logging.getLogger("medseg").error("interrupted")
-        return 130
+        log.error("interrupted")
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a file system refusal no check foresaw: one line, not a traceback
+        log.error("%s", exc)
+        log.debug("details", exc_info=True)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: one line by default, the traceback with -v
+        log.error("internal error %s: %s (run again with -v for the traceback; please report it)",
+                  type(exc).__name__, exc)
+        if args.verbosity > 0:
+            log.exception("traceback")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

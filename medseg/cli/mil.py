@@ -1,6 +1,6 @@
 """Multiple-instance learning on bags of feature vectors.
 
-``medseg mil cv --data musk1.csv --folds 10 --repeats 5 --seed 0 --out out/musk1`` runs repeated
+``medseg mil cv --data musk1.csv --folds 10 --repeats 5 --seed 0 --output out/musk1`` runs repeated
 stratified k-fold cross-validation of an aggregator (default: the gated attention-MIL defaults of
 ``configs/wsi/mil.yaml``), prints accuracy and AUC, and writes ``OUT/summary.json`` (means,
 standard deviations, 95 % t-intervals over folds and the per-fold values) plus the resolved config.
@@ -18,22 +18,27 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="mil_cmd", metavar="COMMAND", required=True)
     cv = sub.add_parser("cv", help="repeated k-fold cross-validation on a bag data set")
     cv.add_argument("--data", type=Path, required=True, help="bag file (.csv or .mat)")
-    cv.add_argument("--folds", type=int, default=10)
-    cv.add_argument("--repeats", type=int, default=1)
-    cv.add_argument("--seed", type=int, default=0)
-    cv.add_argument("--out", type=Path, required=True, help="output folder (summary.json)")
+    from medseg.cli.common import DEVICE_HELP, add_output
+
+    cv.add_argument("--folds", type=int, default=10, help="folds of the stratified k-fold cross-validation")
+    cv.add_argument("--repeats", type=int, default=1, help="repeats of the k-fold split (each reshuffled)")
+    cv.add_argument("--seed", type=int, default=0, help="seed of the splits and the model initialisation")
+    add_output(cv, "output folder (summary.json, config.resolved.yaml)")
     cv.add_argument("--config", type=Path, default=None, help="YAML with a 'mil' section (default: built-in)")
     cv.add_argument("--model", default=None,
-                    help="aggregator: attention_mil, gated_attention_mil, mean_mil or max_mil")
+                    help="aggregator: attention_mil, gated_attention_mil, mean_mil or max_mil (default: the "
+                    "config's, else gated_attention_mil)")
     cv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a training key, e.g. --set epochs=20")
     cv.add_argument("--select-epochs", type=int, nargs="+", default=None, metavar="E",
-                    help="choose the epoch count among these by an inner CV inside each training fold")
+                    help="choose the epoch count among these by an inner CV inside each training fold "
+                    "(default: a fixed 40 epochs)")
     cv.add_argument("--select-grid", choices=["default", "off"], default=None,
                     help="choose model, weight decay and epochs (the default grid) by inner CV inside each "
-                         "training fold, one-standard-error rule; YAML 'select_grid' sets other grids")
+                         "training fold, one-standard-error rule; YAML 'select_grid' sets other grids "
+                         "(default: the config's, else off)")
     cv.add_argument("--inner-folds", type=int, default=None, help="folds of that inner CV (default 3)")
-    cv.add_argument("--device", default="cpu", help="cpu (default), auto, cuda[:N]")
+    cv.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
 
 
 def _load_cfg(args: argparse.Namespace):
@@ -76,24 +81,28 @@ def _progress_printer(every_s: float = 5.0):
 
 def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
+    from medseg.cli.common import check_input, check_output_dir
     from medseg.device import resolve_device
     from medseg.fsutil import atomic_write_text
     from medseg.mil.bags import load_bags
     from medseg.mil.crossval import cross_validate
 
+    check_input(args.data, "--data", kind="file")
+    check_output_dir(args.output)
     cfg = _load_cfg(args)
-    bags = load_bags(args.data)
     dev = resolve_device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
+    bags = load_bags(args.data)
+    args.output.mkdir(parents=True, exist_ok=True)
 
     def partial(s: dict) -> None:  # repeats done so far, in case the run is stopped
-        atomic_write_text(args.out / "summary.partial.json", json.dumps({**s, "data": str(args.data)}, indent=1))
+        atomic_write_text(args.output / "summary.partial.json", json.dumps({**s, "data": str(args.data)}, indent=1))
 
     summary = cross_validate(bags, cfg, folds=args.folds, repeats=args.repeats, seed=args.seed, device=dev,
-                             on_repeat=partial, progress=_progress_printer())
+                             on_repeat=partial,
+                             progress=_progress_printer() if getattr(args, "verbosity", 0) >= 0 else None)
     summary["data"] = str(args.data)
-    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
-    cfgmod.save_yaml({"mil": summary["config"]}, args.out / "config.resolved.yaml")
+    atomic_write_text(args.output / "summary.json", json.dumps(summary, indent=1))
+    cfgmod.save_yaml({"mil": summary["config"]}, args.output / "config.resolved.yaml")
     lo, hi = summary["accuracy_ci95"]
     alo, ahi = summary["auc_ci95"]
     print(f"{args.data.name}: {len(bags)} bags ({summary['n_positive']} positive), {cfg.model}, "
@@ -109,5 +118,5 @@ def run(args: argparse.Namespace) -> int:
     if "instance_auc_mean" in summary:
         print(f"instance AUC of the attention (positive bags) {summary['instance_auc_mean']:.3f} "
               f"+- {summary['instance_auc_std']:.3f}")
-    print(f"summary: {args.out / 'summary.json'}")
+    print(f"summary: {args.output / 'summary.json'}")
     return 0

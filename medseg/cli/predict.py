@@ -17,8 +17,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered bundle name (e.g. hippocampus_unet) or bundle folder")
     p.add_argument("--input", type=Path, required=True,
                    help="a volume file, a DICOM series folder, or a folder of them")
-    p.add_argument("--output", type=Path, required=True, help="output folder (label maps, manifest.json)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    from medseg.cli.common import DEVICE_HELP, THREADS_HELP, add_output
+
+    add_output(p, "output folder (label maps, manifest.json)")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
     tta = p.add_mutually_exclusive_group()
     tta.add_argument("--tta", nargs="?", const="0,1,2", default=None, metavar="AXES",
                      help="mirroring test-time augmentation; alone: all axes (8 passes), or axes e.g. 1,2 "
@@ -32,14 +34,19 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write DIR/CASE_probabilities.npz (K, z, y, x) on the input grid")
-    p.add_argument("--probability-dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--workers", type=int, default=None,
-                   help="CPU threads for the model and resampling (default: torch's default)")
+    p.add_argument("--probability-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage of --save-probabilities (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--workers", type=int, dest="threads_old", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", choices=["best", "last"], default="best",
-                   help="model.safetensors (best, default) or last.safetensors")
+                   help="best: model.safetensors, the best validation epoch (exported bundles such as the shipped "
+                   "ones hold only these); last: last.safetensors (default: %(default)s)")
     p.add_argument("--folds", default=None, metavar="F,F",
                    help="of a fold-ensemble bundle, use only these folds, e.g. 0,2 (default: all of them)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the bundle's post-processing rules")
+    p.add_argument("--force", action="store_true",
+                   help="predict cases the bundle's input guard refuses as another modality or body region "
+                   "(checked before inference: e.g. a CT given to an MRI model); they are only warned about")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--output-format", action="append", default=None, metavar="FMT[,FMT]",
                    help="formats to write besides CASE.nii.gz (always written): dicom-seg (DICOM SEG referencing "
@@ -53,16 +60,31 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.cli.common import check_input, check_output_dir
     from medseg.errors import ConfigError
     from medseg.inference.tta import tta_axes_from_text
 
+    if args.threads_old is not None:   # before --threads, predict took CPU threads as --workers
+        import logging
+
+        logging.getLogger("medseg").warning("predict --workers is deprecated: it sets CPU threads, use --threads "
+                                            "(--workers means worker processes in the other verbs)")
+        args.threads = args.threads if args.threads is not None else args.threads_old
+    check_input(args.input, "--input")
+    check_output_dir(args.output)
+    if args.input.is_dir():
+        from medseg.io import list_cases
+
+        if not list_cases(args.input):    # before the model is loaded
+            raise ConfigError(f"--input {args.input}: no volumes in this folder (NIfTI, NRRD/MHA/MHD files or DICOM "
+                              "series folders)", code="empty")
     tta = () if args.no_tta else (None if args.tta is None else tta_axes_from_text(args.tta))
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}", code="bad_params")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}", code="bad_params")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}", code="bad_params")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}", code="bad_params")
     folds = None
     if args.folds is not None:
         try:
@@ -79,15 +101,16 @@ def run(args: argparse.Namespace) -> int:
                          tta_axes=tta, tta_mode="window" if args.tta_per_window else "volume",
                          overlap=args.overlap, batch_size=args.batch_size,
                          save_probabilities=args.save_probabilities, probability_dtype=args.probability_dtype,
-                         workers=args.workers, weights=args.weights, postprocess=not args.no_postprocess,
-                         progress=not args.no_progress, executor=spec, folds=folds,
-                         output_formats=args.output_format, statistics=args.statistics, preview=args.preview)
-    print(summary_table(report))
+                         workers=args.threads, weights=args.weights, postprocess=not args.no_postprocess,
+                         progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0, executor=spec,
+                         folds=folds, force=args.force, output_formats=args.output_format,
+                         statistics=args.statistics, preview=args.preview)
+    print(summary_table(report, timings=getattr(args, "verbosity", 0) > 0))
     return 1 if report.failed else 0
 
 
-def summary_table(report) -> str:
-    """Counts, then one line per failed case (code and message)."""
+def summary_table(report, *, timings: bool = False) -> str:
+    """Counts, then one line per failed case (code and message); with ``timings`` (``-v``) where the time went."""
     lines = [f"{len(report.outcomes)} cases: {report.count('done')} predicted, {report.count('skipped')} already done, "
              f"{report.count('failed')} failed"]
     if report.failed:
@@ -101,7 +124,7 @@ def summary_table(report) -> str:
     if bundle:
         lines.append(f"model:    {bundle['path']} (sha256 {bundle['sha256']})")
     lines.append(f"manifest: {report.manifest_path}")
-    timings = getattr(report, "timings", None)
-    if timings is not None and timings.rows:
-        lines.append(f"{timings.summary()} (per case: {report.manifest_path.parent / 'timings.csv'})")
+    run_timings = getattr(report, "timings", None) if timings else None
+    if run_timings is not None and run_timings.rows:
+        lines.append(f"{run_timings.summary()} (per case: {report.manifest_path.parent / 'timings.csv'})")
     return "\n".join(lines)

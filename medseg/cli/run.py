@@ -1,7 +1,10 @@
 """Run a staged pipeline: ``medseg run CONFIG.yaml [--set key=value ...]``.
 
 The resolved config (after overrides and pipeline expansion) is written to
-``OUTPUT/config.resolved.yaml``.
+``OUTPUT/config.resolved.yaml``. The whole resolved config is checked before any stage runs:
+every stage name, every stage's parameters against what the stage takes (a misspelt key is named,
+with the closest known one) and the output folder; a problem exits with code 2 and nothing is done.
+A case (or slide) that failed in any stage is listed and the exit code is 1; the other cases finish.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
+    from medseg.cli.common import check_input
     from medseg.pipeline import run_pipeline
 
+    check_input(args.config, "config", kind="file")
     cfg = cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)
     ctx = run_pipeline(cfg, config_path=args.config.resolve())
     summary = {k: v for k, v in ctx.results.items() if not k.startswith("_")}
@@ -28,4 +33,16 @@ def run(args: argparse.Namespace) -> int:
     for name, res in summary.items():
         if isinstance(res, dict) and res.get("report"):
             print(f"{name}: report at {res['report']}")
-    return 0
+    return report_failures(summary)
+
+
+def report_failures(results: dict) -> int:
+    """Print the cases each stage reports as failed (``failed: {case: "error:..."}``); 1 if any, else 0."""
+    bad = 0
+    for name, res in results.items():
+        failed = res.get("failed") if isinstance(res, dict) else None
+        errors = {c: s for c, s in (failed or {}).items() if str(s).startswith("error")}
+        if errors:
+            bad += len(errors)
+            print(f"{name}: {len(errors)} failed: " + ", ".join(f"{c} ({s})" for c, s in sorted(errors.items())[:20]))
+    return 1 if bad else 0

@@ -29,9 +29,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", default="0",
                    help="with --plan/--dataset: validation fold 0..4, or 'all' for every fold in turn "
                    "(default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="with --plan/--dataset: output folder (default: runs/DATASET/CONFIGURATION); folds go "
-                   "in fold_F/")
+    from medseg.cli.common import add_output
+
+    add_output(p, "with --plan/--dataset: output folder (default: runs/DATASET/CONFIGURATION); folds go in "
+               "fold_F/; with --config: sets the config's output.dir", required=False)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=10 --set data.fold=1")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output.dir")
@@ -54,7 +55,7 @@ def _plan_of_dataset(args: argparse.Namespace) -> dict:
     from medseg.device import resolve_device
     from medseg.training.plan_dataset import dataset_name, plan_dataset
 
-    out = args.out or Path("runs") / dataset_name(args.dataset) / args.configuration
+    out = args.output or Path("runs") / dataset_name(args.dataset) / args.configuration
     path = out / "plan.yaml"
     if path.is_file():
         logging.getLogger("medseg.train").info("reusing the plan of this run: %s", path)
@@ -74,7 +75,7 @@ def _plan_configs(args: argparse.Namespace) -> list[dict]:
 
     plan = _plan_of_dataset(args) if args.dataset is not None else cfgmod.load_yaml(args.plan)
     check_plan(plan, args.configuration)
-    out = args.out or Path("runs") / str(plan["dataset"]["name"]) / args.configuration
+    out = args.output or Path("runs") / str(plan["dataset"]["name"]) / args.configuration
     if args.fold == "all":
         folds: list = list(range(5))
     else:
@@ -97,10 +98,28 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError("--executor ray runs the folds of --fold all in parallel; use it with --plan or "
                           "--dataset and --fold all")
+    from medseg.cli.common import check_input, check_output_dir
+
+    check_input(args.config, "--config", kind="file")
+    check_input(args.plan, "--plan", kind="file")
+    check_input(args.dataset, "--dataset", kind="folder")
+    if args.dataset is not None:
+        check_output_dir(args.output or Path("runs"))
     if args.config is not None:
-        cfgs = [cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)]
+        cfg = cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.overrides)
+        if args.output is not None:      # the config's output.dir, as --set output.dir=DIR
+            cfg = cfgmod.apply_overrides(cfg, [f"output.dir={args.output}"])
+        cfgs = [cfg]
     else:
         cfgs = _plan_configs(args)
+    from medseg.training.config import resolve_config
+
+    for cfg in cfgs:      # before any data is read or a model built: every key, the output folder, the data
+        resolve_config(cfg)
+        check_output_dir((cfg.get("output") or {}).get("dir"), "output.dir")
+        root = (cfg.get("data") or {}).get("root")
+        if root is not None:
+            check_input(root, "data.root", kind="folder")
     for summary in run_folds(cfgs, resume=args.resume, executor=spec, cpus_per_fold=args.cpus_per_fold):
         if summary.get("skipped"):
             print(json.dumps(summary))

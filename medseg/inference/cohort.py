@@ -146,7 +146,7 @@ def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, la
 
 def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "best", tta_axes=(),
                     tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True,
-                    threads: int | None = None, folds: list[int] | None = None):
+                    threads: int | None = None, folds: list[int] | None = None, force: bool = False):
     """Resolve the device and load the bundle into a :class:`Predictor` (also run once per Ray actor)."""
     import torch
 
@@ -158,7 +158,7 @@ def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "
         torch.set_num_threads(int(threads))
     return Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
                                  overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=threads,
-                                 folds=folds)
+                                 folds=folds, force=force)
 
 
 def _predict_fn(factory: Callable[[], Any], save_probabilities: bool) -> Callable[[str, Any], Any]:
@@ -178,9 +178,16 @@ class _CaseSteps:
     :meth:`case_done` reports progress."""
 
     def __init__(self, predictor, clock, *, save_probabilities: bool, probability_dtype: str, bar=None,
-                 on_case: Callable[[str], None] | None = None, outputs=None):
+                 on_case: Callable[[str], None] | None = None, windows: bool = False, todo: int = 0,
+                 outputs=None):
         self.predictor, self.clock, self.save_probabilities = predictor, clock, save_probabilities
         self.bar, self.on_case = bar, on_case
+        # windows: the bar counts the sliding windows of the case in the model (with the time left), its
+        # description the cases; otherwise (Ray) it counts cases
+        self.windows = windows and bar is not None
+        self.todo, self.cases_done, self._wdone = todo, 0, -1
+        if self.windows:
+            predictor.on_windows = self.window_progress
         self.write = partial(write_prediction, save_probabilities=save_probabilities,
                              label_values=sorted(predictor.labels), probability_dtype=probability_dtype,
                              outputs=outputs)
@@ -200,6 +207,9 @@ class _CaseSteps:
     def compute(self, cid: str, vols):
         """Predict one case (the model thread)."""
         start = self.clock.compute_started(cid)
+        if self.windows:
+            self._wdone = -1
+            self.bar.set_description(f"predict {cid} (case {self.cases_done + 1}/{self.todo})", refresh=False)
         try:
             if isinstance(vols, _LoadFailure):
                 raise vols.exc
@@ -217,9 +227,18 @@ class _CaseSteps:
         self.clock.set(cid, write_at_s=t, write_s=self.clock.now() - t)
         return paths
 
+    def window_progress(self, done: int, total: int) -> None:
+        """The predictor's report of the windows done for the current case (the model thread)."""
+        if self._wdone < 0:        # the first batch of windows of this case
+            self.bar.reset(total=total)
+            self._wdone = 0
+        self.bar.update(done - self._wdone)
+        self._wdone = done
+
     def case_done(self, cid: str) -> None:
         """Progress: the bar and the ``on_case`` hook (after compute; on Ray, when a result comes back)."""
-        if self.bar is not None:
+        self.cases_done += 1
+        if self.bar is not None and not self.windows:
             self.bar.set_postfix_str(cid, refresh=False)
             self.bar.update(1)
         if self.on_case is not None:
@@ -235,16 +254,13 @@ class _CaseSteps:
         self.clock.set(outcome.case_id, status=outcome.status, done_at_s=t, **extra)
 
 
-def _progress_bar(cases: list[tuple[str, list[Path]]], out: Path, params: dict[str, Any]):
-    """A tqdm bar over the cases still to do (those the manifest does not hold complete)."""
-    from tqdm import tqdm
-
+def _cases_to_do(cases: list[tuple[str, list[Path]]], out: Path, params: dict[str, Any]) -> int:
+    """How many of ``cases`` the manifest does not hold complete."""
     from medseg.batch import is_complete, params_hash, read_manifest
 
     man, ph = read_manifest(out), params_hash(params)
     ids = {cid for cid, _ in cases}
-    todo = sum(not is_complete(man["cases"].get(cid), out, ph, case_id=cid, case_ids=ids) for cid, _ in cases)
-    return tqdm(total=todo, desc="predict", unit="case", leave=True)
+    return sum(not is_complete(man["cases"].get(cid), out, ph, case_id=cid, case_ids=ids) for cid, _ in cases)
 
 
 def _remote_stages(predictor_factory: Callable[[], Any] | None, save_probabilities: bool, write):
@@ -299,10 +315,16 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     cases = find_cases(input_path, channels=predictor.channels)
     params = run_params(predictor, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
                         outputs=outputs)
-    bar = _progress_bar(cases, out, params) if progress else None
-    steps = _CaseSteps(predictor, clock, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
-                       bar=bar, on_case=on_case, outputs=outputs)
     spec = as_spec(executor)
+    bar, todo = None, 0
+    if progress:
+        from medseg.progress import progress_bar
+
+        todo = _cases_to_do(cases, out, params)
+        # locally: windows of each case with the time left, cases in the description; on Ray: cases
+        bar = progress_bar(todo if not spec.is_local else None, "predict", "case" if not spec.is_local else "windows")
+    steps = _CaseSteps(predictor, clock, save_probabilities=save_probabilities, probability_dtype=probability_dtype,
+                       bar=bar, on_case=on_case, windows=spec.is_local, todo=todo, outputs=outputs)
     remote = None if spec.is_local else _remote_stages(predictor_factory, save_probabilities, steps.write)
     prov = predictor.provenance() if hasattr(predictor, "provenance") else None
     record = {"bundle": prov} if prov else None
@@ -326,6 +348,7 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
     finally:
         if bar is not None:
             bar.close()
+        predictor.on_windows = None
         _finish_timings(clock, out, report)
 
 
@@ -333,12 +356,13 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
                 tta_axes=(), tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4,
                 save_probabilities: bool = False, probability_dtype: str = "float16", workers: int | None = None,
                 weights: str = "best", postprocess: bool = True, progress: bool = False, executor=None,
-                folds: list[int] | None = None, output_formats=None, statistics: bool = False,
+                folds: list[int] | None = None, force: bool = False, output_formats=None, statistics: bool = False,
                 preview: bool = False):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
 
     ``workers``: CPU threads for torch and resampling (None: leave torch's setting alone).
+    ``force``: predict cases the bundle's input guard refuses (:mod:`medseg.preprocess.guard`).
     ``executor``: local (default) or ray (:mod:`medseg.executors`); on Ray the bundle is loaded here
     on the CPU (to check it and hash the run's parameters) and once more on each model actor.
     ``output_formats`` (nifti, dicom-seg, seg-nrrd), ``statistics``, ``preview``: see
@@ -352,7 +376,7 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
     factory = partial(build_predictor, model, device=device, weights=weights,
                       tta_axes=None if tta_axes is None else tuple(tta_axes),
                       tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
-                      threads=workers, folds=folds)
+                      threads=workers, folds=folds, force=force)
     predictor = factory() if spec.is_local else factory(device="cpu")
     outputs = CaseOutputs.for_predictor(predictor, formats=formats, statistics=statistics, preview=preview)
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,

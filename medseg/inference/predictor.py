@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,15 @@ class Predictor:
     blend : "gaussian" or "constant" window weights.
     postprocess : apply the bundle's ``postprocess`` rules (if it has any).
     threads : CPU threads for resampling (None: medseg's default).
+    force : predict cases the bundle's ``input_guard`` refuses (another modality or body region; see
+        :mod:`medseg.preprocess.guard`); they are then only warned about.
     """
 
     def __init__(self, model, meta: dict[str, Any], *, device: Any = "cpu", tta_axes: Sequence[int] | None = (),
                  tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian",
                  postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
-                 weights_path: str | Path | None = None):
+                 weights_path: str | Path | None = None, force: bool = False):
         import torch
 
         check_meta(meta, source)
@@ -140,6 +143,9 @@ class Predictor:
         self.overlap, self.batch_size, self.blend = float(overlap), int(batch_size), blend
         self.rules = meta.get("postprocess") if postprocess else None
         self.threads = threads
+        self.force = bool(force)
+        self.guard = meta.get("input_guard") if isinstance(meta.get("input_guard"), dict) else None
+        self.on_windows: Any = None     # progress: called with (windows done, windows in this case)
         self.source = str(source) if source is not None else None
         wp = weights_path if isinstance(weights_path, (list, tuple)) else [weights_path]
         self.weights_paths = [Path(p) for p in wp if p is not None]
@@ -221,8 +227,9 @@ class Predictor:
         arr, ref = stack_channels(chans, expected=self.channels, path=path)
         target = grid_of(ref)
         warnings = []
+        warnings += self.check_input(arr[0], ref.spacing_mm, path)
         msg = spacing_warning(ref.spacing_mm, self.plan)
-        if msg:
+        if msg and self.guard is None:   # a bundle with an input guard warns about the spacing there
             log.warning("%s: %s", path or "input", msg)
             warnings.append(msg)
         prepared = preprocess(arr, target, self.plan)
@@ -251,6 +258,21 @@ class Predictor:
         timings = {"preprocess": t1 - t0, "forward": t2 - t1, "invert": t3 - t2, "postprocess": t4 - t3}
         return Prediction(out, full if probabilities else None, warnings, timings, source=chans[0])
 
+    def check_input(self, image: np.ndarray, spacing_mm: Sequence[float], path: Any = None) -> list[str]:
+        """Warnings about a case (channel 0, raw intensities) against the bundle's ``input_guard``; raises
+        InputError (code ``wrong_input``) for a case it refuses, unless ``force``. Runs before any inference."""
+        from medseg.preprocess.guard import check_case
+
+        warnings, refusals = check_case(image, spacing_mm, self.guard)
+        for w in warnings:
+            log.warning("%s: %s", path or "input", w)
+        if refusals and not self.force:
+            raise InputError("; ".join(refusals) + " - not predicted (medseg predict --force predicts it anyway)",
+                             path=path, code="wrong_input")
+        for r in refusals:
+            log.warning("%s: %s (predicted anyway: --force)", path or "input", r)
+        return warnings + refusals
+
     def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
         """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x)."""
         import torch
@@ -272,8 +294,16 @@ class Predictor:
 
         x = torch.from_numpy(image)[None].to(self.device)
         total = None
+        models = self.models
+        if self.on_windows is not None:        # progress over the windows of this case
+            from medseg.inference.windows import count_windows
+
+            n = count_windows(image.shape[1:], self.patch_size, self.overlap, axis=axis) * len(self.models) \
+                * 2 ** len(axes)
+            counter = _WindowCounter(self.on_windows, n)
+            models = [_counted(m, counter) for m in self.models]
         with torch.inference_mode():
-            for model in self.models:          # a fold ensemble: the mean of the folds' probabilities
+            for model in models:          # a fold ensemble: the mean of the folds' probabilities
                 def run(x: torch.Tensor, mirror_axes: Sequence[int] = (), model=model) -> torch.Tensor:
                     return sliding_window(model, x, self.patch_size, overlap=self.overlap,
                                           batch_size=self.batch_size, blend=self.blend, axis=axis,
@@ -288,3 +318,40 @@ class Predictor:
             if len(self.models) > 1:
                 total /= len(self.models)
             return total.numpy()
+
+
+class _WindowCounter:
+    """Windows through the model so far for one case, reported as ``(done, total)``."""
+
+    def __init__(self, report, total: int):
+        self.report, self.total, self.done = report, int(total), 0
+
+    def add(self, n: int) -> None:
+        self.done = min(self.done + int(n), self.total)    # an out-of-memory retry re-runs windows
+        self.report(self.done, self.total)
+
+
+@lru_cache(maxsize=1)
+def _counted_class():
+    """The module class below, made on first use (this module imports torch only inside functions)."""
+    import torch
+
+    class Counted(torch.nn.Module):
+        """A model that counts the windows it is given (a batch ``(B, C, ...)`` is B windows)."""
+
+        def __init__(self, inner, counter: _WindowCounter):
+            super().__init__()
+            self.inner, self.counter = inner, counter
+            self.train(inner.training)
+
+        def forward(self, x):
+            out = self.inner(x)
+            self.counter.add(x.shape[0])
+            return out
+
+    return Counted
+
+
+def _counted(inner, counter: _WindowCounter):
+    """``inner`` wrapped so that every forward pass reports its windows to ``counter``."""
+    return _counted_class()(inner, counter)

@@ -61,6 +61,23 @@ def window_grid(shape: Sequence[int], roi: Sequence[int], overlap: Sequence[floa
     return list(product(*per_axis))
 
 
+def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float, *, axis: int = 0) -> int:
+    """How many windows :func:`medseg.inference.sliding_window` runs over a volume of spatial ``shape``
+    (padded to at least ``roi`` first); a 2D ``roi`` (one size fewer) goes slice by slice along ``axis``.
+
+    >>> count_windows((160, 100, 64), (64, 64, 64), 0.5)     # 4 x 3 x 1
+    12
+    >>> count_windows((10, 100, 64), (64, 64), 0.5, axis=0)  # 10 slices x 3 x 1
+    30
+    """
+    shape = [int(s) for s in shape]
+    slices = 1
+    if len(roi) == len(shape) - 1:
+        slices = shape.pop(axis)
+    per_axis = [len(window_starts(max(s, int(r)), int(r), float(overlap))) for s, r in zip(shape, roi)]
+    return slices * math.prod(per_axis)
+
+
 def pad_amounts(shape: Sequence[int], roi: Sequence[int]) -> list[tuple[int, int]]:
     """``(before, after)`` padding per axis so every axis is at least ``roi`` long (centred, floor before)."""
     out = []

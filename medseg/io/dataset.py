@@ -95,6 +95,9 @@ def scan_dataset(root: str | Path) -> DatasetInfo:
     """
     root = Path(root)
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
+    if not root.is_dir():
+        raise InputError("data set folder does not exist" if not root.exists() else "data set path is a file, "
+                         "not a folder", path=root, code="missing")
     for d in (img_dir, lab_dir):
         if not d.is_dir():
             raise InputError(f"missing folder {d.name}/ (expected the MSD / nnU-Net layout imagesTr/ + labelsTr/)",

@@ -71,11 +71,17 @@ def binary_metrics(y_true, prob, *, threshold: float = 0.5) -> dict[str, float]:
             "balanced_accuracy": balanced_accuracy(y, pred), "f1": f1_score(y, pred)}
 
 
-def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float, float]:
+def t_interval(values: Sequence[float], *, confidence: float = 0.95,
+               bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval of the mean over ``values`` (NaNs dropped).
 
     Folds of repeated cross-validation are not independent, so this interval is optimistic;
-    it is reported as the usual summary in the MIL literature.
+    it is reported as the usual summary in the MIL literature. ``bounds``: the metric's range (e.g.
+    ``(0, 1)`` for accuracy or AUC); the interval is clipped to it (a symmetric t-interval around a
+    mean near 1 would otherwise pass 1).
+
+    >>> t_interval([0.9, 1.0, 1.0], bounds=(0, 1))[2]
+    1.0
     """
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
     if v.size == 0:
@@ -84,7 +90,10 @@ def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple[fl
     if v.size == 1:
         return m, m, m
     half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if bounds is not None:
+        lo, hi = max(lo, float(bounds[0])), min(hi, float(bounds[1]))
+    return m, lo, hi
 
 
 def bootstrap_ci(y_true, prob, metric, *, n_boot: int = 1000, confidence: float = 0.95,

@@ -272,13 +272,14 @@ def _tol_or_nan(tolerance_mm, k: int) -> float:
 
 def _run_jobs(jobs: list, *, workers: int, progress: bool,
               executor=None) -> list[tuple[str, list[LabelResult], str | None, dict[str, Any]]]:
-    from tqdm import tqdm
-
     from medseg.executors import as_spec
+    from medseg.progress import PlainProgress, progress_bar
 
     spec = as_spec(executor)
     workers = max(1, min(int(workers), len(jobs) or 1))
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress, leave=False)
+    # a terminal gets a bar, a log a line every 30 s; without progress a counter that never writes
+    bar = progress_bar(len(jobs), "evaluate", "case", leave=False) if progress else PlainProgress(
+        len(jobs), "evaluate", "case", interval_s=float("inf"))
     try:
         if not spec.is_local and jobs:
             from medseg.ray_runner import map_unordered

@@ -111,12 +111,13 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
 def _summarise(head, per_fold, oof, labels, threshold, t0) -> dict[str, Any]:
     repeats = oof.shape[0]
     summary: dict[str, Any] = {**head, "repeats": repeats,
-                               "ci": "two-sided 95% Student-t interval of the mean over all folds"}
+                               "ci": "two-sided 95% Student-t interval of the mean over all folds, "
+                                     "clipped to [0, 1]"}
     keys = ["accuracy", "auc", "balanced_accuracy", "f1"] + (["instance_auc"] if "instance_auc" in per_fold[0] else [])
     for key in keys:
         vals = [p[key] for p in per_fold]
         arr = np.asarray([v for v in vals if not np.isnan(v)])
-        mean, lo, hi = t_interval(vals)
+        mean, lo, hi = t_interval(vals, bounds=(0.0, 1.0))   # every one of these metrics lies in [0, 1]
         summary[f"{key}_mean"] = mean
         summary[f"{key}_std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
         summary[f"{key}_ci95"] = [lo, hi]

@@ -13,6 +13,8 @@ This module sits below the stage modules (:mod:`medseg.stages.preprocess` ...) a
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +30,55 @@ log = logging.getLogger("medseg.pipeline")
 STAGES = Registry("stage")
 
 
-def register_stage(name: str):
-    """Decorator: register a stage function under ``name`` (the YAML ``stage:`` key)."""
-    return STAGES.register(name)
+def register_stage(name: str, *, accepts_of: Callable[[], Callable[..., Any]] | None = None):
+    """Decorator: register a stage function under ``name`` (the YAML ``stage:`` key).
+
+    ``accepts_of``: for a stage taking ``**params``, a function returning the callable (function or
+    dataclass) whose keyword parameters those are (imported only when asked), so that
+    :func:`check_stage_params` can check them before any stage runs."""
+    reg = STAGES.register(name)
+
+    def deco(fn):
+        if accepts_of is not None:
+            fn.accepts_of = accepts_of
+        return reg(fn)
+
+    return deco
+
+
+def _keywords(fn: Callable[..., Any], skip: int) -> tuple[list[str], list[str], bool]:
+    """(names accepted, names required, takes **kwargs) of ``fn``'s parameters after the first ``skip``."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    ok = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in params if p.kind in ok]
+    required = [p.name for p in params if p.kind in ok and p.default is inspect.Parameter.empty]
+    return names, required, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def check_stage_params(stage: str, name: str, params: dict[str, Any]) -> None:
+    """ConfigError naming the stage and the key when ``params`` do not fit the stage's signature
+    (an unknown key, with the closest known one; a required one missing). Runs nothing."""
+    fn = STAGES.get(stage)
+    names, required, var = _keywords(fn, 1)               # after ctx
+    target = getattr(fn, "accepts", None)
+    if target is None and getattr(fn, "accepts_of", None) is not None:
+        target = fn.accepts_of()  # type: ignore[attr-defined]
+    if var and target is not None:
+        more, req, var = _keywords(target, 0 if inspect.isclass(target) else 1)   # a volume function: after vol
+        names, required = names + more, required + req
+    if not var:
+        unknown = [k for k in params if k not in names]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.6)
+                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise ConfigError(f"stage '{name}' ({stage}): unknown parameter{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(hints)}; it takes {', '.join(names) or 'no parameters'}",
+                              code="bad_params")
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise ConfigError(f"stage '{name}' ({stage}): missing parameter(s) {', '.join(missing)}", code="bad_params")
 
 
 @dataclass
@@ -93,6 +141,7 @@ def volume_stage(name: str, fn: Callable[..., Any], *, label_aware: bool = True)
     def stage(ctx: Context, input: str | None = None, **params: Any) -> dict[str, Any]:
         return map_volumes(ctx, lambda vol: fn(vol, **params), input=input, default_name=name)
 
+    stage.accepts = fn    # type: ignore[attr-defined]   # its keywords are the stage's params
     stage.__name__ = f"stage_{name}"
     stage.__doc__ = f"Pipeline stage applying {fn.__name__} to every volume.\n\n{fn.__doc__ or ''}"
     return register_stage(name)(stage)

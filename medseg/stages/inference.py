@@ -30,15 +30,16 @@ log = logging.getLogger("medseg.inference")
 def predict_stage(ctx: Context, model: str | None = None, input: str | None = None, overlap: float = 0.5,
                   tta: Any = None, batch_size: int = 4, device: str = "auto", save_probabilities: bool = False,
                   workers: int | None = None, weights: str = "best", postprocess: bool = True,
-                  tta_mode: str = "volume", output_format: Any = None, statistics: bool = False,
-                  preview: bool = False) -> dict[str, Any]:
+                  tta_mode: str = "volume", force: bool = False, output_format: Any = None,
+                  statistics: bool = False, preview: bool = False) -> dict[str, Any]:
     """Segment every case of ``input`` with the bundle ``model`` (a registered name or a bundle folder).
 
     ``output_format`` (a list or comma-separated text of nifti, dicom-seg, seg-nrrd), ``statistics``,
     ``preview``: as ``medseg predict`` (:mod:`medseg.inference.outputs`).
 
     ``tta_mode``: "volume" (flip the whole volume, average probabilities) or "window" (flip windows
-    inside the sliding window, average logits; see :class:`medseg.inference.predictor.Predictor`)."""
+    inside the sliding window, average logits; see :class:`medseg.inference.predictor.Predictor`).
+    ``force``: predict cases the bundle's input guard refuses (:mod:`medseg.preprocess.guard`)."""
     from medseg.inference.cohort import run_predict
     from medseg.inference.tta import tta_axes_from_param
 
@@ -57,13 +58,13 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
     report = run_predict(model=model_spec, input_path=ctx.resolve_input(input), output=out_dir, device=str(device),
                          tta_axes=tta_axes, tta_mode=str(tta_mode), overlap=float(overlap), batch_size=int(batch_size),
                          save_probabilities=bool(save_probabilities), workers=workers, weights=weights,
-                         postprocess=bool(postprocess), progress=False, output_formats=output_format,
-                         statistics=bool(statistics), preview=bool(preview))
+                         postprocess=bool(postprocess), progress=False, force=bool(force),
+                         output_formats=output_format, statistics=bool(statistics), preview=bool(preview))
     failed = {o.case_id: f"error:{(o.error or {}).get('code', 'error')}" for o in report.failed}
     for cid, st in failed.items():
         log.error("predict: case %s failed (%s)", cid, st)
     if report.timings is not None and report.timings.rows:
-        log.info("predict: %s", report.timings.summary())
+        log.debug("predict: %s", report.timings.summary())   # developer detail: shown with -v
     ctx.results["_last_volume_dir"] = out_dir
     return {"output": str(out_dir), "manifest": str(report.manifest_path),
             "done": [o.case_id for o in report.outcomes if o.status == "done"],

@@ -79,7 +79,19 @@ def _slides(ctx: Context, slides: Any) -> list[Path]:
     return out
 
 
-@register_stage("wsi_tile")
+def _tiling_params():
+    from medseg.wsi.tile_slides import TilingParams
+
+    return TilingParams
+
+
+def _bcl_params():
+    from medseg.wsi.bcl import BCLConfig
+
+    return BCLConfig
+
+
+@register_stage("wsi_tile", accepts_of=_tiling_params)
 def stage_tile(ctx: Context, slides: Any = None, **params: Any) -> dict[str, Any]:
     """Tissue masks and tile grids for every slide (params: TilingParams keys)."""
     from medseg.wsi.tile_slides import TilingParams, tile_slides
@@ -185,7 +197,7 @@ def stage_mil(ctx: Context, labels: str, classes: list[str] | None = None,
             "train_probabilities": {i: round(float(p), 4) for i, p in zip(ids, train_prob)}}
 
 
-@register_stage("wsi_bcl")
+@register_stage("wsi_bcl", accepts_of=_bcl_params)
 def stage_bcl(ctx: Context, **params: Any) -> dict[str, Any]:
     """BCL rounds on the labelled slides' tiles; the last round's encoder + aggregator become the bundle."""
     from medseg.models.encoders import save_weights

@@ -68,6 +68,11 @@ def write_fold_ensemble(run_dir: str | Path, folds: Sequence[int], *, choose_pos
                              "averaged", path=run / f"fold_{f}", code="bad_bundle")
     meta = {k: v for k, v in first.items() if k not in ("format", "training", "data")}
     meta["folds"] = [int(f) for f in folds]
+    guards = [m.get("input_guard") for m in metas.values()]
+    if all(guards):   # the folds together saw every training case: their ranges combined
+        from medseg.preprocess.guard import merge_guards
+
+        meta["input_guard"] = merge_guards([g for g in guards if g])
     d0 = first.get("data", {})
     meta["data"] = {"root": d0.get("root"), "num_folds": d0.get("num_folds"), "split_seed": d0.get("split_seed"),
                     "val_cases": {int(f): m.get("data", {}).get("val_cases", []) for f, m in metas.items()}}

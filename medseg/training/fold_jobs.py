@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 from medseg.executors import LOCAL, ExecutorSpec
 
 log = logging.getLogger("medseg.train")
@@ -40,8 +40,8 @@ def _train_one(cfg: dict, resume: bool) -> dict[str, Any]:
 
     try:
         return train(cfg, resume=resume)
-    except MedsegError as exc:
-        return {"error": error_of(exc), "bundle": cfg["output"]["dir"]}
+    except MedsegError as exc:   # a ConfigError stays one (exit code 2 in the CLI)
+        return {"error": {**error_of(exc), "config": isinstance(exc, ConfigError)}, "bundle": cfg["output"]["dir"]}
 
 
 def run_folds(cfgs: Sequence[dict], *, resume: bool, executor: ExecutorSpec = LOCAL,
@@ -65,7 +65,7 @@ def run_folds(cfgs: Sequence[dict], *, resume: bool, executor: ExecutorSpec = LO
 def _raise(result: dict) -> None:
     err = result.get("error")
     if err:
-        raise MedsegError(err["message"], code=err["code"])
+        raise (ConfigError if err.get("config") else MedsegError)(err["message"], code=err["code"])
 
 
 def _on_ray(todo: Sequence[dict], resume: bool, spec: ExecutorSpec, cpus_per_fold: int) -> list[dict]:

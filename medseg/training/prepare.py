@@ -28,6 +28,7 @@ class PreparedData:
     plan: dict[str, Any]
     train: list[TrainCase]
     val: list[TrainCase]
+    input_guard: dict[str, Any] | None = None   # what the bundle's predictor checks new cases against
 
     @property
     def labels(self) -> dict[int, str]:
@@ -61,6 +62,7 @@ def prepare_data(cfg: dict[str, Any]) -> PreparedData:
         pre = apply_plan_arrays(rc.image, plan, spacing_mm=rc.spacing_mm, label=rc.label)
         return TrainCase(cid, pre.image, np.ascontiguousarray(pre.label, dtype=np.uint8), num_classes=num_classes)
 
+    input_guard = _input_guard(info, [raw[c] for c in train_ids])
     train = [build(c) for c in train_ids]
     val = [build(c) for c in val_ids]
     if not any(c.fg for c in train):
@@ -68,4 +70,15 @@ def prepare_data(cfg: dict[str, Any]) -> PreparedData:
     mb = sum(c.image.nbytes + c.label.nbytes for c in train + val) / 2 ** 20
     log.info("data: %d training + %d validation cases, %d channel(s), labels %s, %.1f MB in RAM (%.1f s)",
              len(train), len(val), info.channels, info.labels, mb, time.perf_counter() - t0)
-    return PreparedData(info, plan, train, val)
+    return PreparedData(info, plan, train, val, input_guard)
+
+
+def _input_guard(info: DatasetInfo, cases: list) -> dict[str, Any]:
+    """The bundle's ``input_guard`` (:mod:`medseg.preprocess.guard`) from the raw training cases (channel 0);
+    the modality from dataset.json, else ``CT`` when the first case looks like CT, else ``other``."""
+    from medseg.preprocess.guard import input_guard, looks_like_ct
+    from medseg.training.plan_dataset import modalities_of
+
+    guess = "CT" if cases and looks_like_ct(cases[0].image[0].ravel()[::97]) else "other"
+    modality = modalities_of(info.meta or {}, info.channels, guess)[0]
+    return input_guard(((c.image[0], c.spacing_mm, c.label) for c in cases), modality)

@@ -246,10 +246,9 @@ def _train_epoch(run: _Run, train_module, sampler: EpochSampler, loader, epoch: 
             x = x.contiguous(memory_format=torch.channels_last_3d)
         loss = _step(run, train_module, x, y)
         loss_sum += loss.detach().double()
-        if bar is not None:
+        if bar is not None:   # the loss detached: a scalar of a tensor that requires grad warns in torch
+            bar.set_postfix_str(f"loss {loss.detach().item():.4f}", refresh=False)
             bar.update(1)
-            if it % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
     if bar is not None:
         bar.close()
     train_loss = float(all_reduce_sum([float(loss_sum)], run.dinfo, device)[0]) / (
@@ -328,9 +327,9 @@ def _channels_last(t: dict, device: torch.device) -> bool:
 def _progress(t: dict, dinfo: DistInfo, epoch: int):
     if not (t["progress"] and dinfo.is_main):
         return None
-    from tqdm import tqdm
+    from medseg.progress import progress_bar
 
-    return tqdm(total=t["iters_per_epoch"], desc=f"epoch {epoch + 1}/{t['epochs']}", leave=False, unit="it")
+    return progress_bar(t["iters_per_epoch"], f"epoch {epoch + 1}/{t['epochs']}", "it", leave=False)
 
 
 def _summary_line(row: dict, epochs: int, labels: dict[int, str], label_ids: list[int]) -> str:
@@ -354,6 +353,7 @@ def _bundle_meta(cfg: dict, data: PreparedData, arch_kwargs: dict, patch, slice_
         "patch_size": in_plane,
         **extra,
         "spacing_mm": list(data.plan["spacing_mm"]),
+        **({"input_guard": data.input_guard} if data.input_guard else {}),
         "data": {"root": str(cfg["data"]["root"]), "fold": cfg["data"]["fold"],
                  "num_folds": cfg["data"]["num_folds"], "split_seed": cfg["data"]["seed"],
                  "train_cases": [c.case for c in data.train], "val_cases": [c.case for c in data.val]},

@@ -133,10 +133,12 @@ def test_cli_workers_identical(cohort, tmp_path):
 
 
 def test_cli_bad_arguments(tmp_path):
+    # usage errors (a missing input, values that cannot work): exit 2, nothing written
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path), "--out",
-                 str(tmp_path / "o"), "--no-progress"]) == 1
+                 str(tmp_path / "o"), "--no-progress"]) == 2
     assert main(["evaluate", "--pred", str(tmp_path), "--ref", str(tmp_path), "--out", str(tmp_path / "o"),
-                 "--nsd-tolerance-mm", "1,2", "--no-progress"]) == 1
+                 "--nsd-tolerance-mm", "1,2", "--no-progress"]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_totalsegmentator_pair_agrees_with_surface_distance(tmp_path):

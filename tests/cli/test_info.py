@@ -71,7 +71,8 @@ def test_looks_like_labels():
 
 
 @pytest.mark.parametrize("make", ["missing", "truncated"])
-def test_bad_input_exit_1_one_line(tmp_path, make):
+def test_bad_input_one_line(tmp_path, make):
+    """A truncated file is bad input (exit 1); a path that does not exist is a usage error (exit 2)."""
     p = tmp_path / "bad.nii.gz"
     if make == "truncated":
         src = shared_path("hippocampus", "imagesTr", "hippocampus_001.nii.gz")
@@ -79,7 +80,7 @@ def test_bad_input_exit_1_one_line(tmp_path, make):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-m", "medseg", "info", str(p)], capture_output=True, text=True, env=env,
                        timeout=120)
-    assert r.returncode == 1
+    assert r.returncode == (2 if make == "missing" else 1)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and str(p) in lines[0]
     assert r.stdout == ""

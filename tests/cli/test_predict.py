@@ -133,7 +133,7 @@ def test_channel_files_are_grouped(tmp_path):
 def test_bad_options_are_refused(tmp_path, bad, caplog):
     src = _cohort(tmp_path / "in", n=1)
     bundle = make_bundle(tmp_path / "b")
-    assert main(["predict", "--model", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"), *bad]) == 1
+    assert main(["predict", "--model", str(bundle), "--input", str(src), "--output", str(tmp_path / "o"), *bad]) == 2
     assert not (tmp_path / "o").exists()
 
 
@@ -232,3 +232,17 @@ def test_bad_bundle_default_tta_is_refused_naming_the_bundle(tmp_path, bad):
     with pytest.raises(InputError, match="tta_axes") as exc:
         Predictor.from_bundle(bundle)
     assert str(bundle) in str(exc.value) or exc.value.path is not None
+
+
+def test_progress_outside_a_terminal_is_plain_log_lines_over_windows(tmp_path, caplog):
+    import logging
+
+    src = _cohort(tmp_path / "in", n=2)
+    bundle = make_bundle(tmp_path / "b")
+    with caplog.at_level(logging.INFO, logger="medseg.progress"):
+        rep = run_predict(model=bundle, input_path=src, output=tmp_path / "o", device="cpu", progress=True)
+    assert rep.count("done") == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.progress"]
+    # 16^3 cases, 16^3 windows: one window per case; the last line is written when the bar closes
+    assert lines and lines[-1].startswith("predict case_1 (case 2/2): 1/1 windows (100 %)")
+    assert all("\r" not in ln for ln in lines)

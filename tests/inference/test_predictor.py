@@ -314,3 +314,33 @@ def test_large_outputs_resample_labels_instead_of_probabilities(tmp_path, monkey
     assert via_labels.shape == vol.shape and via_labels.array.dtype == np.uint8
     np.testing.assert_allclose(via_labels.affine, vol.affine, atol=1e-9)
     assert np.mean(via_labels.array == via_probs.array) > 0.9
+
+
+def test_input_guard_refuses_ct_for_an_mri_bundle_unless_forced(tmp_path, caplog):
+    guard = {"modality": "MRI", "n_cases": 3, "foreground_percentiles": {"p0.5": 30.0, "p50": 300.0, "p99.5": 900.0},
+             "spacing_mm": {"min": [1, 1, 1], "max": [1, 1, 1]},
+             "field_of_view_mm": {"min": [16, 16, 16], "max": [24, 24, 24]}}
+    bundle = make_bundle(tmp_path / "b", extra={"input_guard": guard})
+    ct = np.full((20, 20, 20), -1000.0, np.float32)
+    ct[4:16, 4:16, 4:16] = 50.0
+    vol = Volume(ct, (1.0, 1.0, 1.0), meta={"path": "ct.nii.gz"})
+    with pytest.raises(InputError, match="look like CT") as exc:
+        Predictor.from_bundle(bundle).predict_volume(vol)
+    assert exc.value.code == "wrong_input" and "--force" in str(exc.value)
+    pred = Predictor.from_bundle(bundle, force=True).predict_volume(vol)      # --force: predicted, with the warning
+    assert pred.label.shape == (20, 20, 20)
+    assert any("look like CT" in w for w in pred.warnings)
+    mri = Volume(np.random.default_rng(0).uniform(0, 800, (20, 20, 20)).astype(np.float32), (1.0, 1.0, 1.0))
+    assert Predictor.from_bundle(bundle).predict_volume(mri).warnings == []  # like the training data: silent
+
+
+def test_window_progress_counts_every_window_of_every_pass(tmp_path):
+    """30 x 20 x 20 voxels, 16^3 windows at overlap 0.5: starts z 0, 8, 14; y 0, 4; x 0, 4 -> 12 windows,
+    times 4 mirror passes (axes 0, 1) = 48, reported as they go through the model."""
+    bundle = make_bundle(tmp_path / "b")
+    p = Predictor.from_bundle(bundle, tta_axes=(0, 1))
+    seen = []
+    p.on_windows = lambda done, total: seen.append((done, total))
+    p.predict_volume(Volume(np.random.default_rng(0).random((30, 20, 20)).astype(np.float32), (1.0, 1.0, 1.0)))
+    assert seen[-1] == (48, 48) and all(t == 48 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -206,3 +206,23 @@ def test_result_is_an_ordinary_tensor():
     out = sliding_window(_net3d(), torch.zeros(1, 1, 20, 20, 20), 16)
     assert not out.requires_grad and not out.is_inference()
     out[:, 0] = 0  # in-place use by the caller is allowed
+
+
+def test_count_windows_matches_the_windows_sliding_window_runs():
+    import torch
+
+    from medseg.inference.sliding_window import sliding_window
+    from medseg.inference.windows import count_windows
+
+    seen = []
+
+    def model(x):
+        seen.append(x.shape[0])
+        return torch.zeros((x.shape[0], 2, *x.shape[2:]))
+
+    for shape, roi in [((40, 50, 30), (16, 16, 16)), ((10, 70, 20), (32, 32, 32)), ((5, 40, 40), (16, 16))]:
+        seen.clear()
+        sliding_window(model, torch.zeros((1, 1, *shape)), roi, overlap=0.5, batch_size=3)
+        assert sum(seen) == count_windows(shape, roi, 0.5)
+    # by hand: 40 -> starts 0, 8, 16, 24 (4); 50 -> 0, 8, ..., 32, 34 (6); 30 -> 0, 8, 14 (3)
+    assert count_windows((40, 50, 30), (16, 16, 16), 0.5) == 4 * 6 * 3

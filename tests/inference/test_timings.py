@@ -29,9 +29,12 @@ def test_timings_file_has_every_phase_non_negative_and_consistent(tmp_path, caps
     bundle = make_bundle(tmp_path / "b")
     out = tmp_path / "out"
     assert main(["predict", "--model", str(bundle), "--input", str(src), "--output", str(out), "--device", "cpu",
-                 "--save-probabilities", "--no-progress"]) == 1          # garbage fails, the others finish
+                 "--save-probabilities", "--no-progress", "-v"]) == 1    # garbage fails, the others finish
     text = capsys.readouterr().out
-    assert "timings: 5 case(s) in" in text and "sum of parts" in text
+    assert "timings: 5 case(s) in" in text and "sum of parts" in text     # with -v only
+    assert main(["predict", "--model", str(bundle), "--input", str(src), "--output", str(tmp_path / "o2"),
+                 "--device", "cpu", "--no-progress"]) == 1
+    assert "timings:" not in capsys.readouterr().out
 
     with open(out / TIMINGS, newline="") as fh:
         header = next(csv.reader(fh))

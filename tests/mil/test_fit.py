@@ -126,6 +126,11 @@ def test_t_interval_matches_scipy():
     ref = stats.t.interval(0.95, 3, loc=np.mean(v), scale=stats.sem(v))
     assert (lo, hi) == pytest.approx(ref)
     assert m == pytest.approx(0.8875)
+    # clipped to the metric's range: [0.9, 1, 1] has mean 0.9667, sem 0.0333, t(0.975, 2) = 4.3027 -> the
+    # interval 0.8232 .. 1.1101 (scipy.stats.t.interval) becomes 0.8232 .. 1
+    m, lo, hi = M.t_interval([0.9, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert (m, lo, hi) == pytest.approx((0.966667, 0.823245, 1.0), abs=1e-6)
+    assert M.t_interval([0.9, 1.0, 1.0])[2] == pytest.approx(1.110088, abs=1e-6)
 
 
 def _write_csv(path, rows):
@@ -213,7 +218,7 @@ def test_cli_rejects_unknown_key(tmp_path):
     from medseg.cli.main import main
     _write_csv(tmp_path / "b.csv", [[1, 1, 0.5], [0, 2, 0.1]])
     assert main(["mil", "cv", "--data", str(tmp_path / "b.csv"), "--out", str(tmp_path / "o"),
-                 "--set", "epoch=3"]) == 1
+                 "--set", "epoch=3"]) == 2
 
 
 def test_musk1_counts():

@@ -242,7 +242,7 @@ def test_train_plan_fold_all_skips_finished_and_resumes(tmp_path, capsys, caplog
     capsys.readouterr()
     # fold 1 stopped after 1 of 2 epochs: --fold all needs --resume for it, and continues it to epoch 2
     with caplog.at_level(logging.ERROR):
-        assert main([*common, "--fold", "all", "--set", "training.epochs=2"]) == 1
+        assert main([*common, "--fold", "all", "--set", "training.epochs=2"]) == 2   # a usage error
     assert "fold_1 already holds a training run; pass --resume" in caplog.text
     assert main([*common, "--fold", "all", "--set", "training.epochs=2", "--resume"]) == 0
     from medseg.bundle import read_meta

@@ -29,7 +29,7 @@ def _env():
 
 def _cmd(bundle: Path, src: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "medseg", "predict", "--model", str(bundle), "--input", str(src), "--output",
-            str(out), "--device", "cpu", "--workers", "1", "--save-probabilities", "--no-progress"]
+            str(out), "--device", "cpu", "--threads", "1", "--save-probabilities", "--no-progress"]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")

@@ -52,7 +52,7 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("sigterm")
     bundle = make_bundle(root / "bundle")
     src = blob_cohort(root / "in", N_CASES, (40, 48, 36))
-    args = ["predict", "--model", str(bundle), "--input", str(src), "--device", "cpu", "--workers", "1",
+    args = ["predict", "--model", str(bundle), "--input", str(src), "--device", "cpu", "--threads", "1",
             "--save-probabilities", "--no-progress"]
     subprocess.run([sys.executable, "-m", "medseg", *args, "--output", str(root / "ref")], env=_env(), check=True,
                    timeout=300, capture_output=True)

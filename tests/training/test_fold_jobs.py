@@ -36,6 +36,11 @@ def test_train_dataset_plans_then_trains_and_reuses_its_plan(tmp_path, capsys, c
     meta = read_meta(out / "fold_0")
     assert meta["patch_size"] == plan["configurations"]["3d_fullres"]["patch_size"]
     assert meta["model"]["kwargs"]["features"] == [4, 8]          # --set still applies
+    # the input guard: from the 4 training cases of fold 0 (12 x 14 x 10 voxels of 1 mm), dataset.json's modality
+    guard = meta["input_guard"]
+    assert guard["modality"] == "MRI" and guard["n_cases"] == 4
+    assert guard["field_of_view_mm"] == {"min": [12.0, 14.0, 10.0], "max": [12.0, 14.0, 10.0]}
+    assert guard["spacing_mm"] == {"min": [1.0, 1.0, 1.0], "max": [1.0, 1.0, 1.0]}
     (out / "plan.yaml").write_text((out / "plan.yaml").read_text().replace("batch_size: 2", "batch_size: 1"))
     import logging
 
@@ -47,7 +52,7 @@ def test_train_dataset_plans_then_trains_and_reuses_its_plan(tmp_path, capsys, c
 
 def test_ray_executor_needs_fold_all(tmp_path, caplog):
     root = _dataset(tmp_path, n=5)
-    assert main(["train", "--dataset", str(root), "--out", str(tmp_path / "r"), "--executor", "ray"]) == 1
+    assert main(["train", "--dataset", str(root), "--out", str(tmp_path / "r"), "--executor", "ray"]) == 2
     assert "--executor ray runs the folds of --fold all" in caplog.text
 
 

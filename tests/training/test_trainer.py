@@ -145,7 +145,7 @@ def test_cli_train_and_set(dataset, tmp_path):
     r = subprocess.run([sys.executable, "-m", "medseg", "train", "--config", str(cfg_path), "--set",
                         "training.bogus=1"], capture_output=True, text=True, cwd=REPO_ROOT,
                        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 1 and "bogus" in r.stderr
+    assert r.returncode == 2 and "bogus" in r.stderr      # a config error
 
 
 def test_real_hippocampus_subset(tmp_path):
@@ -179,3 +179,28 @@ def test_bf16_autocast_and_channels_last_paths(dataset, tmp_path):
     assert np.isfinite(summary["last"]["train_loss"]) and 0 <= summary["last"]["val_dice_mean"] <= 1
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         train(tiny_config(dataset, tmp_path / "c", epochs=1, amp="fp16"))
+
+
+def test_training_with_progress_raises_no_torch_warning_and_logs_the_loss(dataset, tmp_path, caplog):
+    """The bar's loss is read detached (torch warns about a scalar of a tensor that requires grad) and
+    updated every iteration; outside a terminal the bar is a plain log line (no carriage return)."""
+    import logging
+    import warnings
+
+    from medseg import progress
+
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="medseg.progress"):
+        warnings.simplefilter("error", UserWarning)
+        orig = progress.PlainProgress.__init__
+
+        def every_update(self, *a, **kw):     # a line at every update instead of every 30 s
+            orig(self, *a, **{**kw, "interval_s": 0.0})
+
+        progress.PlainProgress.__init__ = every_update   # type: ignore[method-assign]
+        try:
+            train(tiny_config(dataset, tmp_path / "b", progress=True, epochs=1))
+        finally:
+            progress.PlainProgress.__init__ = orig     # type: ignore[method-assign]
+    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.progress"]
+    assert [ln.split(":")[1].split(",")[0].strip().split(" ")[0] for ln in lines[:3]] == ["1/3", "2/3", "3/3"]
+    assert all("[loss " in ln and "\r" not in ln for ln in lines)
