@@ -107,7 +107,7 @@ def test_read_only_output_folder_is_a_one_line_error(immutable_dir, tmp_path, ca
                  ["evaluate", "--pred", str(ref), "--ref", str(ref), "--out", str(immutable_dir / "sub"),
                   "--no-progress"]):
         caplog.clear()
-        assert main(argv) == 1, argv
+        assert main(argv) == 2, argv    # an unusable output folder is a usage error, found before any work
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1 and errors[0].exc_info is None, caplog.text
         msg = errors[0].getMessage()
