@@ -275,11 +275,24 @@ class _Pipeline:
         if exc is None:
             try:
                 paths = self.write(cid, result, self.out)
+                _remove_tmp_beside(paths, self.out)
             except Exception as e:
                 exc = e
         if exc is not None:
             log.debug("batch: case %s traceback", cid, exc_info=exc)
         self.recorder.record(cid, paths, error_of(exc) if exc is not None else None)
+
+
+def _remove_tmp_beside(paths, out: Path) -> None:
+    """After a case is written: temporary files of *its* outputs (``.<name>.<8 chars>.tmp...``) that a
+    killed earlier run left beside them, in subfolders too (the case had no manifest entry then)."""
+    from medseg.fsutil import remove_stale_tmp
+
+    root = out.resolve()
+    for p in paths or ():
+        q = Path(p).resolve()
+        if root in q.parents:
+            remove_stale_tmp(q)
 
 
 def _remove_stale_tmp(out: Path, manifest: dict) -> None:
