@@ -35,11 +35,10 @@ from typing import Any
 
 from medseg import config as cfgmod
 from medseg.errors import InputError
-from medseg.fsutil import atomic_path
+from medseg.weights import BUNDLE_FORMAT, load_state_into, load_weights, save_weights
 
 log = logging.getLogger("medseg.bundle")
 
-BUNDLE_FORMAT = "medseg-bundle/1"
 #: the top-level keys of bundle.yaml (anything else is refused: it would be ignored silently)
 KNOWN_KEYS = frozenset({"format", "model", "labels", "channels", "plan", "patch_size", "slice_axis", "spacing_mm",
                         "folds", "data", "training", "inference", "postprocess", "crossval", "weights_storage",
@@ -51,126 +50,6 @@ MAX_CHANNELS = 64
 MAX_PARAMS = 1 << 29                # 537 M parameters (2 GiB as float32)
 META_FILE = "bundle.yaml"
 WEIGHTS = {"best": "model.safetensors", "last": "last.safetensors"}
-#: how a weights file may store its floating-point tensors (``medseg export --weights-dtype``)
-STORAGE = ("float32", "float16", "int8")
-_SCALE = ".__int8_scale"      # key suffix of the per-output-channel scales of an int8-stored tensor
-
-
-def quantize_int8(w) -> tuple[Any, Any]:
-    """Symmetric per-output-channel int8 of a weight tensor (dim 0 = output channels):
-    ``q = round(w / s)``, ``s = max|w| / 127`` per channel (1 where a channel is all zero); returns
-    ``(q int8, s float32 of shape (C,))``. ``q * s`` differs from ``w`` by at most ``s / 2``."""
-    import torch
-
-    flat = w.detach().to("cpu", torch.float32).reshape(w.shape[0], -1)
-    s = flat.abs().amax(dim=1) / 127.0
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    q = torch.clamp(torch.round(flat / s[:, None]), -127, 127).to(torch.int8).reshape(w.shape)
-    return q, s
-
-
-def _stored(state: dict, storage: str) -> dict:
-    """The tensors to write for ``storage``: float32 as is; float16 halves every floating tensor;
-    int8 stores conv/linear weights (2+ dims) as int8 + per-channel scales and the small
-    1-dimensional ones (biases, norm parameters) as float16."""
-    import torch
-
-    if storage not in STORAGE:
-        raise ValueError(f"storage must be one of {STORAGE}, got {storage!r}")
-    out = {}
-    for k, v in state.items():
-        v = v.detach().to("cpu")
-        if storage == "float32" or not v.is_floating_point():
-            out[k] = v
-        elif storage == "int8" and v.ndim >= 2:
-            out[k], out[k + _SCALE] = quantize_int8(v)
-        else:
-            out[k] = v.to(torch.float16)
-    return out
-
-
-def _restored(tensors: dict, storage: str, path: Path) -> dict:
-    """float32 tensors back from what :func:`_stored` wrote (``storage`` from the file's metadata)."""
-    import torch
-
-    if storage == "float32":
-        return tensors
-    if storage not in STORAGE:
-        raise InputError(f"weights stored as {storage!r}, which this medseg cannot read (known: {STORAGE})",
-                         path=path, code="corrupt")
-    out = {}
-    for k, v in tensors.items():
-        if k.endswith(_SCALE):
-            continue
-        if v.dtype == torch.int8 and k + _SCALE in tensors:
-            s = tensors[k + _SCALE].to(torch.float32)
-            out[k] = v.to(torch.float32) * s.reshape(-1, *([1] * (v.ndim - 1)))
-        elif v.is_floating_point():
-            out[k] = v.to(torch.float32)
-        else:
-            out[k] = v
-    return out
-
-
-def save_weights(state_dict: dict, path: str | Path, *, architecture: str | None = None,
-                 extra: dict[str, str] | None = None, storage: str = "float32") -> Path:
-    """Write a state dict as safetensors, atomically (tensors copied to contiguous CPU memory).
-
-    ``architecture`` and ``extra`` (strings) go into the file's metadata header. ``storage``
-    (:data:`STORAGE`): ``float16`` or ``int8`` (per-output-channel) make smaller files for shipping;
-    :func:`load_weights` gives float32 tensors back whatever the storage.
-    """
-    from safetensors.torch import save_file
-
-    tensors = {k: v.contiguous().clone() for k, v in _stored(state_dict, storage).items()}
-    meta = {"format": BUNDLE_FORMAT}
-    if storage != "float32":
-        meta["storage"] = storage
-    if architecture:
-        meta["architecture"] = architecture
-    meta.update({str(k): str(v) for k, v in (extra or {}).items()})
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
-
-
-def load_weights(path: str | Path) -> tuple[dict, dict[str, str]]:
-    """Read a safetensors file -> (state dict of CPU tensors, its string metadata)."""
-    from safetensors import safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("weights file is missing", path=p, code="missing")
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises SafetensorError, OSError, ValueError... for damaged files
-        raise InputError(f"not a readable safetensors file ({exc.__class__.__name__}: {exc}); the file is "
-                         "damaged or of another format - retrain or copy it again", path=p, code="corrupt") from None
-    return _restored(tensors, meta.get("storage", "float32"), p), meta
-
-
-def load_state_into(model, state: dict, *, path: str | Path, architecture: str = "?") -> None:
-    """``model.load_state_dict(state, strict=True)`` with a readable error for another architecture."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {', '.join(unexpected[:3])}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) e.g. {'; '.join(shapes[:3])}")
-        raise InputError(f"weights do not fit model '{architecture}' ({'; '.join(parts)}): the checkpoint is "
-                         "from another architecture or configuration", path=path, code="wrong_architecture")
-    model.load_state_dict(state, strict=True)
-
-
 def write_meta(bundle_dir: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``bundle.yaml`` atomically (adds the format tag)."""
     data = {"format": BUNDLE_FORMAT, **{k: v for k, v in meta.items() if k != "format"}}

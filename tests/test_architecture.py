@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"errors"}),
     ("utilities", {"fsutil", "registry", "device", "executors", "csvsafe", "volume", "limits", "progress"}),
     ("core", {"medseg", "config", "manifest", "ray_runner"}),
-    ("io and batch runs", {"io", "batch"}),
+    ("io and batch runs", {"io", "batch", "weights"}),
     ("engines", {"preprocess", "metrics", "models"}),
     ("engines on engines", {"postprocess", "report", "bundle", "mil"}),
     ("applications", {"inference", "training", "wsi"}),

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.bundle import load_bundle, load_weights, save_weights, write_meta
+from medseg.bundle import load_bundle, write_meta
 from medseg.errors import InputError
 from medseg.training.checkpoint import STATE_FILE, load_checkpoint
+from medseg.weights import load_weights, save_weights
 from tests.training.helpers import TINY, TinyTestNet
 
 
@@ -108,7 +109,7 @@ def test_checkpoint_of_another_architecture(tmp_path):
 def test_int8_storage_is_per_channel_symmetric_by_hand(tmp_path):
     import torch
 
-    from medseg.bundle import load_weights, quantize_int8, save_weights
+    from medseg.weights import load_weights, quantize_int8, save_weights
 
     w = torch.tensor([[[0.5, -1.0], [0.25, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[2.54, -0.01], [1.27, 0.02]]])
     q, s = quantize_int8(w)

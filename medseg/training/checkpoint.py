@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from medseg.bundle import WEIGHTS, load_state_into, load_weights, save_weights
+from medseg.bundle import WEIGHTS
 from medseg.errors import InputError
 from medseg.fsutil import atomic_path
+from medseg.weights import load_state_into, load_weights, save_weights
 
 log = logging.getLogger("medseg.training")
 

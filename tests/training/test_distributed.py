@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from medseg import config as cfgmod
-from medseg.bundle import load_bundle, load_weights
+from medseg.bundle import load_bundle
 from medseg.training.checkpoint import state_digest
+from medseg.weights import load_weights
 from tests.training.helpers import REPO_ROOT, make_dataset
 
 pytestmark = [

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.bundle import load_bundle, load_weights
+from medseg.bundle import load_bundle
 from medseg.errors import ConfigError, InputError
 from medseg.training import train
+from medseg.weights import load_weights
 from tests.training.helpers import REPO_ROOT, TINY, make_dataset, tiny_config
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.bundle import load_bundle, load_weights
+from medseg.bundle import load_bundle
 from medseg.errors import ConfigError
 from medseg.training import train
 from medseg.training.checkpoint import state_digest
+from medseg.weights import load_weights
 from tests.training.helpers import REPO_ROOT, _save, make_case, tiny_config
 
 # y is the coarsest axis: the slicing axis must be 1 (not the default 0), in training and in the predictor
