@@ -49,7 +49,7 @@ def _predict_slides(bundle: Path, slides: list[Path], out: Path, *, device: torc
     tiling, spec, ens, doc = load_bundle(bundle)
     if slide_mpp is not None:
         from medseg.errors import ConfigError
-        from medseg.io.wsi import check_mpp
+        from medseg.io.slide_checks import check_mpp
 
         try:
             tiling.slide_mpp = check_mpp(slide_mpp, what="--slide-mpp")

@@ -38,10 +38,10 @@ class TilingParams:
     slide_mpp: float | None = None  # override/supply the slide's own resolution
 
     def __post_init__(self) -> None:
-        """Resolutions are checked where they enter (finite, within ``MPP_RANGE``): a usage error
+        """Resolutions are checked where they enter (finite, within ``medseg.io.slide_checks.MPP_RANGE``): a usage error
         (``ConfigError``, code ``bad_mpp``) before any slide, never a silent ``no_tissue``."""
         from medseg.errors import ConfigError
-        from medseg.io.wsi import check_mpp
+        from medseg.io.slide_checks import check_mpp
 
         try:
             self.mpp = check_mpp(self.mpp, what="--mpp (tile resolution)")
