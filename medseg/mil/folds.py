@@ -238,14 +238,13 @@ def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
                 act = torch.from_numpy(np.repeat(active, e))
                 opt.zero_grad()
                 losses = torch.zeros(len(flat), dtype=torch.float64, device=dev)
-                total: torch.Tensor | None = None
+                total = torch.zeros((), dtype=torch.float32, device=dev)
                 for grp in length_groups(data.lens[gid]):
                     sel = None if len(grp) == len(flat) else torch.from_numpy(grp).to(dev)  # all: in order
                     x, mask = data.take(gid[grp], mean[grp], std[grp])
                     lg = lossf(stack.forward_padded(x, mask, sel), data.labels[torch.from_numpy(gid[grp]).to(dev)])
-                    total = lg.sum() if total is None else total + lg.sum()
+                    total = total + lg.sum()
                     losses[torch.from_numpy(grp).to(dev)] = lg.detach().double()
-                assert total is not None
                 total.backward()
                 opt.step(act)
                 tot += losses * act.to(dev)
