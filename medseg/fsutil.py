@@ -181,20 +181,16 @@ _LOCK_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0
 
 
 def prepare_output_folder(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed and check that medseg may write in it, with a one-line error
-    (code ``not_writable``, or ``not_a_folder`` for an existing file) instead of a traceback later."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise MedsegError("the output path is an existing file, not a folder; give a folder", path=p,
-                          code="not_a_folder")
+    """Create ``out`` if needed, after :func:`check_output_dir` found it usable: a one-line
+    ConfigError (code ``not_writable`` or ``output_is_file``) instead of a traceback later (also where
+    permissions look right but the file system refuses, e.g. an immutable folder)."""
+    from medseg.errors import ConfigError
+
+    p = check_output_dir(out, "output folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MedsegError(f"cannot create the output folder ({exc.strerror or exc})", path=p,
-                          code="not_writable") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise MedsegError("the output folder is not writable (read-only folder or file system?); give another "
-                          "folder or fix its permissions", path=p, code="not_writable")
+        raise ConfigError(f"output folder {p}: cannot create it ({exc.strerror or exc})", code="not_writable") from None
     return p
 
 
