@@ -22,7 +22,7 @@ from typing import Any
 from medseg.fsutil import atomic_write_text, safe_join, sanitize_name
 from medseg.metrics.paired import paired_comparison
 from medseg.report.html import SORT_JS, metric_title
-from medseg.report.writers import write_json
+from medseg.report.writers import figure_png, write_json
 
 log = logging.getLogger("medseg.report")
 
@@ -70,10 +70,7 @@ def paired_dots_png(per_case: dict[str, dict[str, list[tuple[str, float, float]]
         if i == 0:
             ax.set_ylabel(metric_title(metric))
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def _num(v: Any, digits: int = 4) -> str:

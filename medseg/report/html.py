@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from medseg.fsutil import atomic_write_text
 from medseg.metrics.catalog import DEFAULT_METRICS, spec_of
+from medseg.report.writers import figure_png
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "nsd": "NSD"}
 #: box plots show at most this many labels (a case with 8,000 labels would take hours to draw; the
@@ -66,10 +66,7 @@ def box_plot_png(rows: Sequence[dict[str, Any]], summary: dict[str, Any], metric
     ax.set_ylabel(metric_title(metric))
     ax.set_title(f"{metric_title(metric)} per label")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def _num(v: Any, digits: int = 4) -> str:

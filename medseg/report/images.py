@@ -16,11 +16,12 @@ Example
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from medseg.report.writers import figure_png
 
 GREEN, RED = "#2ca02c", "#d62728"
 
@@ -92,7 +93,4 @@ def slices_png(image: np.ndarray | None, ref: np.ndarray, pred: np.ndarray, spac
         ax.set_yticks([])
     if title:
         fig.suptitle(f"{title}  (reference green, prediction red)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return figure_png(fig)

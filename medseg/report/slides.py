@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 from medseg.fsutil import atomic_path, atomic_write_text, safe_join
-from medseg.report.writers import write_json
+from medseg.report.writers import figure_png, write_json
 
 
 def _fig_png(draw) -> bytes:
@@ -24,10 +23,7 @@ def _fig_png(draw) -> bytes:
     ax = fig.add_subplot(1, 1, 1)
     draw(ax)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def roc_png(res: dict[str, Any], title: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Atomic CSV and JSON writers for metric tables and summaries."""
+"""Atomic CSV and JSON writers for metric tables and summaries, and figures as PNG bytes."""
 
 from __future__ import annotations
 
@@ -73,3 +73,11 @@ def _jsonable(o: Any) -> Any:
 def write_json(obj: Any, path: str | Path) -> Path:
     """Strict JSON (NaN/inf written as null), indented, atomically."""
     return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure, laid out tight, as PNG bytes (every figure of the reports goes through here)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
