@@ -164,6 +164,28 @@ def gunzip_stream(raw: bytes, *, path: str | Path | None = None, cap: int | None
         return b"".join(parts), rest
 
 
+#: bytes a stream may hold beyond what its header describes before inflating stops
+HEADER_SLACK = 1 << 20
+
+
+def gunzip_described(raw: bytes, *, described: int, path: str | Path | None = None,
+                     wbits: int = 16 + zlib.MAX_WBITS) -> tuple[bytes, bytes]:
+    """Inflate the voxel data of an image whose header describes ``described`` bytes: never more
+    than :data:`HEADER_SLACK` past that (beyond it the header is wrong: ``InputError(code="bad_header")``).
+    gzip (``wbits=31``) is checked as :func:`gunzip_capped` and returns no rest; zlib (``wbits=15``)
+    returns the bytes after the stream as :func:`gunzip_stream`."""
+    try:
+        if wbits > zlib.MAX_WBITS:
+            return gunzip_capped(raw, path=path, cap=described + HEADER_SLACK, wbits=wbits), b""
+        return gunzip_stream(raw, path=path, cap=described + HEADER_SLACK, wbits=wbits)
+    except InputError as exc:
+        if exc.code != "too_large":
+            raise
+        raise InputError(f"compressed voxel data inflates to more than the {described:,} bytes the header "
+                         "describes (more than 1 MiB extra): sizes or voxel type in the header are wrong",
+                         path=path, code="bad_header") from None
+
+
 def _over(total: int, limit: int, path) -> None:
     if total > limit:
         raise InputError(f"compressed data inflates to more than the limit of {_human(limit)} (a decompression "

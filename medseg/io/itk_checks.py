@@ -161,21 +161,11 @@ def verify_local_stream(path: Path, expected_bytes: int) -> None:
             return
         kind = "gzip"
     stream = data[off:]
-    from medseg.limits import gunzip_capped, gunzip_stream
+    from medseg.limits import gunzip_described
 
     try:
-        # the cap: one step past what the header describes is already an error, so never inflate more
-        if kind == "zlib":
-            raw, extra = gunzip_stream(stream, path=path, cap=expected_bytes + (1 << 20), wbits=zlib.MAX_WBITS)
-        else:
-            raw = gunzip_capped(stream, path=path, cap=expected_bytes + (1 << 20))
-            extra = b""
-    except InputError as exc:
-        if exc.code != "too_large":
-            raise
-        raise InputError(f"compressed voxel data inflates to more than the {expected_bytes:,} bytes the header "
-                         "describes (sizes or voxel type in the header are wrong)", path=path,
-                         code="bad_header") from None
+        raw, extra = gunzip_described(stream, described=expected_bytes, path=path,
+                                      wbits=zlib.MAX_WBITS if kind == "zlib" else 16 + zlib.MAX_WBITS)
     except EOFError:
         raise InputError("compressed voxel data ends early: the file is truncated (re-copy it)", path=path,
                          code="truncated") from None

@@ -41,7 +41,6 @@ _QFORM_TOL = 1e-5
 # bytes per voxel of the NIfTI datatype codes (for the size check before anything is inflated)
 _DT_SIZE = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
             1536: 16, 1792: 16, 2048: 32, 2304: 4}
-_SLACK = 1 << 20  # bytes a stream may hold beyond what the header describes before it is cut off
 
 
 def _load_bytes(path: Path) -> bytes:
@@ -50,12 +49,12 @@ def _load_bytes(path: Path) -> bytes:
     The header is read (inflated) first and the size it describes checked against the caps of
     :mod:`medseg.limits` before the voxel data is inflated; the stream is then inflated with a
     running cap at the described size, so a decompression bomb never reaches memory."""
-    from medseg.limits import check_size, limits, require_regular_file
+    from medseg.limits import HEADER_SLACK, check_size, limits, require_regular_file
 
     require_regular_file(path)
     try:
         size = path.stat().st_size
-        if size > limits().max_bytes + _SLACK:
+        if size > limits().max_bytes + HEADER_SLACK:
             check_size(voxels=0, nbytes=size, what="file", path=path)
         raw = path.read_bytes()
     except OSError as exc:
@@ -67,16 +66,9 @@ def _load_bytes(path: Path) -> bytes:
             head = _gunzip_head(raw, 540)
         need = _described_bytes(head, path)
         with _gzip_errors(path):
-            from medseg.limits import gunzip_capped
+            from medseg.limits import gunzip_described
 
-            try:
-                return gunzip_capped(raw, path=path, cap=need + _SLACK)
-            except InputError as exc:
-                if exc.code != "too_large":
-                    raise
-                raise InputError(f"the gzip stream inflates to more than the {need:,} bytes the header describes "
-                                 "(more than 1 MiB extra): the header does not match the data", path=path,
-                                 code="bad_header") from None
+            return gunzip_described(raw, described=need, path=path)[0]
     if path.name.lower().endswith(".gz"):
         raise InputError("named .gz but not gzip-compressed data", path=path, code="corrupt")
     _described_bytes(raw[:540], path)
