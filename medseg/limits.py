@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medseg.errors import InputError
 
@@ -162,6 +163,31 @@ def gunzip_stream(raw: bytes, *, path: str | Path | None = None, cap: int | None
             data = rest
             continue
         return b"".join(parts), rest
+
+
+@contextmanager
+def open_image(path: str | Path, *, what: str = "image", bytes_per_pixel: int | None = None) -> Iterator[Any]:
+    """``PIL.Image.open(path)`` within the caps: PIL's decompression-bomb guard stays on, tied to
+    :func:`limits` (PIL warns above ``MAX_IMAGE_PIXELS`` and refuses above twice that; the warning
+    is an error here), and the size from the header is checked with :func:`check_size` before
+    anything is decoded (``bytes_per_pixel``: as decoded, default the image's band count). Either
+    refusal is ``InputError(code="too_large")`` naming the file; other PIL errors pass through."""
+    import warnings
+
+    from PIL import Image
+
+    cap = limits()
+    Image.MAX_IMAGE_PIXELS = min(cap.max_voxels, cap.max_bytes // 3)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                check_size(voxels=w * h, nbytes=w * h * (bytes_per_pixel or max(1, len(im.getbands()))), what=what,
+                           path=path)
+                yield im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{what} too large ({exc})", path=path, code="too_large") from None
 
 
 #: bytes a stream may hold beyond what its header describes before inflating stops

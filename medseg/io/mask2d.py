@@ -67,15 +67,11 @@ def read_mask2d(path: str | Path, *, pixel_spacing_mm: Sequence[float] | None, b
     """
     p = Path(path)
     sy, sx = _spacing(pixel_spacing_mm, p)
-    from PIL import Image
-
-    from medseg.limits import check_size, require_regular_file
+    from medseg.limits import open_image, require_regular_file
 
     require_regular_file(p)
     try:
-        with Image.open(p) as im:
-            w, h = im.size  # the caps of medseg.limits, from the header, before anything is decoded
-            check_size(voxels=w * h, nbytes=w * h * max(1, len(im.getbands())), what="mask image", path=p)
+        with open_image(p, what="mask image") as im:  # the caps of medseg.limits, before anything is decoded
             im.load()
             arr = np.asarray(im)
     except InputError:

@@ -321,28 +321,16 @@ def _wrap_openslide(handle: Any, p: Path, mpp: float | None) -> Slide:
 
 
 def _open_plain(p: Path, mpp: float | None) -> Slide:
-    import warnings
+    from PIL import UnidentifiedImageError
 
-    from PIL import Image, UnidentifiedImageError
+    from medseg.limits import open_image
 
-    from medseg.limits import check_size, limits
-
-    # PIL's decompression-bomb guard stays on, tied to the cap of medseg.limits: PIL warns above
-    # MAX_IMAGE_PIXELS and refuses above twice that; the warning is made an error here
-    cap = limits()
-    Image.MAX_IMAGE_PIXELS = min(cap.max_voxels, cap.max_bytes // 3)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                w, h = im.size  # from the header: nothing decoded yet
-                check_size(voxels=w * h, nbytes=w * h * 3, what="slide image", path=p)
-                im.load()
-                if mpp is None:
-                    mpp = _mpp_from_dpi(im)
-                arr = np.asarray(im.convert("RGB"))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"image too large ({exc})", path=p, code="too_large") from None
+        with open_image(p, what="slide image", bytes_per_pixel=3) as im:
+            im.load()
+            if mpp is None:
+                mpp = _mpp_from_dpi(im)
+            arr = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InputError(f"cannot read image (corrupt or truncated?): {exc}", path=p, code="unreadable") from None
     if mpp is None:
