@@ -32,7 +32,8 @@ from medseg.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 DEVICE_HELP = "where the model runs: auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
-THREADS_HELP = "CPU threads of this process for the model and resampling (default: torch's default)"
+THREADS_HELP = ("CPU threads for the network and resampling (default: the cores not busy with other processes when "
+                "the run starts, within this process's affinity and cgroup quota)")
 
 _NUMBER = re.compile(r"^-\d|^-\.\d")
 _counter = itertools.count()

@@ -37,6 +37,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probability-dtype", choices=["float16", "float32"], default="float16",
                    help="storage of --save-probabilities (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto",
+                   help="what runs the network: openvino (CPU, float32; needs pip install 'medseg[openvino]'), "
+                        "torch, or auto: OpenVINO on the CPU when installed, else PyTorch (default: %(default)s)")
     p.add_argument("--workers", type=int, dest="threads_old", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", choices=["best", "last"], default="best",
                    help="best: model.safetensors, the best validation epoch (exported bundles such as the shipped "
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                          workers=args.threads, weights=args.weights, postprocess=not args.no_postprocess,
                          progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0, executor=spec,
                          folds=folds, force=args.force, output_formats=args.output_format,
-                         statistics=args.statistics, preview=args.preview)
+                         statistics=args.statistics, preview=args.preview, backend=args.backend)
     print(summary_table(report, timings=getattr(args, "verbosity", 0) > 0))
     return 1 if report.failed else 0
 

@@ -146,19 +146,25 @@ def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, la
 
 def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "best", tta_axes=(),
                     tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True,
-                    threads: int | None = None, folds: list[int] | None = None, force: bool = False):
-    """Resolve the device and load the bundle into a :class:`Predictor` (also run once per Ray actor)."""
+                    threads: int | None = None, folds: list[int] | None = None, force: bool = False,
+                    backend: str = "auto"):
+    """Resolve the device, size the CPU threads (``threads``, else :func:`medseg.device.choose_threads`:
+    the cores free now) and load the bundle into a :class:`Predictor` whose networks are prepared on
+    ``backend`` (:mod:`medseg.inference.backends`) before the first case. Also run once per Ray actor."""
     import torch
 
-    from medseg.device import resolve_device
+    from medseg.device import choose_threads, resolve_device
     from medseg.inference.predictor import Predictor
 
     dev = resolve_device(device)
-    if threads:
-        torch.set_num_threads(int(threads))
-    return Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
-                                 overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=threads,
-                                 folds=folds, force=force)
+    n = choose_threads(threads)
+    torch.set_num_threads(n)
+    log.debug("CPU threads: %d (%s)", n, "--threads" if threads else "cores free now")
+    predictor = Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
+                                      overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=n,
+                                      folds=folds, force=force, backend=backend)
+    predictor.runners()      # convert / load the cached networks now, not inside the first case's timings
+    return predictor
 
 
 def _predict_fn(factory: Callable[[], Any], save_probabilities: bool) -> Callable[[str, Any], Any]:
@@ -327,7 +333,9 @@ def predict_folder(predictor, input_path: str | Path, out_dir: str | Path, *, sa
                        bar=bar, on_case=on_case, windows=spec.is_local, todo=todo, outputs=outputs)
     remote = None if spec.is_local else _remote_stages(predictor_factory, save_probabilities, steps.write)
     prov = predictor.provenance() if hasattr(predictor, "provenance") else None
-    record = {"bundle": prov} if prov else None
+    record: dict[str, Any] | None = {"bundle": prov} if prov else None
+    if record is not None and getattr(predictor, "backend", None):
+        record["backend"] = predictor.backend
     if prov:
         log.info("model bundle %s (sha256 %s)", prov["path"], prov["sha256"])
     report = None
@@ -357,11 +365,13 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
                 save_probabilities: bool = False, probability_dtype: str = "float16", workers: int | None = None,
                 weights: str = "best", postprocess: bool = True, progress: bool = False, executor=None,
                 folds: list[int] | None = None, force: bool = False, output_formats=None, statistics: bool = False,
-                preview: bool = False):
+                preview: bool = False, backend: str = "auto"):
     """``medseg predict`` and the ``predict`` stage: resolve the device once, load the bundle (failing fast,
     before any case, when it is missing, damaged or mismatched), then :func:`predict_folder`.
 
-    ``workers``: CPU threads for torch and resampling (None: leave torch's setting alone).
+    ``workers``: CPU threads for the network and resampling (None: the cores free now,
+    :func:`medseg.device.choose_threads`). ``backend``: auto, torch or openvino
+    (:mod:`medseg.inference.backends`).
     ``force``: predict cases the bundle's input guard refuses (:mod:`medseg.preprocess.guard`).
     ``executor``: local (default) or ray (:mod:`medseg.executors`); on Ray the bundle is loaded here
     on the CPU (to check it and hash the run's parameters) and once more on each model actor.
@@ -376,7 +386,7 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
     factory = partial(build_predictor, model, device=device, weights=weights,
                       tta_axes=None if tta_axes is None else tuple(tta_axes),
                       tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
-                      threads=workers, folds=folds, force=force)
+                      threads=workers, folds=folds, force=force, backend=backend)
     predictor = factory() if spec.is_local else factory(device="cpu")
     outputs = CaseOutputs.for_predictor(predictor, formats=formats, statistics=statistics, preview=preview)
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,

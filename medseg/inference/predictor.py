@@ -109,7 +109,12 @@ class Predictor:
     batch_size : windows per forward pass.
     blend : "gaussian" or "constant" window weights.
     postprocess : apply the bundle's ``postprocess`` rules (if it has any).
-    threads : CPU threads for resampling (None: medseg's default).
+    threads : CPU threads for resampling and for the backend's pool (None: their defaults; the CLI
+        sizes it with :func:`medseg.device.choose_threads`).
+    backend : ``"torch"`` (default here), ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when it
+        imports): what runs the network (:mod:`medseg.inference.backends`); every fold gets its own
+        converted network, prepared on first use (or by :meth:`runners`). ``"openvino"`` without
+        OpenVINO raises ConfigError; a conversion that fails falls back to PyTorch with a warning.
     force : predict cases the bundle's ``input_guard`` refuses (another modality or body region; see
         :mod:`medseg.preprocess.guard`); they are then only warned about.
     """
@@ -118,8 +123,10 @@ class Predictor:
                  tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian",
                  postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
-                 weights_path: str | Path | None = None, force: bool = False):
+                 weights_path: str | Path | None = None, force: bool = False, backend: str = "torch"):
         import torch
+
+        from medseg.inference.backends import resolve_backend
 
         check_meta(meta, source)
         self.models = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -150,6 +157,8 @@ class Predictor:
         wp = weights_path if isinstance(weights_path, (list, tuple)) else [weights_path]
         self.weights_paths = [Path(p) for p in wp if p is not None]
         self._identity: dict[str, Any] | None = None
+        self.backend = resolve_backend(backend, self.device)     # fails here, before any case, when unusable
+        self._runners: list[Any] | None = None
 
     @classmethod
     def from_bundle(cls, spec: str | Path, *, device: Any = "cpu", weights: str = "best",
@@ -166,6 +175,22 @@ class Predictor:
         path = resolve_bundle(spec)
         models, meta, paths = load_models(path, weights=weights, device=device, folds=folds)
         return cls(models, meta, device=device, source=path, weights_path=paths, **kwargs)
+
+    def runners(self) -> list[Any]:
+        """The callables that run the network of each fold on :attr:`backend` (converted once, then reused)."""
+        if self._runners is None:
+            from medseg.inference.backends import BackendOptions, cache_dirs, prepare_models
+
+            opts = BackendOptions(batch=self.batch_size, channels=self.channels, window=self.patch_size,
+                                  threads=self.threads, cache_dirs=cache_dirs(self.source))
+            self._runners = prepare_models(self.models, self.backend, opts)
+        return self._runners
+
+    def backends_used(self) -> list[str]:
+        """Per fold, the backend that actually runs it (``torch`` where a conversion fell back)."""
+        import torch
+
+        return ["torch" if isinstance(r, torch.nn.Module) else self.backend for r in self.runners()]
 
     def provenance(self) -> dict[str, Any] | None:
         """The bundle folder this predictor was loaded from (absolute) and its
@@ -294,14 +319,14 @@ class Predictor:
 
         x = torch.from_numpy(image)[None].to(self.device)
         total = None
-        models = self.models
+        models = self.runners()
         if self.on_windows is not None:        # progress over the windows of this case
             from medseg.inference.windows import count_windows
 
             n = count_windows(image.shape[1:], self.patch_size, self.overlap, axis=axis) * len(self.models) \
                 * 2 ** len(axes)
             counter = _WindowCounter(self.on_windows, n)
-            models = [_counted(m, counter) for m in self.models]
+            models = [_counted(m, counter) for m in models]
         with torch.inference_mode():
             for model in models:          # a fold ensemble: the mean of the folds' probabilities
                 def run(x: torch.Tensor, mirror_axes: Sequence[int] = (), model=model) -> torch.Tensor:
@@ -342,7 +367,7 @@ def _counted_class():
         def __init__(self, inner, counter: _WindowCounter):
             super().__init__()
             self.inner, self.counter = inner, counter
-            self.train(inner.training)
+            self.train(bool(getattr(inner, "training", False)))
 
         def forward(self, x):
             out = self.inner(x)

@@ -5,7 +5,7 @@ YAML::
     stages:
       - stage: predict          # writes OUTPUT/predict/CASE.nii.gz + manifest.json (resumable)
         params: {model: hippocampus_unet, input: data/images, tta: false, overlap: 0.5,
-                 batch_size: 4, device: auto}
+                 batch_size: 4, device: auto, backend: auto}
       - stage: postprocess      # input: the previous volume stage's output by default
         params: {rules: {foreground: [{op: keep_largest}], 1: [{op: fill_holes}]}}
       - stage: evaluate         # pred: the previous volume stage's output by default
@@ -31,7 +31,7 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
                   tta: Any = None, batch_size: int = 4, device: str = "auto", save_probabilities: bool = False,
                   workers: int | None = None, weights: str = "best", postprocess: bool = True,
                   tta_mode: str = "volume", force: bool = False, output_format: Any = None,
-                  statistics: bool = False, preview: bool = False) -> dict[str, Any]:
+                  statistics: bool = False, preview: bool = False, backend: str = "auto") -> dict[str, Any]:
     """Segment every case of ``input`` with the bundle ``model`` (a registered name or a bundle folder).
 
     ``output_format`` (a list or comma-separated text of nifti, dicom-seg, seg-nrrd), ``statistics``,
@@ -39,6 +39,8 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
 
     ``tta_mode``: "volume" (flip the whole volume, average probabilities) or "window" (flip windows
     inside the sliding window, average logits; see :class:`medseg.inference.predictor.Predictor`).
+    ``backend``: auto, torch or openvino (:mod:`medseg.inference.backends`); ``workers``: CPU threads
+    (default: the cores free when the stage starts).
     ``force``: predict cases the bundle's input guard refuses (:mod:`medseg.preprocess.guard`)."""
     from medseg.inference.cohort import run_predict
     from medseg.inference.tta import tta_axes_from_param
@@ -59,7 +61,8 @@ def predict_stage(ctx: Context, model: str | None = None, input: str | None = No
                          tta_axes=tta_axes, tta_mode=str(tta_mode), overlap=float(overlap), batch_size=int(batch_size),
                          save_probabilities=bool(save_probabilities), workers=workers, weights=weights,
                          postprocess=bool(postprocess), progress=False, force=bool(force),
-                         output_formats=output_format, statistics=bool(statistics), preview=bool(preview))
+                         output_formats=output_format, statistics=bool(statistics), preview=bool(preview),
+                         backend=str(backend))
     failed = {o.case_id: f"error:{(o.error or {}).get('code', 'error')}" for o in report.failed}
     for cid, st in failed.items():
         log.error("predict: case %s failed (%s)", cid, st)
