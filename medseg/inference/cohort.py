@@ -147,10 +147,11 @@ def write_prediction(cid: str, pred, root: Path, *, save_probabilities: bool, la
 def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "best", tta_axes=(),
                     tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, postprocess: bool = True,
                     threads: int | None = None, folds: list[int] | None = None, force: bool = False,
-                    backend: str = "auto"):
+                    backend: str = "auto", prepare: bool = True):
     """Resolve the device, size the CPU threads (``threads``, else :func:`medseg.device.choose_threads`:
     the cores free now) and load the bundle into a :class:`Predictor` whose networks are prepared on
-    ``backend`` (:mod:`medseg.inference.backends`) before the first case. Also run once per Ray actor."""
+    ``backend`` (:mod:`medseg.inference.backends`) before the first case (``prepare=False``: on first use).
+    Also run once per Ray actor."""
     import torch
 
     from medseg.device import choose_threads, resolve_device
@@ -163,7 +164,8 @@ def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "
     predictor = Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
                                       overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=n,
                                       folds=folds, force=force, backend=backend)
-    predictor.runners()      # convert / load the cached networks now, not inside the first case's timings
+    if prepare:
+        predictor.runners()  # convert / load the cached networks now, not inside the first case's timings
     return predictor
 
 
@@ -387,7 +389,8 @@ def run_predict(*, model: str | Path, input_path: str | Path, output: str | Path
                       tta_axes=None if tta_axes is None else tuple(tta_axes),
                       tta_mode=tta_mode, overlap=overlap, batch_size=batch_size, postprocess=postprocess,
                       threads=workers, folds=folds, force=force, backend=backend)
-    predictor = factory() if spec.is_local else factory(device="cpu")
+    # on Ray the predictor here only checks the bundle and hashes the run's parameters: no network prepared
+    predictor = factory() if spec.is_local else factory(device="cpu", prepare=False)
     outputs = CaseOutputs.for_predictor(predictor, formats=formats, statistics=statistics, preview=preview)
     return predict_folder(predictor, input_path, output, save_probabilities=save_probabilities,
                           probability_dtype=probability_dtype, progress=progress, executor=spec,
