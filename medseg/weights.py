@@ -116,21 +116,28 @@ def load_weights(path: str | Path) -> tuple[dict, dict[str, str]]:
     return _restored(tensors, meta.get("storage", "float32"), p), meta
 
 
-def load_state_into(model, state: dict, *, path: str | Path, architecture: str = "?") -> None:
-    """``model.load_state_dict(state, strict=True)`` with a readable error for another architecture."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+def state_mismatch(own: dict, state: dict, *, optional: tuple[str, ...] = ()) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own``, in one line ("" when it
+    fits): keys missing from the file (those ending in one of ``optional`` excepted), keys the model does
+    not have, and tensors of another shape, each with up to three examples."""
+    missing = sorted(k for k in set(own) - set(state) if not (optional and k.endswith(optional)))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {', '.join(unexpected[:3])}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) e.g. {'; '.join(shapes[:3])}")
-        raise InputError(f"weights do not fit model '{architecture}' ({'; '.join(parts)}): the checkpoint is "
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) e.g. {', '.join(unexpected[:3])}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) e.g. {'; '.join(shapes[:3])}")
+    return "; ".join(parts)
+
+
+def load_state_into(model, state: dict, *, path: str | Path, architecture: str = "?") -> None:
+    """``model.load_state_dict(state, strict=True)`` with a readable error for another architecture."""
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise InputError(f"weights do not fit model '{architecture}' ({problem}): the checkpoint is "
                          "from another architecture or configuration", path=path, code="wrong_architecture")
     model.load_state_dict(state, strict=True)

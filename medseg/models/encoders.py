@@ -30,6 +30,7 @@ from medseg.errors import InputError
 from medseg.models.resnet50 import ResNet50Trunc
 from medseg.models.vit import VisionTransformer
 from medseg.registry import Registry
+from medseg.weights import state_mismatch
 
 __all__ = ["TileResNet", "create_encoder", "encoder_names", "load_weights", "load_checkpoint", "read_state_dict",
            "save_weights", "encoder_info", "ENCODER_NAMES", "TILE_ENCODERS"]
@@ -236,16 +237,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, prefix: str = "") -> 
     skip = tuple(getattr(model, "checkpoint_ignore", ()))
     ignored = sorted(k for k in sd if skip and k.startswith(skip))
     sd = {k: v for k, v in sd.items() if k not in set(ignored)}
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    extra = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})" for k in own
-             if k in sd and sd[k].shape != own[k].shape]
-    if missing or extra or wrong:
-        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
-                 f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else "",
-                 f"wrong shapes: {'; '.join(wrong[:3])}" if wrong else ""]
-        raise InputError(f"weights do not fit this encoder: {', '.join(x for x in parts if x)}", path=path,
-                         code="bad_weights")
+    problem = state_mismatch(own, sd, optional=("num_batches_tracked",))
+    if problem:
+        raise InputError(f"weights do not fit this encoder: {problem}", path=path, code="bad_weights")
     model.load_state_dict(sd, strict=False)
     return {"loaded": len(sd), "ignored": ignored}
 
