@@ -237,11 +237,11 @@ class Predictor:
         Returns a :class:`Prediction` whose label map lies on the grid of ``image`` (shape and affine).
         """
         from medseg.inference.prepare import (
+            invert_probabilities,
             labels_to_input_grid,
             preprocess,
             spacing_warning,
             stack_channels,
-            to_input_grid,
         )
 
         t0 = time.perf_counter()
@@ -249,24 +249,31 @@ class Predictor:
         if not chans:
             raise InputError("no input volume given", code="channels")
         path = chans[0].meta.get("path")
-        arr, ref = stack_channels(chans, expected=self.channels, path=path)
+        arr, ref = stack_channels(chans, expected=self.channels, path=path, copy=False)   # int16 CT: no copy
         target = grid_of(ref)
         warnings = []
-        warnings += self.check_input(arr[0], ref.spacing_mm, path)
+        warnings += self.check_input(np.asarray(arr[0], dtype=np.float32), ref.spacing_mm, path)
         msg = spacing_warning(ref.spacing_mm, self.plan)
         if msg and self.guard is None:   # a bundle with an input guard warns about the spacing there
             log.warning("%s: %s", path or "input", msg)
             warnings.append(msg)
         prepared = preprocess(arr, target, self.plan)
+        del arr       # the float32 stack of the input (the input itself stays with the caller)
         t1 = time.perf_counter()
         probs = self._probabilities(prepared.image, prepared.grid.spacing_mm)   # (K, z', y', x') float32
+        # the preprocessed image is not needed any more: its memory goes before the inversion's
+        prepared.image = np.empty((prepared.image.shape[0], 0, 0, 0), dtype=np.float32)
         t2 = time.perf_counter()
         n_cls = probs.shape[0]
         dtype = np.uint8 if n_cls <= 256 else np.uint16
         need = n_cls * int(np.prod(target.shape)) * 4
         if probabilities or need <= MAX_PROB_BYTES:
-            full = to_input_grid(probs, prepared, target, threads=self.threads)
-            label = np.argmax(full, axis=0).astype(dtype)
+            # argmax of the probabilities on the input grid, slab by slab: the K maps exist there in full only
+            # when they are asked for
+            full, label = invert_probabilities(probs, prepared, target, keep_probabilities=probabilities,
+                                               label_dtype=dtype, threads=self.threads)
+            assert label is not None
+            del probs
         else:
             log.info("%s: %d classes x %s voxels: resampling the label map per label instead of the probabilities",
                      path or "input", n_cls, target.shape)
@@ -303,7 +310,7 @@ class Predictor:
         import torch
 
         from medseg.inference.sliding_window import sliding_window
-        from medseg.inference.tta import mirror_tta
+        from medseg.inference.tta import activate_, mirror_tta
 
         axis, axes = 0, self.tta_axes
         if self.spatial_dims == 2:
@@ -335,7 +342,7 @@ class Predictor:
                                           device=self.device, mirror_axes=mirror_axes)
 
                 if self.tta_mode == "window" and axes:
-                    p = torch.softmax(run(x, axes), dim=1)
+                    p = activate_(run(x, axes), "softmax")     # in place: no second probability volume
                 else:
                     p = mirror_tta(run, x, axes=axes, activation="softmax")
                 p = p[0].to("cpu", torch.float32)

@@ -28,11 +28,18 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.preprocess.grid import Grid
-from medseg.preprocess.plan import Prepared, apply_plan_arrays, labels_to_input_grid, plan_spacing, to_input_grid
+from medseg.preprocess.plan import (
+    Prepared,
+    apply_plan_arrays,
+    invert_probabilities,
+    labels_to_input_grid,
+    plan_spacing,
+    to_input_grid,
+)
 from medseg.volume import Volume
 
-__all__ = ["FAR_SPACING_FACTOR", "Prepared", "labels_to_input_grid", "plan_spacing", "preprocess", "spacing_warning",
-           "stack_channels", "to_input_grid"]
+__all__ = ["FAR_SPACING_FACTOR", "Prepared", "invert_probabilities", "labels_to_input_grid", "plan_spacing",
+           "preprocess", "spacing_warning", "stack_channels", "to_input_grid"]
 
 log = logging.getLogger("medseg.inference")
 
@@ -61,9 +68,17 @@ def spacing_warning(spacing_mm: Sequence[float], plan: dict[str, Any], *,
             "to the training spacing, but accuracy may suffer on data this different from the training data")
 
 
-def stack_channels(channels: Sequence[Volume], *, expected: int, path: Any = None) -> tuple[np.ndarray, Volume]:
+#: dtypes whose every value float32 holds exactly: preprocessing may take them as they are
+EXACT_IN_FLOAT32 = (np.float32, np.int8, np.uint8, np.int16, np.uint16, np.bool_)
+
+
+def stack_channels(channels: Sequence[Volume], *, expected: int, path: Any = None,
+                   copy: bool = True) -> tuple[np.ndarray, Volume]:
     """(C, z, y, x) float32 array of the channel volumes (all on one grid) and the first volume.
 
+    ``copy=False``: a single channel stored in a type float32 holds exactly (:data:`EXACT_IN_FLOAT32`,
+    e.g. a CT's int16) comes back as a view ``(1, z, y, x)`` of its own array instead of a float32 copy
+    (:func:`preprocess` converts while it resamples, to the same values; a 512 x 512 x 300 CT saves 300 MiB).
     Raises InputError (code ``channels``) when the count differs from ``expected`` or the grids differ.
     """
     if len(channels) != expected:
@@ -75,6 +90,8 @@ def stack_channels(channels: Sequence[Volume], *, expected: int, path: Any = Non
         if why:
             raise InputError(f"channel {k} is not on the grid of channel 0 ({why})", path=ch.meta.get("path") or path,
                              code="geometry_mismatch")
+    if not copy and len(channels) == 1 and np.asarray(ref.array).dtype.type in EXACT_IN_FLOAT32:
+        return np.asarray(ref.array)[None], ref
     arr = np.stack([np.asarray(ch.array, dtype=np.float32) for ch in channels])
     return arr, ref
 

@@ -6,6 +6,7 @@ checked here, once: :func:`tta_axes_from_text`, :func:`tta_axes_from_param`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Any
@@ -80,6 +81,55 @@ def mirror_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for k in range(len(axes) + 1) for c in combinations(axes, k)]
 
 
+#: voxels (all channels) an in-place activation or flipped add works on at a time
+CHUNK_VOXELS = 1 << 22
+
+
+def activate_(logits: torch.Tensor, activation: str, *, chunk_voxels: int = CHUNK_VOXELS) -> torch.Tensor:
+    """:func:`to_probabilities` of a float32 ``(N, K, *spatial)`` tensor written over it, a slab of the first
+    spatial axis at a time (the values of the whole-tensor call: each voxel's are computed alone), so no
+    second tensor of its size is needed (on the CPU; elsewhere one whole-tensor call). Returns ``logits``.
+
+    >>> t = torch.tensor([[[0.0, 1.0], [0.0, -1.0]]])   # (N=1, K=2, 2 voxels)
+    >>> activate_(t, "softmax") is t, [round(v, 4) for v in t[0, 0].tolist()]
+    (True, [0.5, 0.8808])
+    """
+    if activation not in ("softmax", "sigmoid", "none"):
+        to_probabilities(logits[:0], activation)    # the error for an unknown activation
+    if activation == "none":
+        return logits
+    if logits.dtype != torch.float32 or logits.ndim < 3:
+        raise ConfigError(f"activate_ needs a float32 (N, K, *spatial) tensor, got {logits.dtype} "
+                          f"{tuple(logits.shape)}")
+    if logits.device.type != "cpu":    # GPU kernels may split the work otherwise: one call, as before
+        return logits.copy_(to_probabilities(logits, activation))
+    n = logits.shape[2]
+    plane = max(1, logits[0, 0, :1].numel())
+    # torch's kernels vectorise along the voxels and finish a tensor with a partial vector, computed slightly
+    # differently: slabs whose voxel count is a multiple of 64 (any vector width) leave that tail where the
+    # whole-tensor call has it, so every voxel gets the very same arithmetic
+    align = 64 // math.gcd(plane, 64)
+    step = max(align, int(chunk_voxels) // max(1, logits[:, :, :1].numel()) // align * align)
+    for z0 in range(0, n, step):
+        part = logits[:, :, z0:z0 + step]
+        part.copy_(to_probabilities(part, activation))
+    return logits
+
+
+def add_flipped_(total: torch.Tensor, p: torch.Tensor, dims: Sequence[int], *,
+                 chunk_voxels: int = CHUNK_VOXELS) -> torch.Tensor:
+    """``total += torch.flip(p, dims)`` (same shapes, ``dims`` tensor dims >= 2), a slab of dim 2 at a time:
+    bitwise the same sums without a flipped copy of ``p``. Returns ``total``."""
+    dims = tuple(int(d) for d in dims)
+    n = total.shape[2]
+    step = max(1, int(chunk_voxels) // max(1, total[:, :, :1].numel()))
+    for z0 in range(0, n, step):
+        z1 = min(z0 + step, n)
+        src = p[:, :, n - z1:n - z0] if 2 in dims else p[:, :, z0:z1]
+        total[:, :, z0:z1] += torch.flip(src, dims) if dims else src
+    return total
+
+
 def mirror_tta(
     predict: Predictor,
     image: torch.Tensor,
@@ -93,7 +143,9 @@ def mirror_tta(
     ----------
     predict : callable
         ``(N, C, *spatial)`` -> ``(N, K, *spatial)`` logits, e.g.
-        ``lambda x: sliding_window(net, x, (64, 64, 64))``.
+        ``lambda x: sliding_window(net, x, (64, 64, 64))``. A float32 result that shares no memory with
+        its input is taken over: the activation is written over it (:func:`activate_`), so memory holds
+        the running mean and one prediction, not also their activated and flipped copies.
     image : torch.Tensor
         ``(N, C, *spatial)``.
     axes : sequence of int
@@ -117,12 +169,21 @@ def mirror_tta(
         for flip in subsets:
             dims = [2 + a for a in flip]
             x = torch.flip(image, dims) if dims else image
-            p = to_probabilities(predict(x), activation)
-            if dims:
-                p = torch.flip(p, dims)
-            if total is None:
-                total = p.clone() if activation == "none" else p
+            out = predict(x)
+            owned = out.dtype == torch.float32 and out.untyped_storage().data_ptr() not in (
+                x.untyped_storage().data_ptr(), image.untyped_storage().data_ptr())
+            del x
+            if activation == "none":
+                p = out.float()
             else:
-                total += p
+                p = activate_(out if owned else out.float().clone(), activation)
+            del out
+            if total is None:
+                total = p.clone() if activation == "none" else p    # "none": p may be predict's own tensor
+                if dims:
+                    total = torch.flip(total, dims)
+            else:
+                add_flipped_(total, p, dims)
+            del p
         total /= len(subsets)
     return total

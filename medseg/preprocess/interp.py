@@ -103,13 +103,18 @@ def is_identity(taps: Taps, n_in: int) -> bool:
 
 
 def prefilter_bspline(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Cubic B-spline coefficients (float32) along ``axes`` (mirror boundary)."""
+    """Cubic B-spline coefficients (float32) along ``axes`` (mirror boundary); ``a`` is not modified.
+
+    One float32 copy is made and filtered in place axis after axis (scipy filters line by line through
+    a buffer, so in place gives the values of filtering into a new array, without a second copy)."""
     from scipy.ndimage import spline_filter1d
 
-    out = np.asarray(a, dtype=np.float32)
+    axes = tuple(ax for ax in axes if a.shape[ax] > 1)
+    if not axes:
+        return np.asarray(a, dtype=np.float32)
+    out = np.array(a, dtype=np.float32, copy=True, order="C")
     for ax in axes:
-        if out.shape[ax] > 1:
-            out = spline_filter1d(out, order=3, axis=ax, mode="mirror", output=np.float32)
+        spline_filter1d(out, order=3, axis=ax, mode="mirror", output=out)
     return out
 
 

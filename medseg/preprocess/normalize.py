@@ -69,6 +69,39 @@ def _mask_array(vol: Volume, mask: np.ndarray | Volume | None) -> np.ndarray | N
     return m
 
 
+#: above this many values, :func:`mean_std` works in chunks of this size (float64 copies of one chunk at a time)
+STATS_CHUNK = 1 << 22
+
+
+def mean_std(vals: np.ndarray, *, chunk: int = STATS_CHUNK) -> tuple[float, float]:
+    """Mean and (population) standard deviation of ``vals`` in float64.
+
+    Up to ``chunk`` values: numpy's ``mean()`` and ``std()`` of a float64 copy. Beyond, chunk by chunk
+    (two passes: the sum, then the sum of squared deviations from the mean), so a CT-sized volume needs
+    no float64 copies of its size (two of them: 8 bytes a voxel each); the results differ from the
+    one-piece ones in the last bits of the float64 only (summation order), below the float32 rounding
+    z-scoring applies them with.
+
+    >>> mean_std(np.array([1.0, 2.0, 3.0, 4.0]), chunk=3)
+    (2.5, 1.118033988749895)
+    """
+    flat = np.reshape(np.asarray(vals), -1)
+    if flat.size <= chunk:
+        v64 = flat.astype(np.float64, copy=False)
+        return float(v64.mean()), float(v64.std())
+    n = flat.size
+    total = 0.0
+    for i in range(0, n, chunk):
+        total += float(np.sum(flat[i:i + chunk], dtype=np.float64))
+    mean = total / n
+    sq = 0.0
+    for i in range(0, n, chunk):
+        d = flat[i:i + chunk].astype(np.float64)
+        d -= mean
+        sq += float(np.dot(d, d))
+    return mean, float(np.sqrt(sq / n))
+
+
 def zscore_array(a: np.ndarray, *, mask: np.ndarray | None = None, eps: float = 1e-8) -> np.ndarray:
     """``(a - mean) / std`` with mean/std over ``mask`` (all voxels if None); float32.
 
@@ -81,9 +114,7 @@ def zscore_array(a: np.ndarray, *, mask: np.ndarray | None = None, eps: float = 
     if vals.size == 0:
         log.warning("z-score mask is empty; using all voxels")
         vals = a
-    v64 = vals.astype(np.float64, copy=False)
-    mean = float(v64.mean())
-    std = float(v64.std())
+    mean, std = mean_std(vals)
     out = a.astype(np.float32)
     out -= np.float32(mean)
     if std >= eps:
@@ -286,7 +317,10 @@ def normalize_array(a: np.ndarray, method) -> np.ndarray:
 
 def normalize_channels(image: np.ndarray, method) -> np.ndarray:
     """Normalise ``image`` (C, z, y, x) channel by channel (``method`` or one method per channel) -> float32."""
+    methods = channel_methods(method, np.shape(image)[0])
+    if len(methods) == 1:   # one channel: its result is the output (no second copy of the volume)
+        return np.asarray(normalize_array(image[0], methods[0]), dtype=np.float32)[None]
     out = np.empty(np.shape(image), dtype=np.float32)
-    for c, m in enumerate(channel_methods(method, out.shape[0])):
+    for c, m in enumerate(methods):
         out[c] = normalize_array(image[c], m)
     return out

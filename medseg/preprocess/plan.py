@@ -244,7 +244,10 @@ def resample_case(image: np.ndarray, label: np.ndarray | None, spacing_mm: Seque
         return image, label
     kw: dict[str, Any] = dict(anisotropy_threshold=anisotropy_threshold, anisotropic_order=anisotropic_order,
                               threads=threads)
-    img = resample_array(np.asarray(image, dtype=np.float32), tuple(sp), tuple(tg), order=order, **kw)
+    image = np.asarray(image)
+    if image.dtype.type not in (np.float32, np.int8, np.uint8, np.int16, np.uint16, np.bool_):
+        image = image.astype(np.float32)   # else resampling converts on the way, to the same values, without a copy
+    img = resample_array(image, tuple(sp), tuple(tg), order=order, **kw)
     lab = None
     if label is not None:
         lab = resample_array(label, tuple(sp), tuple(tg), is_label=True, label_order=label_order, **kw)
@@ -294,7 +297,7 @@ def apply_plan_arrays(image: np.ndarray, plan: dict[str, Any], *, grid: Grid | N
     except ValueError as exc:
         raise ConfigError(f"plan.{exc}") from None
     if p["normalize_before_resample"]:
-        image = normalize_channels(image, norm)
+        image = normalize_channels(np.asarray(image, dtype=np.float32), norm)
     out_grid = cropped
     if p["spacing_mm"] is not None:
         kept = image
@@ -302,8 +305,9 @@ def apply_plan_arrays(image: np.ndarray, plan: dict[str, Any], *, grid: Grid | N
                                      **p["resample"])
         if image is not kept:  # resampled (not within the tolerance)
             out_grid = spacing_grid(cropped, p["spacing_mm"])
+        del kept
     if not p["normalize_before_resample"]:
-        image = normalize_channels(image, norm)
+        image = normalize_channels(np.asarray(image, dtype=np.float32), norm)
     lab = None if label is None else np.ascontiguousarray(label)
     return Prepared(np.ascontiguousarray(image, dtype=np.float32), out_grid, box, cropped, lab)
 
@@ -333,28 +337,72 @@ def apply_plan(vol: Volume, plan: dict[str, Any], *, label: Volume | None = None
 
 
 # ----------------------------------------------------------------------------- back to the input grid
+#: about this many bytes of class probabilities are resampled at a time on the way back to the input grid
+INVERT_SLAB_BYTES = 32 * 2 ** 20
+
+
 def to_input_grid(probs: np.ndarray, prepared: Prepared, target: Grid, *, threads: int | None = None) -> np.ndarray:
     """Class probabilities (K, z', y', x') on the model grid -> (K, z, y, x) float32 on ``target``.
 
     Linear resampling in physical space per class, then the crop undone (background 1, other
-    classes 0 outside the box). Identity when no resampling or crop happened.
+    classes 0 outside the box). Identity when no resampling or crop happened. The probabilities
+    of :func:`invert_probabilities` (which can give their argmax without them).
+    """
+    full, _ = invert_probabilities(probs, prepared, target, threads=threads)
+    assert full is not None
+    return full
+
+
+def invert_probabilities(probs: np.ndarray, prepared: Prepared, target: Grid, *, keep_probabilities: bool = True,
+                         label_dtype: Any = None, threads: int | None = None,
+                         slab_bytes: int = INVERT_SLAB_BYTES) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Class probabilities (K, z', y', x') on the model grid back on ``target``, and/or their argmax there.
+
+    Returns ``(probabilities, labels)``: (K, z, y, x) float32 on ``target`` (linear resampling in
+    physical space per class, background 1 and other classes 0 outside the crop box), or None
+    without ``keep_probabilities``; and ``argmax`` over the classes of exactly those values as
+    ``label_dtype`` (None: not computed). The work goes slab by slab along the first axis, about
+    ``slab_bytes`` of probabilities at a time (:func:`medseg.preprocess.resample.resample_array_to_grid`
+    ``rows=``, bitwise the values of resampling whole maps), straight into the preallocated
+    outputs: for labels alone, memory beyond ``probs`` is the label map plus a slab, not K float32
+    maps of the input grid and an int64 argmax of it.
     """
     if probs.ndim != 4 or tuple(probs.shape[1:]) != tuple(prepared.grid.shape):
         raise ValueError(f"probabilities {probs.shape} are not (K, *{prepared.grid.shape})")
-    if same_grid(prepared.grid, prepared.cropped):
-        on_crop = np.asarray(probs, dtype=np.float32)
-    else:
-        on_crop = np.empty((probs.shape[0], *prepared.cropped.shape), dtype=np.float32)
-        for k in range(probs.shape[0]):
-            on_crop[k] = resample_array_to_grid(np.asarray(probs[k], dtype=np.float32), prepared.grid,
-                                                prepared.cropped, order="linear", fill=1.0 if k == 0 else 0.0,
-                                                threads=threads)
-    if prepared.crop is None or tuple(prepared.crop.shape) == tuple(target.shape):
-        return on_crop
-    full = np.zeros((probs.shape[0], *target.shape), dtype=np.float32)
-    full[0] = 1.0
-    full[(slice(None), *prepared.crop.slices)] = on_crop
-    return full
+    probs = np.asarray(probs, dtype=np.float32)
+    n_cls = probs.shape[0]
+    box = prepared.crop if prepared.crop is not None and tuple(prepared.crop.shape) != tuple(target.shape) else None
+    resample = not same_grid(prepared.grid, prepared.cropped)
+    labels = None if label_dtype is None else np.zeros(target.shape, dtype=label_dtype)  # background outside the box
+    full: np.ndarray | None = None
+    if keep_probabilities:
+        if not resample and box is None:
+            full = probs
+        else:
+            full = np.zeros((n_cls, *target.shape), dtype=np.float32)
+            full[0] = 1.0
+    if labels is None and (full is None or full is probs):
+        return full, labels
+    shape = prepared.cropped.shape
+    step = max(4, int(slab_bytes) // max(1, n_cls * int(np.prod(shape[1:])) * 4))
+    start = box.start if box is not None else (0, 0, 0)
+    for r0 in range(0, shape[0], step):
+        rows = slice(r0, min(r0 + step, shape[0]))
+        if resample:
+            slab = np.empty((n_cls, rows.stop - r0, *shape[1:]), dtype=np.float32)
+            for k in range(n_cls):
+                slab[k] = resample_array_to_grid(probs[k], prepared.grid, prepared.cropped, order="linear",
+                                                 fill=1.0 if k == 0 else 0.0, threads=threads, rows=rows)
+        else:
+            slab = probs[:, rows]
+        where = (slice(start[0] + r0, start[0] + rows.stop),
+                 *(slice(start[i], start[i] + shape[i]) for i in (1, 2)))
+        if full is not None and full is not probs:
+            full[(slice(None), *where)] = slab
+        if labels is not None:
+            labels[where] = np.argmax(slab, axis=0)
+        del slab
+    return full, labels
 
 
 def labels_to_input_grid(labels: np.ndarray, prepared: Prepared, target: Grid, *, label_order: str = "linear",

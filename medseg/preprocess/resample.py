@@ -103,6 +103,8 @@ def resample_array(
               anisotropy_threshold=anisotropy_threshold, anisotropic_order=anisotropic_order, fill=fill,
               threads=threads)
     if a.ndim == 4:
+        if a.shape[0] == 1:   # no stacked copy of one channel
+            return resample_array(a[0], spacing_mm, **kw)[None]
         return np.stack([resample_array(ch, spacing_mm, **kw) for ch in a])
     if a.ndim != 3:
         raise ValueError(f"resample_array needs a (z, y, x) or (C, z, y, x) array, got shape {a.shape}")
@@ -127,8 +129,14 @@ def resample_array_to_grid(
     label_order: str = "nearest",
     fill: float = 0.0,
     threads: int | None = None,
+    rows: slice | None = None,
 ) -> np.ndarray:
     """Resample an array lying on grid ``src`` onto grid ``dst`` (physical space); see :func:`resample_to_grid`.
+
+    ``rows``: only these rows (a ``slice`` with step 1) along the first axis of ``dst``, computed
+    from just the part of ``a`` they need: the very values of the same rows of the whole result,
+    for a fraction of the memory (images on grids with parallel axes; else the whole result is
+    computed and cut).
 
     >>> g = Grid((1, 1, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
     >>> h = Grid((1, 1, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.5), np.eye(3))   # half a voxel along x
@@ -138,8 +146,13 @@ def resample_array_to_grid(
     a = np.asarray(a)
     if tuple(a.shape) != tuple(src.shape):
         raise ValueError(f"array shape {a.shape} is not the shape of its grid {src.shape}")
+    if rows is not None:
+        start, stop, step = rows.indices(dst.shape[0])
+        if step != 1 or stop <= start:
+            raise ValueError(f"rows {rows} must be a non-empty slice with step 1 within {dst.shape[0]} rows")
+        rows = slice(start, stop)
     return _resample(a, src, dst, is_label=is_label, order=order, label_order=label_order, aniso_axis=None,
-                     anisotropic_order="linear", fill=fill, threads=threads)
+                     anisotropic_order="linear", fill=fill, threads=threads, rows=rows)
 
 
 def resample_to_spacing(
@@ -225,7 +238,8 @@ def _on_grid(vol: Volume, arr: np.ndarray, grid: Grid) -> Volume:
 
 
 def _resample(a: np.ndarray, src: Grid, dst: Grid, *, is_label: bool, order: str, label_order: str,
-              aniso_axis: int | None, anisotropic_order: str, fill: float, threads: int | None) -> np.ndarray:
+              aniso_axis: int | None, anisotropic_order: str, fill: float, threads: int | None,
+              rows: slice | None = None) -> np.ndarray:
     _check_order(order, KERNELS, "order")
     _check_order(label_order, LABEL_ORDERS, "label_order")
     _check_order(anisotropic_order, ("nearest", "linear"), "anisotropic_order")
@@ -239,10 +253,12 @@ def _resample(a: np.ndarray, src: Grid, dst: Grid, *, is_label: bool, order: str
     if is_label:
         fill = 0  # outside a label map is background
     if is_label and label_order == "linear":
-        return _per_label_linear(a, m, sep, dst.shape, kernels, threads)
-    if sep is None:
-        return _oblique(a, m, dst.shape, base, fill, is_label=is_label)
-    return _separable(a, sep, dst.shape, kernels, fill, threads)
+        out = _per_label_linear(a, m, sep, dst.shape, kernels, threads)
+    elif sep is None:
+        out = _oblique(a, m, dst.shape, base, fill, is_label=is_label)
+    else:
+        return _separable(a, sep, dst.shape, kernels, fill, threads, rows=rows)
+    return out if rows is None else np.ascontiguousarray(out[rows])
 
 
 def _axis_taps(sep, dst_shape, src_shape, kernels) -> list[Taps]:
@@ -252,9 +268,9 @@ def _axis_taps(sep, dst_shape, src_shape, kernels) -> list[Taps]:
 
 
 def _separable(a: np.ndarray, sep, dst_shape, kernels, fill: float, threads: int | None,
-               taps: list[Taps] | None = None) -> np.ndarray:
+               taps: list[Taps] | None = None, rows: slice | None = None) -> np.ndarray:
     perm = sep[0]
-    taps = taps if taps is not None else _axis_taps(sep, dst_shape, a.shape, kernels)
+    taps = list(taps if taps is not None else _axis_taps(sep, dst_shape, a.shape, kernels))
     cubic_axes = tuple(k for k in range(3) if kernels[k] == "cubic" and not is_identity(taps[k], a.shape[k]))
     if cubic_axes:
         a = prefilter_bspline(a, cubic_axes)
@@ -262,8 +278,12 @@ def _separable(a: np.ndarray, sep, dst_shape, kernels, fill: float, threads: int
         a = a.astype(np.float32)
     # cheapest order: shrink first, grow last (each pass costs about its output size)
     ratio = [taps[k].index.shape[1] / a.shape[k] for k in range(3)]
-    for k in sorted(range(3), key=lambda k: ratio[k]):
-        if not is_identity(taps[k], a.shape[k]):
+    order = sorted(range(3), key=lambda k: ratio[k])
+    skip = [is_identity(taps[k], a.shape[k]) for k in range(3)]
+    if rows is not None:   # only output rows ``rows`` of dst axis 0: same passes, in the same order, on less data
+        a, taps[perm.index(0)] = _restrict(a, perm.index(0), taps[perm.index(0)], rows)
+    for k in order:
+        if not skip[k]:
             a = apply_taps(a, k, taps[k], threads=threads)
     for k in range(3):  # after all passes, so later passes cannot blend the fill value
         if taps[k].outside.any():
@@ -272,6 +292,22 @@ def _separable(a: np.ndarray, sep, dst_shape, kernels, fill: float, threads: int
             a[tuple(sel)] = fill
     axes = list(np.argsort(perm))  # output axis m comes from source axis k with perm[k] == m
     return np.ascontiguousarray(a.transpose(axes)) if axes != [0, 1, 2] else a
+
+
+def _restrict(a: np.ndarray, axis: int, taps: Taps, rows: slice) -> tuple[np.ndarray, Taps]:
+    """The part of ``a`` along ``axis`` that output positions ``rows`` of ``taps`` read, and their taps on it.
+
+    Every output value is computed from the same input values with the same weights as before, so
+    it is bitwise the one of the whole pass."""
+    sel: list = [slice(None)] * a.ndim
+    if taps.identity:   # skipped pass: the rows are the input rows themselves
+        sel[axis] = rows
+        n = rows.stop - rows.start
+        return a[tuple(sel)], Taps(np.arange(n, dtype=np.intp)[None, :], None, taps.outside[rows], identity=True)
+    idx = taps.index[:, rows]
+    s0, s1 = int(idx.min()), int(idx.max()) + 1
+    sel[axis] = slice(s0, s1)
+    return a[tuple(sel)], Taps(idx - s0, None if taps.weight is None else taps.weight[:, rows], taps.outside[rows])
 
 
 def _oblique(a: np.ndarray, m: np.ndarray, dst_shape, kernel: str, fill: float, *, is_label: bool) -> np.ndarray:
