@@ -179,7 +179,8 @@ class Predictor:
     def runners(self) -> list[Any]:
         """The callables that run the network of each fold on :attr:`backend` (converted once, then reused)."""
         if self._runners is None:
-            from medseg.inference.backends import BackendOptions, cache_dirs, prepare_models
+            from medseg.inference.backend_cache import cache_dirs
+            from medseg.inference.backends import BackendOptions, prepare_models
 
             opts = BackendOptions(batch=self.batch_size, channels=self.channels, window=self.patch_size,
                                   threads=self.threads, cache_dirs=cache_dirs(self.source))
@@ -272,7 +273,8 @@ class Predictor:
             # when they are asked for
             full, label = invert_probabilities(probs, prepared, target, keep_probabilities=probabilities,
                                                label_dtype=dtype, threads=self.threads)
-            assert label is not None
+            if label is None:      # invert_probabilities always gives the label map when given its dtype
+                raise RuntimeError("no label map from the inversion")
             del probs
         else:
             log.info("%s: %d classes x %s voxels: resampling the label map per label instead of the probabilities",

@@ -349,7 +349,8 @@ def to_input_grid(probs: np.ndarray, prepared: Prepared, target: Grid, *, thread
     of :func:`invert_probabilities` (which can give their argmax without them).
     """
     full, _ = invert_probabilities(probs, prepared, target, threads=threads)
-    assert full is not None
+    if full is None:      # keep_probabilities=True always returns them
+        raise RuntimeError("no probabilities from the inversion")
     return full
 
 

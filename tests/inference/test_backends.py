@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
-from medseg.inference import backends
+from medseg.inference import backend_cache, backends
+from medseg.inference.backend_cache import cache_dirs, weights_digest
 from medseg.inference.backends import (
     BackendOptions,
     ExactInstanceNorm,
-    cache_dirs,
     prepare_model,
     resolve_backend,
     with_exact_norm,
@@ -168,7 +168,7 @@ def test_cache_is_reused_and_a_stale_or_damaged_entry_rebuilt(tmp_path, monkeypa
     assert len(exports) == 1 and len(entries) == 1 and not entries[0].name.startswith(".")
     entry = entries[0]
     side = json.loads((entry / "key.json").read_text())
-    assert side["key"]["weights_sha256"] == backends.weights_digest(net)
+    assert side["key"]["weights_sha256"] == weights_digest(net)
     assert side["key"]["openvino"] and side["key"]["medseg"] and side["check_max_abs_diff"] < 1e-3
     run()
     assert len(exports) == 1                                # reused, not converted again
@@ -197,7 +197,7 @@ def test_cache_folders_in_order(tmp_path, monkeypatch):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     assert cache_dirs(bundle) == (bundle / ".medseg-cache", tmp_path / "xdg" / "medseg")
-    monkeypatch.setattr(backends.os, "access", lambda p, mode: False)     # a read-only bundle folder
+    monkeypatch.setattr(backend_cache.os, "access", lambda p, mode: False)     # a read-only bundle folder
     assert cache_dirs(bundle) == (tmp_path / "xdg" / "medseg",)
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
