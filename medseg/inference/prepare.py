@@ -28,14 +28,8 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.preprocess.grid import Grid
-from medseg.preprocess.plan import (
-    Prepared,
-    apply_plan_arrays,
-    invert_probabilities,
-    labels_to_input_grid,
-    plan_spacing,
-    to_input_grid,
-)
+from medseg.preprocess.invert import invert_probabilities, labels_to_input_grid, to_input_grid
+from medseg.preprocess.plan import Prepared, apply_plan_arrays, plan_spacing
 from medseg.volume import Volume
 
 __all__ = ["FAR_SPACING_FACTOR", "Prepared", "invert_probabilities", "labels_to_input_grid", "plan_spacing",

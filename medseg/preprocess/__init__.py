@@ -8,13 +8,13 @@ from medseg.preprocess.crop import CropBox, crop_to_foreground, crop_volume, for
 from medseg.preprocess.denoise import curvature_anisotropic_diffusion, gaussian, median
 from medseg.preprocess.fingerprint import fingerprint
 from medseg.preprocess.grid import Grid, grid_of, shape_grid, spacing_grid
+from medseg.preprocess.invert import invert_plan
 from medseg.preprocess.normalize import CT_WINDOWS, clip_zscore, ct_window, minmax, normalize_channels, zscore
 from medseg.preprocess.plan import (
                                     Prepared,
                                     Preprocessed,
                                     apply_plan,
                                     apply_plan_arrays,
-                                    invert_plan,
                                     propose_plan,
                                     read_plan,
 )

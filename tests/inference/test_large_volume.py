@@ -1,6 +1,6 @@
 """Large volumes (issue 18): the class probabilities go back to the input grid slab by slab.
 
-The slab-wise inversion (:func:`medseg.preprocess.plan.invert_probabilities`) must give exactly the
+The slab-wise inversion (:func:`medseg.preprocess.invert.invert_probabilities`) must give exactly the
 labels and probabilities of resampling whole probability maps (the reference path, written out
 below with whole-array resampling), agree with an independent computation by scipy, and need a
 label map plus a slab of memory instead of K float32 maps of the input grid.
@@ -17,7 +17,8 @@ from scipy import ndimage
 from medseg.inference.predictor import Predictor
 from medseg.preprocess.crop import CropBox
 from medseg.preprocess.grid import Grid, index_map, spacing_grid
-from medseg.preprocess.plan import Prepared, invert_probabilities, same_grid, to_input_grid
+from medseg.preprocess.invert import invert_probabilities, same_grid, to_input_grid
+from medseg.preprocess.plan import Prepared
 from medseg.preprocess.resample import resample_array_to_grid
 from medseg.volume import Volume
 from tests.inference.helpers import blob_image, make_bundle

@@ -11,7 +11,8 @@ import scipy.ndimage as ndi
 from medseg import config as cfgmod
 from medseg.io import read_volume
 from medseg.pipeline import run_pipeline
-from medseg.preprocess.plan import apply_plan, invert_plan
+from medseg.preprocess.invert import invert_plan
+from medseg.preprocess.plan import apply_plan
 from tests.paths import shared_path
 
 
@@ -194,7 +195,8 @@ def test_inference_applies_a_ct_training_plan_as_training_did(rng):
 
 def test_multichannel_crop_is_the_union_and_comes_back(rng):
     from medseg.preprocess.grid import Grid
-    from medseg.preprocess.plan import apply_plan_arrays, labels_to_input_grid, to_input_grid
+    from medseg.preprocess.invert import labels_to_input_grid, to_input_grid
+    from medseg.preprocess.plan import apply_plan_arrays
 
     img = np.zeros((2, 12, 14, 16), np.float32)
     img[0, 2:6, 3:9, 4:10] = rng.uniform(1, 2, size=(4, 6, 6))
