@@ -41,7 +41,6 @@ the wall-time medians and their ratio, and compares the label maps voxel by voxe
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SAMPLES = REPO / "data_samples" / "hippocampus"
 
 
@@ -189,17 +189,9 @@ def forward(args) -> None:
 
 # ------------------------------------------------------------------ cohort
 def _predict(cases: Path, out: Path, backend: str, threads: int | None) -> float:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "medseg", "predict", "--model", "hippocampus_unet", "--input", str(cases),
-           "--output", str(out), "--device", "cpu", "--no-progress", "--backend", backend]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    return wall
+    from bench_predict_breakdown import run_predict
+
+    return run_predict(cases, out, threads, ("--backend", backend), timeout=7200)[0]
 
 
 def cohort(args) -> None:

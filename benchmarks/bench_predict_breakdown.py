@@ -47,25 +47,33 @@ def _subset(src: Path, n: int | None, tmp: Path) -> Path:
     return sub
 
 
-def pipelined(src: Path, out: Path, threads: int | None) -> dict:
+def run_predict(src: Path, out: Path, threads: int | None, extra: tuple[str, ...] = (),
+                timeout: float = 3600) -> tuple[float, str]:
+    """``medseg predict`` of this checkout (hippocampus_unet, CPU) as a process: (wall seconds, stdout);
+    exits with its output when it fails."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "medseg", "predict", "--model", "hippocampus_unet", "--input", str(src),
-           "--output", str(out), "--device", "cpu", "--no-progress"]
+           "--output", str(out), "--device", "cpu", "--no-progress", *extra]
     if threads:
         cmd += ["--threads", str(threads)]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
-        raise SystemExit(f"medseg predict failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    m = re.search(r"timings: (\d+) case\(s\) in ([0-9.]+) s wall", proc.stdout)
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
+def pipelined(src: Path, out: Path, threads: int | None) -> dict:
+    wall, stdout = run_predict(src, out, threads)
+    m = re.search(r"timings: (\d+) case\(s\) in ([0-9.]+) s wall", stdout)
     from medseg.inference.timings import RunTimings, read_timings
 
     rows = read_timings(out / "timings.csv")
     run_wall = float(m.group(2)) if m else max(r["done_at_s"] for r in rows)
     last = max(r["compute_at_s"] + r["compute_s"] for r in rows)
     t = RunTimings(rows, wall_s=run_wall, drain_s=max(run_wall - last, 0.0))
-    return {"process_wall": wall, "timings": t, "stdout": proc.stdout}
+    return {"process_wall": wall, "timings": t, "stdout": stdout}
 
 
 def serial(src: Path, out: Path, threads: int | None) -> dict:
