@@ -326,15 +326,16 @@ class Predictor:
             axis = int(axis) if axis is not None else slicing_axis(plan_spacing(self.plan) or spacing_mm)
             axes = tuple(a for a in axes if a != axis)   # flipping the slice order changes nothing for a 2D model
 
+        from medseg.inference.windows import count_windows
+
         x = torch.from_numpy(image)[None].to(self.device)
         total = None
         models = self.runners()
+        windows = count_windows(image.shape[1:], self.patch_size, self.overlap, axis=axis)
+        # a case of fewer windows than a batch: its flips share the forward passes (fuller batches)
+        group = min(2 ** len(axes), max(1, self.batch_size // max(windows, 1)))
         if self.on_windows is not None:        # progress over the windows of this case
-            from medseg.inference.windows import count_windows
-
-            n = count_windows(image.shape[1:], self.patch_size, self.overlap, axis=axis) * len(self.models) \
-                * 2 ** len(axes)
-            counter = _WindowCounter(self.on_windows, n)
+            counter = _WindowCounter(self.on_windows, windows * len(self.models) * 2 ** len(axes))
             models = [_counted(m, counter) for m in models]
         with torch.inference_mode():
             for model in models:          # a fold ensemble: the mean of the folds' probabilities
@@ -346,7 +347,7 @@ class Predictor:
                 if self.tta_mode == "window" and axes:
                     p = activate_(run(x, axes), "softmax")     # in place: no second probability volume
                 else:
-                    p = mirror_tta(run, x, axes=axes, activation="softmax")
+                    p = mirror_tta(run, x, axes=axes, activation="softmax", group=group)
                 p = p[0].to("cpu", torch.float32)
                 total = p if total is None else total.add_(p)
             if len(self.models) > 1:

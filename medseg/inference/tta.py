@@ -136,6 +136,7 @@ def mirror_tta(
     *,
     axes: Sequence[int] = (0, 1, 2),
     activation: str = "softmax",
+    group: int = 1,
 ) -> torch.Tensor:
     """Average of ``activation(predict(flip(image)))`` flipped back, over every subset of ``axes``.
 
@@ -152,6 +153,12 @@ def mirror_tta(
         Spatial axes to mirror (0 = first spatial axis); ``()`` means a single plain prediction.
     activation : {"softmax", "sigmoid", "none"}
         Turns each prediction into probabilities before averaging.
+    group : int
+        Flipped copies given to ``predict`` in one call, stacked along the batch axis (``predict`` must
+        treat the images of a batch independently, as :func:`~medseg.inference.sliding_window` does).
+        A volume of one or two windows then fills the network's batch with its flips instead of one
+        short batch per flip: the same windows through the same network, in fewer, fuller passes.
+        Memory: ``group`` predictions at a time.
 
     Returns
     -------
@@ -163,27 +170,35 @@ def mirror_tta(
         if not 0 <= a < n_spatial:
             raise ConfigError(f"mirror axis {a} out of range for {n_spatial} spatial dimensions "
                               f"(axes count from 0 = first spatial axis)")
+    if not isinstance(group, int) or group < 1:
+        raise ConfigError(f"mirror_tta: group must be a whole number >= 1, got {group!r}")
     subsets = mirror_subsets(axes)
+    n = image.shape[0]
     total = None
     with torch.no_grad():
-        for flip in subsets:
-            dims = [2 + a for a in flip]
-            x = torch.flip(image, dims) if dims else image
+        for g0 in range(0, len(subsets), group):
+            flips = [[2 + a for a in flip] for flip in subsets[g0:g0 + group]]
+            xs = [torch.flip(image, dims) if dims else image for dims in flips]
+            x = xs[0] if len(xs) == 1 else torch.cat(xs)
+            del xs
             out = predict(x)
             owned = out.dtype == torch.float32 and out.untyped_storage().data_ptr() not in (
                 x.untyped_storage().data_ptr(), image.untyped_storage().data_ptr())
             del x
             if activation == "none":
-                p = out.float()
+                ps = out.float()
             else:
-                p = activate_(out if owned else out.float().clone(), activation)
+                ps = activate_(out if owned else out.float().clone(), activation)
             del out
-            if total is None:
-                total = p.clone() if activation == "none" else p    # "none": p may be predict's own tensor
-                if dims:
-                    total = torch.flip(total, dims)
-            else:
-                add_flipped_(total, p, dims)
-            del p
+            for i, dims in enumerate(flips):
+                p = ps[i * n:(i + 1) * n]
+                if total is None:
+                    total = p.clone() if activation == "none" or len(flips) > 1 else p  # not predict's own tensor
+                    if dims:
+                        total = torch.flip(total, dims)
+                else:
+                    add_flipped_(total, p, dims)
+                del p
+            del ps
         total /= len(subsets)
     return total

@@ -140,3 +140,37 @@ def test_per_window_mirroring_leaves_the_models_output_alone_and_checks_axes():
         sliding_window(lambda t: t, torch.zeros(1, 1, 8, 8, 8), 8, mirror_axes=(3,))
     with pytest.raises(ConfigError, match="mirror_axes"):
         sliding_window(lambda t: t, torch.zeros(1, 1, 8, 8, 8), 8, mirror_axes=(1, 1))
+
+
+@pytest.mark.parametrize("group", [2, 3, 8])
+@pytest.mark.parametrize("activation", ["softmax", "none"])
+def test_mirror_tta_grouped_flips_equal_one_flip_per_call(group, activation):
+    """Flips stacked along the batch axis (``group``) give what one call per flip gives: the ramp
+    predictor works voxel by voxel, so bitwise; a case of 2 images keeps its images apart."""
+    x = torch.randn(2, 1, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def predict(t):
+        calls.append(t.shape[0])
+        return _ramp_predictor(1)(t)
+
+    want = mirror_tta(predict, x, axes=(0, 1, 2), activation=activation)
+    assert calls == [2] * 8
+    calls.clear()
+    got = mirror_tta(predict, x, axes=(0, 1, 2), activation=activation, group=group)
+    assert calls == [2 * min(group, 8 - k) for k in range(0, 8, group)]
+    assert torch.equal(got, want)
+    assert torch.equal(x, torch.randn(2, 1, 3, 4, 5, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ConfigError, match="group"):
+        mirror_tta(predict, x, axes=(0,), group=0)
+
+
+def test_mirror_tta_grouped_through_sliding_window_matches():
+    """Through sliding_window and a convolution, grouped flips agree with one flip per call to float32
+    rounding (the same windows, in batches of other sizes)."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
+    x = torch.randn(1, 1, 12, 10, 14)
+    run = lambda t: sliding_window(net, t, (12, 10, 14), batch_size=4)  # noqa: E731  one window per flip
+    want = mirror_tta(run, x, axes=(0, 1, 2))
+    torch.testing.assert_close(mirror_tta(run, x, axes=(0, 1, 2), group=4), want, rtol=0, atol=1e-6)
