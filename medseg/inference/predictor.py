@@ -285,7 +285,7 @@ class Predictor:
         if self.rules:
             from medseg.postprocess import apply_postprocess
 
-            label = apply_postprocess(label, ref.spacing_mm, self.rules)
+            label = apply_postprocess(label, ref.spacing_mm, self.rules, inplace=True)   # the label map is ours
         out = Volume(label, ref.spacing_mm, ref.origin_mm, ref.direction, is_label=True,
                      meta={"path": path} if path else {})
         t4 = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.errors import ConfigError, MedsegError
-from medseg.inference.windows import importance_map, normaliser, pad_amounts, window_grid
+from medseg.inference.windows import divide_by_normaliser_, importance_map, pad_amounts, window_grid
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,7 @@ def _sliding(model, image, roi, overlap, *, batch_size, blend, sigma_scale, devi
         weight = None if blend == "constant" else importance_map(roi, blend=blend, sigma_scale=sigma_scale,
                                                                  device=device)
         acc = _accumulate(model, image, roi, jobs, weight, batch_size, device, output_device, amp, flips)
-        norm = normaliser(padded, roi, ov, blend=blend, sigma_scale=sigma_scale, device=acc.device)
-        acc.div_(norm)
+        divide_by_normaliser_(acc, roi, ov, blend=blend, sigma_scale=sigma_scale)   # slab by slab when large
         if any(a or b for a, b in pads):
             crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, spatial))
             acc = acc[(slice(None), slice(None), *crop)].contiguous()

@@ -135,6 +135,40 @@ def _normaliser_cpu(
 _normaliser_cached = lru_cache(maxsize=4)(_normaliser_cpu)
 
 
+def divide_by_normaliser_(
+    acc: torch.Tensor,
+    roi: Sequence[int],
+    overlap: Sequence[float],
+    *,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    slab: int | None = None,
+) -> torch.Tensor:
+    """``acc /= normaliser(acc's spatial shape, ...)`` in place for ``acc`` ``(N, K, *spatial)``, with
+    the normaliser made one slab of the first spatial axis at a time when the volume is too large to
+    cache it (:data:`_CACHE_MAX_VOXELS`): no volume-sized weight map beside the accumulator. Each slab
+    adds the windows that reach into it in the order :func:`normaliser` adds them, so every voxel gets
+    the very same sum (bitwise). ``slab``: voxels of the first axis per slab (default: the window's)."""
+    shape = tuple(int(s) for s in acc.shape[2:])
+    roi = tuple(int(r) for r in roi)
+    ov = tuple(float(o) for o in overlap)
+    if math.prod(shape) <= _CACHE_MAX_VOXELS:
+        return acc.div_(normaliser(shape, roi, ov, blend=blend, sigma_scale=sigma_scale, device=acc.device))
+    w = _importance_map_cpu(roi, blend, float(sigma_scale))
+    starts = window_grid(shape, roi, ov)
+    step = max(1, int(slab or roi[0]))
+    for z0 in range(0, shape[0], step):
+        z1 = min(z0 + step, shape[0])
+        total = torch.zeros((z1 - z0, *shape[1:]), dtype=torch.float32)
+        for start in starts:
+            a, b = max(start[0], z0), min(start[0] + roi[0], z1)
+            if a < b:
+                total[(slice(a - z0, b - z0), *(slice(s, s + r) for s, r in zip(start[1:], roi[1:])))] += \
+                    w[a - start[0]:b - start[0]]
+        acc[:, :, z0:z1].div_(total.to(acc.device))
+    return acc
+
+
 def normaliser(
     shape: Sequence[int],
     roi: Sequence[int],

@@ -64,7 +64,7 @@ def keep_largest_component(mask: np.ndarray, *, connectivity: int = 1) -> np.nda
     mask, box, labels, sizes = _labelled(mask, connectivity)
     out = np.zeros(mask.shape, dtype=bool)
     if box is not None:
-        out[box] = labels == int(np.argmax(sizes))
+        np.equal(labels, int(np.argmax(sizes)), out=out[box])
     return out
 
 

@@ -97,8 +97,10 @@ def _ordered(rules: dict) -> list[tuple[int | str, list[Op]]]:
     return [(k, items[k]) for k in order]
 
 
-def apply_postprocess(label_map: np.ndarray, spacing_mm: Sequence[float], rules: dict) -> np.ndarray:
-    """Apply per-label rules to an integer label map ``(z, y, x)``; returns a new array, same dtype.
+def apply_postprocess(label_map: np.ndarray, spacing_mm: Sequence[float], rules: dict, *,
+                      inplace: bool = False) -> np.ndarray:
+    """Apply per-label rules to an integer label map ``(z, y, x)``; returns a new array, same dtype
+    (``inplace``: ``label_map`` itself, changed; no second label map on a CT-sized grid).
 
     Examples
     --------
@@ -106,7 +108,7 @@ def apply_postprocess(label_map: np.ndarray, spacing_mm: Sequence[float], rules:
     >>> apply_postprocess(lm, (1.0, 1.0), {1: [{"op": "keep_largest"}]}).tolist()
     [[1, 1, 0, 0], [0, 0, 0, 0], [2, 0, 2, 2]]
     """
-    out = np.array(label_map, copy=True)
+    out = label_map if inplace else np.array(label_map, copy=True)
     if len(spacing_mm) != out.ndim:
         raise ConfigError(f"spacing_mm {tuple(spacing_mm)} must have one value per axis of the label map {out.shape}")
     for key, ops in _ordered(rules):
@@ -114,9 +116,13 @@ def apply_postprocess(label_map: np.ndarray, spacing_mm: Sequence[float], rules:
         new = mask
         for op in ops:
             new = apply_op(new, op, spacing_mm)
-        out[mask & ~new] = 0
-        if key != "foreground":
-            out[new & ~mask & (out == 0)] = key
+        # only fill_holes / closing add voxels; the others keep a subset of the mask
+        added = new & ~mask if any(op["op"] not in _REMOVING for op in ops) else None
+        out[np.greater(mask, new, out=mask)] = 0     # mask & ~new, written over the mask
+        del new, mask
+        if added is not None:
+            added &= out == 0
+            out[added] = key
     return out
 
 

@@ -95,3 +95,22 @@ def test_choose_errors():
         choose_postprocess([p], [], (1.0, 1.0), [])
     with pytest.raises(ConfigError, match="shape"):
         choose_postprocess([p], [r[:4]], (1.0, 1.0), [])
+
+
+def test_inplace_changes_the_given_map_to_the_same_result():
+    """``inplace=True`` (the predictor's own label map, CT-sized) gives what the copying call gives,
+    with removing (keep_largest) and adding (fill_holes) rules, by hand on a small map."""
+    lm = np.zeros((1, 5, 6), np.uint8)
+    lm[0, 0, :2] = 1                 # small piece of label 1
+    lm[0, 2:5, 2:5] = 1              # large ring of label 1 around a hole at (3, 3)
+    lm[0, 3, 3] = 0
+    lm[0, 0, 5] = 2
+    rules = {1: [{"op": "keep_largest"}, {"op": "fill_holes", "slice_axis": 0}], "foreground": [{"op": "keep_largest"}]}
+    want = np.zeros_like(lm)
+    want[0, 2:5, 2:5] = 1            # small piece gone, hole filled; label 2 lost to the foreground rule
+    copied = apply_postprocess(lm, (1.0, 1.0, 1.0), rules)
+    np.testing.assert_array_equal(copied, want)
+    assert lm[0, 0, 0] == 1          # the copying call left the input alone
+    same = apply_postprocess(lm, (1.0, 1.0, 1.0), rules, inplace=True)
+    assert same is lm
+    np.testing.assert_array_equal(lm, want)
