@@ -21,7 +21,7 @@ import torch
 from medseg.errors import ConfigError
 from medseg.metrics.classification import binary_metrics, t_interval
 from medseg.mil.bags import Bags
-from medseg.mil.fit import MILTrainConfig, predict_bags, stratified_folds
+from medseg.mil.fit import MILTrainConfig, averaged, predict_bags, snapshot_marks, stratified_folds
 from medseg.mil.folds import STACK_LIMIT_BYTES, Job, fit_jobs, predict_jobs, stack_bytes, structure_key
 from medseg.mil.grid import grid_points, select_and_fit
 from medseg.mil.instances import instance_auc
@@ -85,8 +85,8 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
             picked = select_and_fit(bags, all_trains, all_seeds, cfg, cfg.select_grid, device=device, progress=tick)
             fitted, infos = [p[0] for p in picked], [p[1] for p in picked]
         else:
-            jobs = [Job(tr, sd, cfg) for tr, sd in zip(all_trains, all_seeds)]
-            fitted = [snaps[cfg.epochs] for snaps in fit_jobs(bags, jobs, device=device, progress=tick)]
+            jobs = [Job(tr, sd, cfg, tuple(snapshot_marks(cfg))) for tr, sd in zip(all_trains, all_seeds)]
+            fitted = [averaged(snaps, cfg) for snaps in fit_jobs(bags, jobs, device=device, progress=tick)]
             infos = [{"epochs": cfg.epochs} for _ in jobs]
         probs = predict_jobs(bags, fitted, [t for tests, _, _ in splits for t in tests], device=device)
     for r, (tests, trains, seeds) in enumerate(splits):

@@ -36,8 +36,8 @@ from medseg.models.mil import StackedMIL, create_mil_head
 log = logging.getLogger("medseg.training.mil")
 
 __all__ = ["GRID_KEYS", "DEFAULT_GRID", "MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags",
-           "stratified_folds", "few_threads", "empty_ensemble", "save_mil", "load_mil", "attention_weights", "MILRun",
-           "start_run", "train_runs", "batch_step"]
+           "stratified_folds", "few_threads", "empty_ensemble", "averaged", "snapshot_marks", "save_mil", "load_mil",
+           "attention_weights", "MILRun", "start_run", "train_runs", "batch_step"]
 
 
 # Model selection inside each training set (medseg.mil.grid): the keys a grid may vary, and the grid
@@ -68,6 +68,9 @@ class MILTrainConfig:
     select_grid: dict[str, list[Any]] = field(default_factory=dict)
     batch_bags: int = 1
     ensemble: int = 1  # Ilse et al. train one network per fold; raise for a seed ensemble
+    # Snapshots of one training run at these epoch counts (each <= epochs) join the ensemble, probabilities
+    # averaged ([] = the networks after `epochs` only): averages over where the run was, at no training cost
+    average_epochs: list[int] = field(default_factory=list)
     standardize: bool = True
     threshold: float = 0.5
 
@@ -90,6 +93,13 @@ class MILTrainConfig:
             raise ConfigError("mil: inner_folds must be >= 2 when select_grid is set")
         if cfg.epochs < 1 or cfg.ensemble < 1 or cfg.batch_bags < 1:
             raise ConfigError("mil: epochs, ensemble and batch_bags must be >= 1")
+        avg = cfg.average_epochs
+        if not isinstance(avg, list) or not all(isinstance(e, int) and not isinstance(e, bool)
+                                                and 1 <= e <= cfg.epochs for e in avg):
+            raise ConfigError(f"mil: average_epochs must be a list of epoch counts in 1..epochs ({cfg.epochs}), "
+                              f"got {avg!r}")
+        if avg and (grid or cfg.select_epochs):
+            raise ConfigError("mil: average_epochs does not combine with select_grid / select_epochs")
         sel = cfg.select_epochs
         if not isinstance(sel, list) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
                                                  for e in sel):
@@ -173,8 +183,24 @@ def empty_ensemble(bags: Bags, cfg: MILTrainConfig) -> MILEnsemble:
 
 
 def fit_mil(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0, device: torch.device | str = "cpu") -> MILEnsemble:
-    """Train ``cfg.ensemble`` aggregators on ``bags`` (binary labels); returns the ensemble."""
-    return fit_mil_path(bags, cfg, [cfg.epochs], seed=seed, device=device)[cfg.epochs]
+    """Train ``cfg.ensemble`` aggregators on ``bags`` (binary labels); returns the ensemble (with the
+    snapshots of ``cfg.average_epochs``)."""
+    return averaged(fit_mil_path(bags, cfg, snapshot_marks(cfg), seed=seed, device=device), cfg)
+
+
+def snapshot_marks(cfg: MILTrainConfig) -> list[int]:
+    """The epoch counts a training run with ``cfg`` keeps: ``average_epochs`` and ``epochs``."""
+    return sorted({*cfg.average_epochs, cfg.epochs})
+
+
+def averaged(snaps: dict[int, MILEnsemble], cfg: MILTrainConfig) -> MILEnsemble:
+    """The ensemble ``cfg`` asks for from a run's snapshots: the networks at ``epochs`` or, with
+    ``average_epochs``, those at each of these counts (in that order), probabilities averaged."""
+    last = snaps[cfg.epochs]
+    if not cfg.average_epochs:
+        return last
+    models = [m for e in sorted(set(cfg.average_epochs)) for m in snaps[e].models]
+    return replace(last, models=models, config=cfg)
 
 
 def fit_mil_path(bags: Bags, cfg: MILTrainConfig, epochs: Sequence[int], *, seed: int = 0,

@@ -228,3 +228,30 @@ def test_musk1_counts():
     assert sum(f.shape[0] for f in b.features) == 476 and b.n_features == 166
     m = load_bags(shared_path("mil", "andrews_mat", "musk1norm_matlab.mat"))
     assert len(m) == 92 and int(m.labels.sum()) == 47
+
+
+def test_average_epochs_is_the_mean_of_the_run_snapshots(tmp_path, rng):
+    """``average_epochs``: the ensemble holds the networks of one run at those epoch counts (each seed),
+    and its probability is the plain mean of the snapshot ensembles' probabilities (fit_mil_path)."""
+    from dataclasses import replace
+
+    from medseg.errors import ConfigError
+    from medseg.mil.fit import MILTrainConfig, fit_mil, fit_mil_path, load_mil, predict_bags, save_mil
+    _write_csv(tmp_path / "toy.csv", _toy_bags(rng, 30))
+    bags = load_bags(tmp_path / "toy.csv")
+    cfg = MILTrainConfig.from_dict({"epochs": 4, "ensemble": 2, "average_epochs": [1, 3], "dropout": 0.0})
+    ens = fit_mil(bags.subset(range(20)), cfg, seed=5)
+    snaps = fit_mil_path(bags.subset(range(20)), replace(cfg, average_epochs=[]), [1, 3, 4], seed=5)
+    assert len(ens.models) == 4 and ens.config.average_epochs == [1, 3]
+    for got, want in zip(ens.models, snaps[1].models + snaps[3].models):
+        for (ka, a), (kb, b) in zip(got.state_dict().items(), want.state_dict().items()):
+            assert ka == kb and torch.equal(a, b)
+    test = bags.subset(range(20, 30))
+    mean = (predict_bags(snaps[1], test) + predict_bags(snaps[3], test)) / 2
+    np.testing.assert_allclose(predict_bags(ens, test), mean, rtol=0, atol=1e-6)   # float32 means
+    back = load_mil(save_mil(ens, tmp_path / "m.safetensors"))
+    np.testing.assert_allclose(predict_bags(back, test), mean, rtol=0, atol=1e-6)
+    for bad in ({"average_epochs": [0]}, {"average_epochs": [41]}, {"average_epochs": "10"},
+                {"average_epochs": [10], "select_epochs": [10, 20]}):
+        with pytest.raises(ConfigError, match="average_epochs"):
+            MILTrainConfig.from_dict(bad)

@@ -51,8 +51,9 @@ def test_masked_adam_equals_torch_adam_per_member():
         torch.testing.assert_close(p.detach()[e], q.detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["attention_mil", "gated_attention_mil"])
-def test_cv_side_by_side_equals_one_by_one(rng, model):
+@pytest.mark.parametrize("model,average", [("attention_mil", []), ("gated_attention_mil", []),
+                                           ("gated_attention_mil", [2, 3])])
+def test_cv_side_by_side_equals_one_by_one(rng, model, average):
     feats, labels = [], []
     for b in range(23):  # 23 bags in 5 folds: training sets of 18 and 19 bags (masked steps)
         x = rng.normal(size=(int(rng.integers(1, 7)), 4))
@@ -60,7 +61,8 @@ def test_cv_side_by_side_equals_one_by_one(rng, model):
             x[0, 0] += 3.0
         feats.append(x); labels.append(b % 2)
     bags = Bags(feats, np.array(labels), [str(i) for i in range(23)])
-    cfg = MILTrainConfig(model=model, dropout=0.0, ensemble=2, epochs=4, select_epochs=[], embed_dim=8, attn_dim=8)
+    cfg = MILTrainConfig(model=model, dropout=0.0, ensemble=2, epochs=4, select_epochs=[], embed_dim=8, attn_dim=8,
+                         average_epochs=average)
     par = cross_validate(bags, cfg, folds=5, repeats=2, seed=3, parallel_folds=True)
     seq = cross_validate(bags, cfg, folds=5, repeats=2, seed=3, parallel_folds=False)
     assert par["parallel_folds"] and not seq["parallel_folds"]
