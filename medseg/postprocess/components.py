@@ -38,9 +38,19 @@ def _labelled(mask: np.ndarray, connectivity: int):
     if box is None:
         return mask, None, None, None
     labels, n = ndimage.label(mask[box], structure=_structure(mask.ndim, connectivity))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes = _component_sizes(labels, n)
     sizes[0] = 0
     return mask, box, labels, sizes
+
+
+def _component_sizes(labels: np.ndarray, n: int, chunk: int = 1 << 22) -> np.ndarray:
+    """Voxels per label ``0..n`` (int64). ``np.bincount`` takes int64 input, so a CT-sized int32 label
+    array would first be copied at twice its size: counted a chunk at a time instead (the same counts)."""
+    flat = labels.reshape(-1)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for s in range(0, flat.size, chunk):
+        sizes += np.bincount(flat[s:s + chunk], minlength=n + 1)
+    return sizes
 
 
 def keep_largest_component(mask: np.ndarray, *, connectivity: int = 1) -> np.ndarray:

@@ -64,3 +64,12 @@ def test_bounding_box():
     assert bounding_box(m) == (slice(1, 4), slice(2, 5))
     assert bounding_box(m, margin=2) == (slice(0, 5), slice(0, 6))
     assert bounding_box(np.zeros((2, 2), bool)) is None
+
+
+def test_component_sizes_in_chunks_equal_bincount():
+    from medseg.postprocess.components import _component_sizes
+
+    labels = np.random.default_rng(0).integers(0, 7, size=(5, 6, 7)).astype(np.int32)
+    for chunk in (1, 13, 210, 1 << 22):
+        np.testing.assert_array_equal(_component_sizes(labels, 6, chunk=chunk), np.bincount(labels.ravel(), minlength=7))
+    np.testing.assert_array_equal(_component_sizes(labels, 9), np.bincount(labels.ravel(), minlength=10))
