@@ -344,3 +344,28 @@ def test_window_progress_counts_every_window_of_every_pass(tmp_path):
     p.predict_volume(Volume(np.random.default_rng(0).random((30, 20, 20)).astype(np.float32), (1.0, 1.0, 1.0)))
     assert seen[-1] == (48, 48) and all(t == 48 for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_flips_of_a_one_window_case_share_the_forward_passes(tmp_path):
+    """A case of one window with 4 mirrorings and batch 4: one forward pass of 4 windows (not 4 of 1),
+    and the probabilities of one flip per pass (group 1) to float32 rounding."""
+    from medseg.inference.tta import mirror_tta
+
+    bundle = make_bundle(tmp_path / "b", patch=(16, 16, 16))
+    img = blob_image((16, 16, 16), seed=3)
+    pr = Predictor.from_bundle(bundle, tta_axes=(1, 2), backend="torch")
+    net = pr.runners()[0]
+    sizes = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return net(x)
+
+    pr._runners = [Count()]
+    got = pr.predict_volume(Volume(img, (1.0, 1.0, 1.0)), probabilities=True).probabilities
+    assert sizes == [4]
+    x = torch.from_numpy(((img.astype(np.float64) - img.mean()) / img.std()).astype(np.float32))[None, None]
+    with torch.no_grad():
+        want = mirror_tta(net, x, axes=(1, 2))[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
