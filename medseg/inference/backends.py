@@ -350,3 +350,40 @@ def prepare_models(models: Sequence[torch.nn.Module], backend: str, options: Bac
     """Every model of an ensemble on ``backend``, each with its own compiled network (``fold_0`` ...)."""
     return [prepare_model(m, backend, options, name=f"fold_{i}" if len(models) > 1 else "model")
             for i, m in enumerate(models)]
+
+
+class PerShapeModel:
+    """A module on a backend with one converted network per input shape met, built on first use (tile
+    encoders: the tile size comes with each slide's grid). Calls take ``(B, C, *spatial)`` and return the
+    module's output; ``feature_dim`` is the module's."""
+
+    training = False
+
+    def __init__(self, module: torch.nn.Module, backend: str, *, batch: int, threads: int | None = None,
+                 cache_dirs: tuple[Path, ...] = (), name: str = "encoder"):
+        self.module, self.backend, self.batch, self.threads = module, backend, int(batch), threads
+        self.cache_dirs, self.name = tuple(cache_dirs), name
+        self.feature_dim = getattr(module, "feature_dim", 0)
+        self._runners: dict[tuple[int, ...], Model] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(int(s) for s in x.shape[1:])
+        if shape not in self._runners:
+            opts = BackendOptions(batch=self.batch, channels=shape[0], window=shape[1:], threads=self.threads,
+                                  cache_dirs=self.cache_dirs)
+            self._runners[shape] = prepare_model(self.module, self.backend, opts, name=self.name)
+        return self._runners[shape](x)
+
+
+def on_backend(module: torch.nn.Module, backend: str | None, *, batch: int, threads: int | None = None,
+               name: str = "encoder") -> torch.nn.Module | PerShapeModel:
+    """``module`` (on its device) as it runs on ``backend`` (``auto``/``torch``/``openvino``, resolved by
+    :func:`resolve_backend` for the module's device): the module itself for PyTorch, else a
+    :class:`PerShapeModel` caching its converted networks in :func:`~medseg.inference.backend_cache.cache_dirs`."""
+    from medseg.inference.backend_cache import cache_dirs
+
+    dev = next((p.device for p in module.parameters()), torch.device("cpu"))
+    chosen = resolve_backend(backend, dev)
+    if chosen == "torch":
+        return module
+    return PerShapeModel(module, chosen, batch=batch, threads=threads, cache_dirs=cache_dirs(None), name=name)

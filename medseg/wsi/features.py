@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ class TileDataset(torch.utils.data.Dataset):
         except MedsegError as exc:  # keep the code and file across the DataLoader worker boundary
             raise TileReadError(exc.problem, path=exc.path or self.slide_path, code=exc.code) from None
         return torch.from_numpy(np.array(tile, dtype=np.uint8)).permute(2, 0, 1)
+
+
+Prepare = Callable[[torch.nn.Module], Any]   # the built encoder -> what runs it (a backend's callable)
 
 
 @dataclass
@@ -245,12 +249,14 @@ def save_slide(encoded: dict[str, Any], out_root: Path, *, spec: EncoderSpec, fp
             "tiles_per_s": round(len(grid) / max(dt, 1e-9), 1)}
 
 
-def _encoder_fn(spec: EncoderSpec, device: str, batch_size: int, workers: int, slide_mpp: float | None):
+def _encoder_fn(spec: EncoderSpec, device: str, batch_size: int, workers: int, slide_mpp: float | None,
+                prepare: Prepare | None = None):
     """On a Ray actor: build the encoder once; returns the per-slide compute function."""
     from medseg.device import resolve_device
 
     dev = resolve_device(device)
     encoder = spec.build(dev)
+    encoder = prepare(encoder) if prepare is not None else encoder
 
     def compute(_name: str, plan: dict[str, Any]) -> dict[str, Any]:
         return encode_slide(plan, encoder, device=dev, spec=spec, batch_size=batch_size, workers=workers,
@@ -275,8 +281,10 @@ def extract_features_batch(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
 
 def _extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, *, device: torch.device | str,
                            batch_size: int = 64, workers: int = 2, slides: list[str] | None = None,
-                           slide_mpp: float | None = None, executor=None) -> list[dict[str, Any]]:
+                           slide_mpp: float | None = None, executor=None,
+                           prepare: Prepare | None = None) -> list[dict[str, Any]]:
     """Encode every tiled slide under ``tile_root`` (``<slide>/tiles.h5``); resumable, per-slide errors.
+    ``prepare`` turns the built encoder into what runs it (e.g. an inference backend; picklable for Ray).
 
     ``executor="ray"``: slides are planned (tiling read, resume check) in Ray CPU tasks, encoded by
     an actor pool (one encoder per actor, a GPU each when the cluster has GPUs; tiles read by the
@@ -294,7 +302,8 @@ def _extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, 
         from medseg.ray_runner import stream_cases
 
         stages = RemoteStages(load=partial(plan_slide, tile_root=Path(tile_root), out_root=Path(out_root), fp=fp),
-                              compute_factory=partial(_encoder_fn, spec, str(device), batch_size, workers, slide_mpp),
+                              compute_factory=partial(_encoder_fn, spec, str(device), batch_size, workers, slide_mpp,
+                                                      prepare),
                               write=partial(_save_remote, spec=spec, fp=fp), gpu=str(device).lower() != "cpu")
         got: dict[str, dict[str, Any]] = {}
         for name, row, err in stream_cases([(n, n) for n in names], stages=stages, out_dir=Path(out_root), spec=ex):
@@ -306,6 +315,7 @@ def _extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, 
 
         device = resolve_device(device)
     encoder = spec.build(device)
+    encoder = prepare(encoder) if prepare is not None else encoder
     rows = []
     for name in names:
         plan = plan_slide(name, tile_root=tile_root, out_root=out_root, fp=fp)

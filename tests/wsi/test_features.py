@@ -78,3 +78,41 @@ def test_features_match_direct_encoding_and_resume(tmp_path, rng):
     again = extract_features_batch(tmp_path / "tiles", tmp_path / "feats", spec, device=torch.device("cpu"),
                                    batch_size=4, workers=0, slide_mpp=1.0)
     assert again[0]["status"] == "skipped"
+
+
+def test_features_on_openvino_equal_pytorch_and_cli_backend_errors(tmp_path, rng, monkeypatch):
+    """``prepare=on_backend(openvino)``: the encoder converted once per tile size (cached in
+    MEDSEG_CACHE_DIR) gives PyTorch's features to float32 rounding; asking for OpenVINO where it is not
+    installed is a usage error naming the extra."""
+    from functools import partial
+
+    from medseg.cli.main import main
+    from medseg.inference.backends import PerShapeModel, on_backend, openvino_status
+    from medseg.wsi.features import EncoderSpec, extract_features_batch, load_features
+    from medseg.wsi.tile_slides import TilingParams, tile_slides
+
+    img = np.full((256, 256, 3), 240, np.uint8)
+    img[32:224, 32:224] = rng.integers(0, 255, (192, 192, 3)).astype(np.uint8) // 2 + (100, 0, 60)
+    Image.fromarray(img).save(tmp_path / "s.png")
+    tile_slides([tmp_path / "s.png"], tmp_path / "tiles",
+                TilingParams(mpp=2.0, tile_size=32, slide_mpp=1.0, mask_mpp=8.0))
+    torch.manual_seed(0)
+    save_weights(create_encoder("tile_resnet_tiny"), tmp_path / "enc.safetensors")
+    spec = EncoderSpec(name="tile_resnet_tiny", weights=str(tmp_path / "enc.safetensors"))
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    if openvino_status() is not None:
+        rc = main(["wsi", "features", "--tiles", str(tmp_path / "tiles"), "--output", str(tmp_path / "f"),
+                   "--weights", str(tmp_path / "enc.safetensors"), "--encoder", "tile_resnet_tiny",
+                   "--backend", "openvino", "--workers", "0"])
+        assert rc == 2 and not (tmp_path / "f" / "s").exists()
+        pytest.skip(f"OpenVINO {openvino_status()}")
+    assert isinstance(on_backend(spec.build(torch.device("cpu")), "openvino", batch=4), PerShapeModel)
+    args = dict(device=torch.device("cpu"), batch_size=4, workers=0, slide_mpp=1.0)
+    extract_features_batch(tmp_path / "tiles", tmp_path / "pt", spec, **args)
+    extract_features_batch(tmp_path / "tiles", tmp_path / "ov", spec, **args,
+                           prepare=partial(on_backend, backend="openvino", batch=4))
+    a, _, _ = load_features(tmp_path / "pt" / "s" / "features.h5")
+    b, _, _ = load_features(tmp_path / "ov" / "s" / "features.h5")
+    assert a.shape == b.shape and a.shape[0] > 4
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert any((tmp_path / "cache").rglob("*.xml"))     # converted once, cached
