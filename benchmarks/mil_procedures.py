@@ -33,7 +33,8 @@ from mil_select_compare import FILES, SHARED, digit_feature_bags  # noqa: E402
 
 from medseg.metrics.classification import binary_metrics  # noqa: E402
 from medseg.mil.bags import Bags, load_bags  # noqa: E402
-from medseg.mil.fit import MILTrainConfig, stratified_folds  # noqa: E402
+from medseg.mil.crossval import cv_splits  # noqa: E402
+from medseg.mil.fit import MILTrainConfig  # noqa: E402
 from medseg.mil.folds import Job, fit_jobs, predict_jobs  # noqa: E402
 
 GOALS = {"musk1": "musk1.csv", "musk2": "musk2.csv", "elephant": "elephant.csv",
@@ -68,10 +69,9 @@ def run(name: str, model: str, folds: int, repeats: int, seed: int, members: int
     cfg = replace(MILTrainConfig(), model=model, ensemble=members)
     marks = tuple(range(5, last + 1, 5))
     tests, jobs = [], []
-    for r in range(repeats):     # the splits and seeds of medseg.mil.crossval.cross_validate
-        for f, t in enumerate(stratified_folds(bags.labels, folds, np.random.default_rng(seed + 7919 * r))):
-            tests.append(t)
-            jobs.append(Job(np.setdiff1d(np.arange(len(bags)), t), seed + 100 * r + f, cfg, marks))
+    for fold_tests, trains, seeds in cv_splits(bags.labels, folds, repeats, seed):   # those of medseg mil cv
+        tests += fold_tests
+        jobs += [Job(tr, sd, cfg, marks) for tr, sd in zip(trains, seeds)]
     t0 = time.perf_counter()
     snaps = fit_jobs(bags, jobs)
     train_s = time.perf_counter() - t0

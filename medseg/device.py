@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from medseg.errors import ConfigError
 
+#: what may run a network (medseg.inference.backends): ``--backend`` of predict and wsi features
+BACKEND_CHOICES = ("auto", "torch", "openvino")
+
 
 def resolve_device(spec: str = "auto"):
     """``'auto'`` -> CUDA when available else CPU; ``'cpu'``; ``'cuda'`` or ``'cuda:N'``."""

@@ -32,6 +32,16 @@ from medseg.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 DEVICE_HELP = "where the model runs: auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
+def add_backend_arg(p: argparse.ArgumentParser, what: str = "network") -> None:
+    """``--backend auto|torch|openvino`` (:mod:`medseg.inference.backends`), one spelling for every verb."""
+    from medseg.device import BACKEND_CHOICES
+
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help=f"what runs the {what}: openvino (CPU, float32, converted once and cached; needs pip install "
+                        "'medseg[openvino]'), torch, or auto: OpenVINO on the CPU when installed, else PyTorch "
+                        "(default: %(default)s)")
+
+
 THREADS_HELP = ("CPU threads for the network and resampling (default: the cores not busy with other processes when "
                 "the run starts, within this process's affinity and cgroup quota)")
 

@@ -17,7 +17,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered bundle name (e.g. hippocampus_unet) or bundle folder")
     p.add_argument("--input", type=Path, required=True,
                    help="a volume file, a DICOM series folder, or a folder of them")
-    from medseg.cli.common import DEVICE_HELP, THREADS_HELP, add_output
+    from medseg.cli.common import DEVICE_HELP, THREADS_HELP, add_backend_arg, add_output
 
     add_output(p, "output folder (label maps, manifest.json)")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
@@ -37,9 +37,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probability-dtype", choices=["float16", "float32"], default="float16",
                    help="storage of --save-probabilities (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    p.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto",
-                   help="what runs the network: openvino (CPU, float32; needs pip install 'medseg[openvino]'), "
-                        "torch, or auto: OpenVINO on the CPU when installed, else PyTorch (default: %(default)s)")
+    add_backend_arg(p)
     p.add_argument("--workers", type=int, dest="threads_old", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", choices=["best", "last"], default="best",
                    help="best: model.safetensors, the best validation epoch (exported bundles such as the shipped "

@@ -160,7 +160,7 @@ def _tile(args: argparse.Namespace) -> int:
 
 
 def _add_ml_parsers(sub) -> None:
-    from medseg.cli.common import DEVICE_HELP, add_output
+    from medseg.cli.common import DEVICE_HELP, add_backend_arg, add_output
 
     f = sub.add_parser("features", help="encode the tiles of tiled slides (resumable per slide)")
     f.add_argument("--tiles", type=Path, required=True, help="output folder of 'medseg wsi tile'")
@@ -175,9 +175,7 @@ def _add_ml_parsers(sub) -> None:
     f.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
     f.add_argument("--workers", type=int, default=2, help="worker processes reading tiles (DataLoader workers)")
     f.add_argument("--device", default="auto", help=DEVICE_HELP)
-    f.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto",
-                   help="what runs the encoder: auto = OpenVINO on the CPU when installed (2-4x faster there), "
-                        "else PyTorch; the network is converted once per tile size and cached")
+    add_backend_arg(f, "tile encoder (one converted network per tile size)")
     f.add_argument("--slide-mpp", type=float, default=None,
                    help="um/px of the slides when their metadata lacks it (default: from the slide)")
     from medseg.executors import add_executor_args

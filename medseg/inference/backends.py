@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.device import BACKEND_CHOICES
 from medseg.errors import ConfigError
-from medseg.inference.backend_cache import entry_for, weights_digest
+from medseg.inference.backend_cache import cache_dirs, entry_for, weights_digest
 from medseg.registry import Registry
 
 log = logging.getLogger("medseg.inference")
 
-BACKEND_CHOICES = ("auto", "torch", "openvino")
 OPENVINO_EXTRA = "pip install 'medseg[openvino]'"
 EXPORT_FORMAT = "medseg-openvino/1"     # bump when the export recipe changes: older cache entries are then stale
 
@@ -97,6 +97,14 @@ def openvino_status() -> str | None:
     return _openvino_import()[1]
 
 
+def _openvino():
+    """The OpenVINO module; RuntimeError (a backend failure: PyTorch takes over) when it cannot be imported."""
+    ov, why = _openvino_import()
+    if ov is None:
+        raise RuntimeError(f"OpenVINO is {why}")
+    return ov
+
+
 def resolve_backend(name: str | None, device: Any = "cpu") -> str:
     """The backend to run: ``auto`` -> ``openvino`` on the CPU when it imports, else ``torch``.
 
@@ -129,8 +137,6 @@ def prepare_model(model: torch.nn.Module, backend: str, options: BackendOptions,
     """``model`` as a callable for the sliding window on ``backend`` (a name resolved by
     :func:`resolve_backend`). Any failure of a backend other than ``torch`` logs one warning line and
     returns the PyTorch module: the prediction is then PyTorch's, never a wrong one."""
-    if backend == "torch":
-        return model
     factory = BACKENDS.get(backend)
     try:
         return factory(model, options, name=name)
@@ -203,10 +209,7 @@ def cache_key(model: torch.nn.Module, options: BackendOptions, *, fold: str) -> 
 # ------------------------------------------------------------------ OpenVINO
 @lru_cache(maxsize=1)
 def _core():
-    ov, why = _openvino_import()
-    if ov is None:
-        raise RuntimeError(f"OpenVINO is {why}")
-    return ov.Core()
+    return _openvino().Core()
 
 
 def compile_config(threads: int | None) -> dict[str, Any]:
@@ -220,9 +223,7 @@ def compile_config(threads: int | None) -> dict[str, Any]:
 def export_openvino(model: torch.nn.Module, options: BackendOptions):
     """Convert ``model`` (after :func:`with_exact_norm` when ``options.exact_norm``) to an OpenVINO model
     with input ``(dynamic batch, channels, *window)``."""
-    ov, why = _openvino_import()
-    if ov is None:
-        raise RuntimeError(f"OpenVINO is {why}")
+    ov = _openvino()
     net = with_exact_norm(model)[0] if options.exact_norm else copy.deepcopy(model).eval()
     net = net.to("cpu").float()
     example = torch.zeros((options.batch, options.channels, *options.window))
@@ -314,10 +315,7 @@ def check_against_torch(model: torch.nn.Module, runner: Model, options: BackendO
 
 @BACKENDS.register("openvino")
 def _openvino_backend(model: torch.nn.Module, options: BackendOptions, *, name: str = "model") -> Model:
-    ov, why = _openvino_import()
-    if ov is None:
-        raise RuntimeError(f"OpenVINO is {why}")
-    core = _core()
+    ov, core = _openvino(), _core()
     key = cache_key(model, options, fold=name)
     entries = [entry_for(key, root) for root in options.cache_dirs]
     cached = None
@@ -380,8 +378,6 @@ def on_backend(module: torch.nn.Module, backend: str | None, *, batch: int, thre
     """``module`` (on its device) as it runs on ``backend`` (``auto``/``torch``/``openvino``, resolved by
     :func:`resolve_backend` for the module's device): the module itself for PyTorch, else a
     :class:`PerShapeModel` caching its converted networks in :func:`~medseg.inference.backend_cache.cache_dirs`."""
-    from medseg.inference.backend_cache import cache_dirs
-
     dev = next((p.device for p in module.parameters()), torch.device("cpu"))
     chosen = resolve_backend(backend, dev)
     if chosen == "torch":

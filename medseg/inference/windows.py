@@ -126,9 +126,19 @@ def _normaliser_cpu(
     shape: tuple[int, ...], roi: tuple[int, ...], overlap: tuple[float, ...], blend: str, sigma_scale: float
 ) -> torch.Tensor:
     w = _importance_map_cpu(roi, blend, sigma_scale)
-    total = torch.zeros(shape, dtype=torch.float32)
-    for start in window_grid(shape, roi, overlap):
-        total[tuple(slice(s, s + r) for s, r in zip(start, roi))] += w
+    return _add_windows(torch.zeros(shape, dtype=torch.float32), window_grid(shape, roi, overlap), roi, w, 0)
+
+
+def _add_windows(total: torch.Tensor, starts, roi: tuple[int, ...], w: torch.Tensor, z0: int) -> torch.Tensor:
+    """Add the weight map ``w`` of every window in ``starts`` (in that order) to ``total``, which holds
+    the first-axis positions ``z0 .. z0 + len(total)`` of the volume; a window reaching into it only
+    partly adds its overlapping slab."""
+    z1 = z0 + total.shape[0]
+    for start in starts:
+        a, b = max(start[0], z0), min(start[0] + roi[0], z1)
+        if a < b:
+            total[(slice(a - z0, b - z0), *(slice(s, s + r) for s, r in zip(start[1:], roi[1:])))] += \
+                w[a - start[0]:b - start[0]]
     return total
 
 
@@ -159,12 +169,7 @@ def divide_by_normaliser_(
     step = max(1, int(slab or roi[0]))
     for z0 in range(0, shape[0], step):
         z1 = min(z0 + step, shape[0])
-        total = torch.zeros((z1 - z0, *shape[1:]), dtype=torch.float32)
-        for start in starts:
-            a, b = max(start[0], z0), min(start[0] + roi[0], z1)
-            if a < b:
-                total[(slice(a - z0, b - z0), *(slice(s, s + r) for s, r in zip(start[1:], roi[1:])))] += \
-                    w[a - start[0]:b - start[0]]
+        total = _add_windows(torch.zeros((z1 - z0, *shape[1:]), dtype=torch.float32), starts, roi, w, z0)
         acc[:, :, z0:z1].div_(total.to(acc.device))
     return acc
 

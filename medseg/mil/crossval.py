@@ -33,6 +33,18 @@ log = logging.getLogger("medseg.training.mil")
 Progress = Callable[[int, int, float], None]  # (units done, units in all, seconds so far)
 
 
+def cv_splits(labels: np.ndarray, folds: int, repeats: int, seed: int
+              ) -> list[tuple[list[np.ndarray], list[np.ndarray], list[int]]]:
+    """Per repeat: the test bags of each fold (stratified, reshuffled per repeat), the training bags of
+    each fold and each fold's training seed; the splits and seeds of :func:`cross_validate`."""
+    out = []
+    for r in range(repeats):
+        tests = stratified_folds(labels, folds, np.random.default_rng(seed + 7919 * r))
+        out.append((tests, [np.setdiff1d(np.arange(len(labels)), t) for t in tests],
+                    [seed + 100 * r + f for f in range(folds)]))
+    return out
+
+
 def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats: int = 1, seed: int = 0,
                    device: torch.device | str = "cpu", parallel_folds: bool | None = None,
                    on_repeat: Callable[[dict[str, Any]], None] | None = None,
@@ -59,11 +71,7 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
         raise ConfigError("mil: select_grid trains side by side (batch_bags 1, parallel folds, no select_epochs)")
     head = {"n_bags": len(bags), "n_positive": int(bags.labels.sum()), "folds": folds, "seed": seed,
             "config": asdict(cfg), "parallel_folds": parallel}
-    splits = []
-    for r in range(repeats):
-        tests = stratified_folds(bags.labels, folds, np.random.default_rng(seed + 7919 * r))
-        splits.append((tests, [np.setdiff1d(np.arange(len(bags)), t) for t in tests],
-                       [seed + 100 * r + f for f in range(folds)]))
+    splits = cv_splits(bags.labels, folds, repeats, seed)
     # instance labels that say more than the bag label (.mat files often repeat the bag label)
     informative = bags.instance_labels is not None and any(
         y == 1 and np.min(inst) == 0 for y, inst in zip(bags.labels, bags.instance_labels))

@@ -249,14 +249,19 @@ def save_slide(encoded: dict[str, Any], out_root: Path, *, spec: EncoderSpec, fp
             "tiles_per_s": round(len(grid) / max(dt, 1e-9), 1)}
 
 
+def _runner(spec: EncoderSpec, device: torch.device, prepare: Prepare | None):
+    """The encoder built on ``device``, as ``prepare`` runs it (the module itself without one)."""
+    encoder = spec.build(device)
+    return prepare(encoder) if prepare is not None else encoder
+
+
 def _encoder_fn(spec: EncoderSpec, device: str, batch_size: int, workers: int, slide_mpp: float | None,
                 prepare: Prepare | None = None):
     """On a Ray actor: build the encoder once; returns the per-slide compute function."""
     from medseg.device import resolve_device
 
     dev = resolve_device(device)
-    encoder = spec.build(dev)
-    encoder = prepare(encoder) if prepare is not None else encoder
+    encoder = _runner(spec, dev, prepare)
 
     def compute(_name: str, plan: dict[str, Any]) -> dict[str, Any]:
         return encode_slide(plan, encoder, device=dev, spec=spec, batch_size=batch_size, workers=workers,
@@ -314,8 +319,7 @@ def _extract_features_batch(tile_root: Path, out_root: Path, spec: EncoderSpec, 
         from medseg.device import resolve_device
 
         device = resolve_device(device)
-    encoder = spec.build(device)
-    encoder = prepare(encoder) if prepare is not None else encoder
+    encoder = _runner(spec, device, prepare)
     rows = []
     for name in names:
         plan = plan_slide(name, tile_root=tile_root, out_root=out_root, fp=fp)
