@@ -14,7 +14,8 @@ model is an MRI model, so its input guard refuses a CT without ``--force``), onc
 checkout's code and once with ``--baseline``'s (``PYTHONPATH`` picks which), interleaved
 (A B, B A, A B ...) so that load changes hit both alike. Reported per run: wall time, the
 child's peak resident memory (``ru_maxrss`` from ``os.wait4``: the high-water mark of that process
-alone, whatever the machine is doing), the same as a multiple of one float32 copy of the volume,
+alone, whatever the machine is doing; Linux starts it at this script's own peak, tens of MiB,
+since the mark survives vfork + exec), the same as a multiple of one float32 copy of the volume,
 user / system CPU seconds and minor page faults. The label maps of the two codes are compared voxel
 for voxel. Peak memory does not depend on CPU contention; the times do (the 1-minute load average
 is printed with every row).

@@ -40,10 +40,11 @@ from tests.paths import REPO, SHARED
 from tests.system.faults import bombs
 
 AS_LIMIT = 3 << 30
-# runs medseg and reports its own peak resident memory on stderr at exit (even after a traceback)
-_LAUNCH = ("import atexit, resource, runpy, sys\n"
+# runs medseg and reports its own peak resident memory on stderr at exit (even after a traceback); VmHWM,
+# not ru_maxrss, which Linux carries over from the launching process across vfork + exec
+_LAUNCH = ("import atexit, runpy, sys\n"
            "atexit.register(lambda: sys.stderr.write(\"\\nMAXRSS_KB %d\\n\" % "
-           "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+           "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])))\n"
            "sys.argv = ['medseg'] + sys.argv[1:]\nrunpy.run_module('medseg', run_name='__main__')\n")
 
 
