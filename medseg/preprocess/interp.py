@@ -118,16 +118,59 @@ def prefilter_bspline(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def spline_taps(a: np.ndarray, axis: int, taps: Taps, *, threads: int | None = None,
+                slab_bytes: int = 8 << 20) -> np.ndarray:
+    """``apply_taps(prefilter_bspline(a, (axis,)), axis, taps)``: cubic B-spline interpolation along one
+    axis, bitwise those values, made a slab of another axis at a time (each slab: a float32 copy,
+    filtered along ``axis``, then resampled), so that no float32 copy of the whole of ``a`` exists.
+
+    Filtering and resampling axis after axis (this, once per axis) equals filtering along every axis
+    first and resampling after (the operators along different axes commute) up to float rounding,
+    and holds at most two intermediate volumes instead of the filtered copy of the input beside them."""
+    from scipy.ndimage import spline_filter1d
+
+    if a.shape[axis] <= 1:
+        return apply_taps(np.asarray(a, dtype=np.float32), axis, taps, threads=threads)
+    s = 1 if axis == 0 else 0                       # the axis the slabs are cut along
+    shape = list(a.shape)
+    shape[axis] = taps.index.shape[1]
+    out = np.empty(shape, dtype=np.float32)
+    per_row = max(1, a.size // max(1, a.shape[s]) * 4)
+    # slabs of at most slab_bytes, and at most a sixteenth of the float32 volume
+    step = max(1, min(int(slab_bytes), a.size * 4 // 16) // per_row)
+    where: list = [slice(None)] * a.ndim
+
+    def work(sl: slice) -> None:
+        sel = list(where)
+        sel[s] = sl
+        src = np.array(a[tuple(sel)], dtype=np.float32, order="C")
+        spline_filter1d(src, order=3, axis=axis, mode="mirror", output=src)
+        apply_taps(src, axis, taps, threads=1, out=out[tuple(sel)])
+
+    slabs = [slice(i, min(i + step, a.shape[s])) for i in range(0, a.shape[s], step)]
+    nthreads = threads if threads is not None else default_threads()
+    if nthreads > 1 and len(slabs) > 1:
+        list(_pool().map(work, slabs))
+    else:
+        for sl in slabs:
+            work(sl)
+    return out
+
+
 def apply_taps(a: np.ndarray, axis: int, taps: Taps, *, fill: float | None = None,
-               threads: int | None = None) -> np.ndarray:
+               threads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Resample ``a`` along ``axis`` with ``taps``. Weighted kernels give float32, nearest keeps dtype.
 
-    Outside positions get ``fill`` (None: left as the clamped edge value)."""
+    Outside positions get ``fill`` (None: left as the clamped edge value). ``out``: where to write
+    (a view of the result's shape and dtype, e.g. a slab of a larger array); returned."""
     n_out = taps.index.shape[1]
     shape = list(a.shape)
     shape[axis] = n_out
     dtype = a.dtype if taps.weight is None else np.float32
-    out = np.empty(shape, dtype=dtype)
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
+    elif tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"apply_taps: out is {out.dtype} {out.shape}, the result {np.dtype(dtype)} {tuple(shape)}")
     wshape = [1, 1, 1]
     wshape[axis] = -1
 

@@ -35,7 +35,7 @@ from dataclasses import replace
 import numpy as np
 
 from medseg.preprocess.grid import Grid, grid_of, index_grid, index_map, separable_map, shape_grid, spacing_grid
-from medseg.preprocess.interp import KERNELS, Taps, apply_taps, is_identity, make_taps, prefilter_bspline
+from medseg.preprocess.interp import KERNELS, Taps, apply_taps, is_identity, make_taps, prefilter_bspline, spline_taps
 from medseg.volume import Volume
 
 log = logging.getLogger("medseg.preprocess.resample")
@@ -272,9 +272,10 @@ def _separable(a: np.ndarray, sep, dst_shape, kernels, fill: float, threads: int
     perm = sep[0]
     taps = list(taps if taps is not None else _axis_taps(sep, dst_shape, a.shape, kernels))
     cubic_axes = tuple(k for k in range(3) if kernels[k] == "cubic" and not is_identity(taps[k], a.shape[k]))
-    if cubic_axes:
-        a = prefilter_bspline(a, cubic_axes)
-    elif any(k != "nearest" for k in kernels) and a.dtype != np.float32:
+    if cubic_axes and rows is not None:
+        # the B-spline filter of an axis needs the whole of it: the rows of the whole result (bitwise theirs)
+        return np.ascontiguousarray(_separable(a, sep, dst_shape, kernels, fill, threads, taps=taps)[rows])
+    if not cubic_axes and any(k != "nearest" for k in kernels) and a.dtype != np.float32:
         a = a.astype(np.float32)
     # cheapest order: shrink first, grow last (each pass costs about its output size)
     ratio = [taps[k].index.shape[1] / a.shape[k] for k in range(3)]
@@ -282,8 +283,10 @@ def _separable(a: np.ndarray, sep, dst_shape, kernels, fill: float, threads: int
     skip = [is_identity(taps[k], a.shape[k]) for k in range(3)]
     if rows is not None:   # only output rows ``rows`` of dst axis 0: same passes, in the same order, on less data
         a, taps[perm.index(0)] = _restrict(a, perm.index(0), taps[perm.index(0)], rows)
-    for k in order:
-        if not skip[k]:
+    for k in order:        # a cubic axis is filtered just before its pass, slab by slab (spline_taps)
+        if k in cubic_axes:
+            a = spline_taps(a, k, taps[k], threads=threads)
+        elif not skip[k]:
             a = apply_taps(a, k, taps[k], threads=threads)
     for k in range(3):  # after all passes, so later passes cannot blend the fill value
         if taps[k].outside.any():

@@ -318,9 +318,45 @@ def test_preprocessing_an_int16_ct_needs_about_one_float32_copy_of_it():
     peak, prepared = _traced_peak(lambda: preprocess(stack_channels([vol], expected=1, copy=False)[0],
                                                      grid_of(vol), plan))
     m = int(np.prod(prepared.grid.shape))       # about 0.47 n
-    # coefficients 4n + the first (shrinking, y: 0.6) pass's output and its cubic work array, 4 * 0.6n each, alive
-    # together; the later passes and z-scoring are on the smaller model grid (m, about 0.47 n)
+    # at most what filtering the whole input took: its coefficients 4n + the first (shrinking, y: 0.6) pass's
+    # output and its cubic work array, 4 * 0.6n each; the passes now filter slab by slab (far less, see
+    # test_cubic_resampling_keeps_no_float32_copy_of_the_input), so on this small volume the z-score's
+    # statistics, float64 copies of the model grid (m, about 0.47 n), make the peak
     bound = 4 * n + 2 * int(4 * 0.6 * n) + (1 << 20)
     assert peak <= bound, (peak, bound, m)
     f32_peak, _ = _traced_peak(lambda: preprocess(stack_channels([vol], expected=1)[0], grid_of(vol), plan))
     assert f32_peak > peak + 3.9 * n        # the float32 stack (4 bytes a voxel) the old way made first
+
+
+# ----------------------------------------------------------------------------- preprocessing: cubic passes by slabs
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_spline_taps_by_slabs_are_bitwise_the_filtered_whole(axis, dtype, threads):
+    """A cubic pass filters and resamples slab by slab: bitwise the values of filtering the whole array
+    along the axis (scipy's spline_filter1d, mirror) and resampling it after."""
+    from medseg.preprocess.interp import apply_taps, make_taps, prefilter_bspline, spline_taps
+
+    rng = np.random.default_rng(axis)
+    a = (rng.normal(size=(13, 17, 11)) * 300).astype(dtype)
+    n_out = {0: 20, 1: 9, 2: 15}[axis]
+    taps = make_taps(np.linspace(-0.3, a.shape[axis] - 0.8, n_out), a.shape[axis], "cubic")
+    whole = apply_taps(prefilter_bspline(a, (axis,)), axis, taps, threads=1)
+    for slab_bytes in (1, 700, 1 << 30):          # one row at a time, a few rows, one slab
+        np.testing.assert_array_equal(spline_taps(a, axis, taps, threads=threads, slab_bytes=slab_bytes), whole)
+
+
+def test_cubic_resampling_keeps_no_float32_copy_of_the_input():
+    """An int16 CT shrunk with cubic kernels: the first pass is filtered slab by slab, so the peak is the
+    passes' outputs plus slabs, below the float32 copy of the input that filtering it whole needed."""
+    from medseg.preprocess.resample import resample_array_to_grid
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(-1000, 1000, size=(32, 128, 128)).astype(np.int16)
+    src = Grid(a.shape, (1.0, 0.5, 0.5), (0.0, 0.0, 0.0), LPS)
+    dst = spacing_grid(src, (1.0, 1.0, 1.0))          # y and x halved: passes of 2 and 1 MiB
+    peak, out = _traced_peak(lambda: resample_array_to_grid(a, src, dst, order="cubic", threads=1))
+    assert out.shape == (32, 64, 64)
+    assert peak < 4 * a.size, (peak, 4 * a.size)     # the float32 copy alone would be 4 * a.size
+    ref = ndimage.zoom(a.astype(np.float64), (1.0, 0.5, 0.5), order=3, mode="mirror", grid_mode=True)
+    assert np.abs(out - ref).max() < 1e-2           # values of +-1000: float32 rounding
