@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         args.threads = args.threads if args.threads is not None else args.threads_old
     check_input(args.input, "--input")
     check_output_dir(args.output)
+    from medseg.device import bound_heap
+
+    bound_heap()    # large volumes' freed slabs go back to the system (peak memory of a CT: docs/benchmarks.md)
     if args.input.is_dir():
         from medseg.io import list_cases
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.device import release_free_memory
 from medseg.errors import InputError
 from medseg.manifest import sha256_file
 from medseg.preprocess.grid import grid_of
@@ -35,6 +36,7 @@ log = logging.getLogger("medseg.inference")
 
 #: above this many bytes of probabilities on the input grid, labels are resampled instead (see prepare.py)
 MAX_PROB_BYTES = 2 * 2 ** 30
+TRIM_BYTES = 64 << 20   # a preprocessed image this large: the heap is trimmed before the sliding window
 
 
 @dataclass
@@ -260,6 +262,8 @@ class Predictor:
             warnings.append(msg)
         prepared = preprocess(arr, target, self.plan)
         del arr       # the float32 stack of the input (the input itself stays with the caller)
+        if prepared.image.nbytes >= TRIM_BYTES:
+            release_free_memory()     # the resampling's freed slabs, held by the C heap otherwise
         t1 = time.perf_counter()
         probs = self._probabilities(prepared.image, prepared.grid.spacing_mm)   # (K, z', y', x') float32
         # the preprocessed image is not needed any more: its memory goes before the inversion's

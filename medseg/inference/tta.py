@@ -82,7 +82,7 @@ def mirror_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 #: voxels (all channels) an in-place activation or flipped add works on at a time
-CHUNK_VOXELS = 1 << 22
+CHUNK_VOXELS = 1 << 20   # 4 MiB of float32: a CT's softmax needs no 50 MiB slabs beside its accumulator
 
 
 def activate_(logits: torch.Tensor, activation: str, *, chunk_voxels: int = CHUNK_VOXELS) -> torch.Tensor:

@@ -120,6 +120,7 @@ def importance_map(
 
 
 _CACHE_MAX_VOXELS = 1 << 24  # 64 MB of float32; larger normalisers are recomputed, not kept
+_SLAB_VOXELS = 1 << 20       # beyond that, by slabs of about this many voxels (at most a window deep)
 
 
 def _normaliser_cpu(
@@ -158,7 +159,8 @@ def divide_by_normaliser_(
     the normaliser made one slab of the first spatial axis at a time when the volume is too large to
     cache it (:data:`_CACHE_MAX_VOXELS`): no volume-sized weight map beside the accumulator. Each slab
     adds the windows that reach into it in the order :func:`normaliser` adds them, so every voxel gets
-    the very same sum (bitwise). ``slab``: voxels of the first axis per slab (default: the window's)."""
+    the very same sum (bitwise). ``slab``: voxels of the first axis per slab (default: the window's, or
+    fewer so that a slab has about a million voxels)."""
     shape = tuple(int(s) for s in acc.shape[2:])
     roi = tuple(int(r) for r in roi)
     ov = tuple(float(o) for o in overlap)
@@ -166,7 +168,8 @@ def divide_by_normaliser_(
         return acc.div_(normaliser(shape, roi, ov, blend=blend, sigma_scale=sigma_scale, device=acc.device))
     w = _importance_map_cpu(roi, blend, float(sigma_scale))
     starts = window_grid(shape, roi, ov)
-    step = max(1, int(slab or roi[0]))
+    plane = math.prod(shape[1:])
+    step = max(1, int(slab or min(roi[0], _SLAB_VOXELS // max(1, plane))))   # a few MiB: no slab beside acc
     for z0 in range(0, shape[0], step):
         z1 = min(z0 + step, shape[0])
         total = _add_windows(torch.zeros((z1 - z0, *shape[1:]), dtype=torch.float32), starts, roi, w, z0)
