@@ -37,10 +37,19 @@ def _labelled(mask: np.ndarray, connectivity: int):
     box = bounding_box(mask)
     if box is None:
         return mask, None, None, None
-    labels, n = ndimage.label(mask[box], structure=_structure(mask.ndim, connectivity))
+    labels, n = _label(mask[box], _structure(mask.ndim, connectivity))
     sizes = _component_sizes(labels, n)
     sizes[0] = 0
     return mask, box, labels, sizes
+
+
+def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` into uint16 (2 bytes a voxel instead of int32's 4: 150 MiB less on a CT), or
+    int32 when there are more than 65,535 components (scipy refuses the narrow type: counted again)."""
+    try:
+        return ndimage.label(mask, structure=structure, output=np.uint16)
+    except RuntimeError:
+        return ndimage.label(mask, structure=structure)
 
 
 def _component_sizes(labels: np.ndarray, n: int, chunk: int = 1 << 22) -> np.ndarray:

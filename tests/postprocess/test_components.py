@@ -74,3 +74,21 @@ def test_component_sizes_in_chunks_equal_bincount():
         want = np.bincount(labels.ravel(), minlength=7)
         np.testing.assert_array_equal(_component_sizes(labels, 6, chunk=chunk), want)
     np.testing.assert_array_equal(_component_sizes(labels, 9), np.bincount(labels.ravel(), minlength=10))
+
+
+@pytest.mark.parametrize("step", [2, 3])     # 125,000 isolated voxels (int32 labels) / 39,304 (uint16)
+def test_components_past_65535_fall_back_to_int32_labels(step):
+    from scipy import ndimage
+
+    from medseg.postprocess.components import _label, _structure
+
+    mask = np.zeros((100, 100, 100), bool)
+    mask[::step, ::step, ::step] = True
+    mask[:4, :4, :4] = True                        # one larger component, the one to keep
+    labels, n = _label(mask, _structure(3, 1))
+    ref, n_ref = ndimage.label(mask)
+    assert n == n_ref and labels.dtype == (np.uint16 if n_ref <= 65535 else np.int32)
+    np.testing.assert_array_equal(labels, ref)
+    want = mask & (ref == ref[0, 0, 0])
+    np.testing.assert_array_equal(keep_largest_component(mask), want)
+    np.testing.assert_array_equal(remove_small_components(mask, min_volume_mm3=2.0, spacing_mm=(1.0, 1.0, 1.0)), want)
