@@ -3,6 +3,8 @@ size the CPU thread pool to the cores actually free (:func:`choose_threads`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from medseg.errors import ConfigError
 
 #: what may run a network (medseg.inference.backends): ``--backend`` of predict and wsi features
@@ -156,7 +158,7 @@ def release_free_memory() -> bool:
     return bool(_TRIM and _TRIM(0) is not None)
 
 
-_TRIM = None
+_TRIM: Any = None
 HEAP_MMAP_BYTES = 16 << 20
 
 

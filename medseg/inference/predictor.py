@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +264,8 @@ class Predictor:
         if prepared.image.nbytes >= TRIM_BYTES:
             release_free_memory()     # the resampling's freed slabs, held by the C heap otherwise
         t1 = time.perf_counter()
-        probs = self._probabilities(prepared.image, prepared.grid.spacing_mm)   # (K, z', y', x') float32
+        # (K, z', y', x') float32, or float16 for a large case whose probabilities are not kept
+        probs = self._probabilities(prepared.image, prepared.grid.spacing_mm, compact=not probabilities)
         # the preprocessed image is not needed any more: its memory goes before the inversion's
         prepared.image = np.empty((prepared.image.shape[0], 0, 0, 0), dtype=np.float32)
         t2 = time.perf_counter()
@@ -311,8 +311,11 @@ class Predictor:
             log.warning("%s: %s (predicted anyway: --force)", path or "input", r)
         return warnings + refusals
 
-    def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
-        """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x)."""
+    def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float], *, compact: bool = False) -> np.ndarray:
+        """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x).
+        ``compact``: a large single-pass case (one fold, no whole-volume mirroring, 3D, CPU; above
+        :data:`~medseg.inference.stream.STREAM_BYTES` as float32) comes as float16, finished slab by slab
+        (:func:`~medseg.inference.stream.stream_probabilities`): for labels, not for saved probabilities."""
         import torch
 
         from medseg.inference.sliding_window import sliding_window
@@ -339,8 +342,19 @@ class Predictor:
         # a case of fewer windows than a batch: its flips share the forward passes (fuller batches)
         group = min(2 ** len(axes), max(1, self.batch_size // max(windows, 1)))
         if self.on_windows is not None:        # progress over the windows of this case
-            counter = _WindowCounter(self.on_windows, windows * len(self.models) * 2 ** len(axes))
-            models = [_counted(m, counter) for m in models]
+            from medseg.inference.sliding_window import WindowCounter
+
+            counter = WindowCounter(self.on_windows, windows * len(self.models) * 2 ** len(axes))
+            models = [counter.wrap(m) for m in models]
+        if compact and len(models) == 1 and (self.tta_mode == "window" or not axes) and self.spatial_dims == 3:
+            from medseg.inference.sliding_window import mirror_dims
+            from medseg.inference.stream import STREAM_BYTES, can_stream, stream_probabilities
+
+            if can_stream(x, self.patch_size) and len(self.labels) * image[0].size * 4 > STREAM_BYTES:
+                with torch.inference_mode():      # no float32 volume of the classes: float16, slab by slab
+                    return stream_probabilities(models[0], x, self.patch_size, self.overlap,
+                                                batch_size=self.batch_size, blend=self.blend,
+                                                flips=mirror_dims(axes))[0].numpy()
         with torch.inference_mode():
             for model in models:          # a fold ensemble: the mean of the folds' probabilities
                 def run(x: torch.Tensor, mirror_axes: Sequence[int] = (), model=model) -> torch.Tensor:
@@ -357,40 +371,3 @@ class Predictor:
             if len(self.models) > 1:
                 total /= len(self.models)
             return total.numpy()
-
-
-class _WindowCounter:
-    """Windows through the model so far for one case, reported as ``(done, total)``."""
-
-    def __init__(self, report, total: int):
-        self.report, self.total, self.done = report, int(total), 0
-
-    def add(self, n: int) -> None:
-        self.done = min(self.done + int(n), self.total)    # an out-of-memory retry re-runs windows
-        self.report(self.done, self.total)
-
-
-@lru_cache(maxsize=1)
-def _counted_class():
-    """The module class below, made on first use (this module imports torch only inside functions)."""
-    import torch
-
-    class Counted(torch.nn.Module):
-        """A model that counts the windows it is given (a batch ``(B, C, ...)`` is B windows)."""
-
-        def __init__(self, inner, counter: _WindowCounter):
-            super().__init__()
-            self.inner, self.counter = inner, counter
-            self.train(bool(getattr(inner, "training", False)))
-
-        def forward(self, x):
-            out = self.inner(x)
-            self.counter.add(x.shape[0])
-            return out
-
-    return Counted
-
-
-def _counted(inner, counter: _WindowCounter):
-    """``inner`` wrapped so that every forward pass reports its windows to ``counter``."""
-    return _counted_class()(inner, counter)

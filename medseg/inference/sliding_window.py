@@ -115,9 +115,9 @@ def sliding_window(
         if not -n_spatial <= axis < n_spatial:
             raise ConfigError(f"slice axis {axis} out of range for {n_spatial} spatial dimensions")
         axis %= n_spatial
-        opts["flips"] = _flip_dims(tuple(a - (a > axis) for a in mirror if a != axis))
+        opts["flips"] = mirror_dims(tuple(a - (a > axis) for a in mirror if a != axis))
         return _slicewise(model, image, roi, overlap, axis, opts)
-    opts["flips"] = _flip_dims(mirror)
+    opts["flips"] = mirror_dims(mirror)
     if len(roi) != n_spatial:
         raise ConfigError(f"roi_size {roi} has {len(roi)} dimensions but the image has {n_spatial} spatial "
                           f"dimensions (shape {tuple(image.shape)}); give {n_spatial} sizes, or "
@@ -125,7 +125,7 @@ def sliding_window(
     return _sliding(model, image, roi, overlap, **opts)
 
 
-def _flip_dims(axes: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+def mirror_dims(axes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     """Tensor dims to flip for every subset of spatial ``axes`` (the empty one, no flip, first)."""
     from medseg.inference.tta import mirror_subsets
 
@@ -266,3 +266,30 @@ def _call(model, x, roi, amp) -> torch.Tensor:
             f"{type(y).__name__} {tuple(getattr(y, 'shape', ()))}; models that change the spatial size "
             "are not supported", code="bad_model_output")
     return y.float()
+
+
+class WindowCounter:
+    """Windows through the model(s) so far for one case, reported as ``report(done, total)`` (progress)."""
+
+    def __init__(self, report, total: int):
+        self.report, self.total, self.done = report, int(total), 0
+
+    def add(self, n: int) -> None:
+        self.done = min(self.done + int(n), self.total)    # an out-of-memory retry re-runs windows
+        self.report(self.done, self.total)
+
+    def wrap(self, inner) -> torch.nn.Module:
+        """``inner`` wrapped so that every forward pass reports its windows (a batch of B: B windows)."""
+        return _Counted(inner, self)
+
+
+class _Counted(torch.nn.Module):
+    def __init__(self, inner, counter: WindowCounter):
+        super().__init__()
+        self.inner, self.counter = inner, counter
+        self.train(bool(getattr(inner, "training", False)))
+
+    def forward(self, x):
+        out = self.inner(x)
+        self.counter.add(x.shape[0])
+        return out

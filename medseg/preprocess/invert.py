@@ -35,7 +35,8 @@ def to_input_grid(probs: np.ndarray, prepared: Prepared, target: Grid, *, thread
 def invert_probabilities(probs: np.ndarray, prepared: Prepared, target: Grid, *, keep_probabilities: bool = True,
                          label_dtype: Any = None, threads: int | None = None,
                          slab_bytes: int = INVERT_SLAB_BYTES) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Class probabilities (K, z', y', x') on the model grid back on ``target``, and/or their argmax there.
+    """Class probabilities (K, z', y', x') on the model grid (float32, or float16) back on ``target``, and/or
+    their argmax there.
 
     Returns ``(probabilities, labels)``: (K, z, y, x) float32 on ``target`` (linear resampling in
     physical space per class, background 1 and other classes 0 outside the crop box), or None
@@ -48,7 +49,9 @@ def invert_probabilities(probs: np.ndarray, prepared: Prepared, target: Grid, *,
     """
     if probs.ndim != 4 or tuple(probs.shape[1:]) != tuple(prepared.grid.shape):
         raise ValueError(f"probabilities {probs.shape} are not (K, *{prepared.grid.shape})")
-    probs = np.asarray(probs, dtype=np.float32)
+    probs = np.asarray(probs)
+    if probs.dtype != np.float16:    # float16 (a large case, medseg.inference.stream) is converted slab by slab
+        probs = probs.astype(np.float32, copy=False)
     n_cls = probs.shape[0]
     box = prepared.crop if prepared.crop is not None and tuple(prepared.crop.shape) != tuple(target.shape) else None
     resample = not same_grid(prepared.grid, prepared.cropped)
@@ -56,7 +59,7 @@ def invert_probabilities(probs: np.ndarray, prepared: Prepared, target: Grid, *,
     full: np.ndarray | None = None
     if keep_probabilities:
         if not resample and box is None:
-            full = probs
+            full = probs.astype(np.float32, copy=False)
         else:
             full = np.zeros((n_cls, *target.shape), dtype=np.float32)
             full[0] = 1.0

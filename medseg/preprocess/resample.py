@@ -275,14 +275,14 @@ def _separable(a: np.ndarray, sep, dst_shape, kernels, fill: float, threads: int
     if cubic_axes and rows is not None:
         # the B-spline filter of an axis needs the whole of it: the rows of the whole result (bitwise theirs)
         return np.ascontiguousarray(_separable(a, sep, dst_shape, kernels, fill, threads, taps=taps)[rows])
-    if not cubic_axes and any(k != "nearest" for k in kernels) and a.dtype != np.float32:
-        a = a.astype(np.float32)
     # cheapest order: shrink first, grow last (each pass costs about its output size)
     ratio = [taps[k].index.shape[1] / a.shape[k] for k in range(3)]
     order = sorted(range(3), key=lambda k: ratio[k])
     skip = [is_identity(taps[k], a.shape[k]) for k in range(3)]
     if rows is not None:   # only output rows ``rows`` of dst axis 0: same passes, in the same order, on less data
         a, taps[perm.index(0)] = _restrict(a, perm.index(0), taps[perm.index(0)], rows)
+    if not cubic_axes and any(k != "nearest" for k in kernels) and a.dtype != np.float32:
+        a = a.astype(np.float32)   # after the cut: rows of a float16 map convert only what they read
     for k in order:        # a cubic axis is filtered just before its pass, slab by slab (spline_taps)
         if k in cubic_axes:
             a = spline_taps(a, k, taps[k], threads=threads)
