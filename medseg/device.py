@@ -179,3 +179,17 @@ def bound_heap(mmap_bytes: int = HEAP_MMAP_BYTES) -> bool:
                     libc.mallopt(m_trim_threshold, 2 * int(mmap_bytes)))
     except (OSError, AttributeError):
         return False
+
+
+def passive_thread_waits() -> bool:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy: torch's OpenMP threads sleep between
+    parallel regions instead of spinning, which stole the cores from OpenVINO's threads, the readers and
+    writers, and other processes (20 hippocampus cases, 1 fold: 9 % less wall time). Takes effect only
+    before torch is first imported (False after, or when the user's setting stands)."""
+    import os
+    import sys
+
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True

@@ -61,6 +61,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.device import bound_heap, passive_thread_waits
+
+    passive_thread_waits()   # first, before torch is imported: no spinning OpenMP threads beside the backend's
+    bound_heap()    # large volumes' freed slabs go back to the system (peak memory of a CT: docs/benchmarks.md)
     from medseg.cli.common import check_input, check_output_dir
     from medseg.errors import ConfigError
     from medseg.inference.tta import tta_axes_from_text
@@ -73,9 +77,6 @@ def run(args: argparse.Namespace) -> int:
         args.threads = args.threads if args.threads is not None else args.threads_old
     check_input(args.input, "--input")
     check_output_dir(args.output)
-    from medseg.device import bound_heap
-
-    bound_heap()    # large volumes' freed slabs go back to the system (peak memory of a CT: docs/benchmarks.md)
     if args.input.is_dir():
         from medseg.io import list_cases
 
