@@ -54,7 +54,6 @@ CONFIGS: dict[str, list[str]] = {
 def run_measured(cmd: list[str], code: Path, timeout: float, log: Path) -> dict:
     """Run ``cmd`` with ``code`` first on PYTHONPATH; wall time and the child's own rusage (``os.wait4``)."""
     env = dict(os.environ, PYTHONPATH=str(code))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with open(log, "wb") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=str(code), stdout=fh, stderr=subprocess.STDOUT)
