@@ -82,16 +82,12 @@ class MaskedAdam:
         return self._groups[key]
 
     @torch.no_grad()
-    def step(self, active: torch.Tensor, grads: list[torch.Tensor] | None = None) -> None:
-        """Update the ``active`` members from the parameters' ``.grad``, or from ``grads`` (one per
-        parameter, e.g. ``torch.autograd.grad``'s: used as they are, so nothing zeroes ``.grad`` and
-        the backward adds nothing into it, two passes over every weight less per step)."""
-        if grads is None and any(p.grad is None for p in self.params):
+    def step(self, active: torch.Tensor) -> None:
+        if any(p.grad is None for p in self.params):
             raise RuntimeError("MaskedAdam.step without gradients")
-        if grads is None and any(p.grad is not g for p, g in zip(self.params, self._grads)):  # set anew: new views
+        if any(p.grad is not g for p, g in zip(self.params, self._grads)):  # gradients set anew: new views
             self._grads = [p.grad for p in self.params]
             self._groups.clear()
-        fresh = None if grads is None else [g.unbind(0) for g in grads]   # per member views, in one call each
         act = active.to(torch.bool).cpu().tolist()
         by_hyper: dict[tuple[float, float], list[int]] = {}
         for e, a in enumerate(act):
@@ -99,8 +95,6 @@ class MaskedAdam:
                 by_hyper.setdefault((self.lr[e], self.wd[e]), []).append(e)
         for (lr, wd), members in by_hyper.items():
             ps, gs, ms, vs, ts = self._views(tuple(members))
-            if fresh is not None:
-                gs = [fresh[k][e] for e in members for k in range(len(self.params))]
             if len(members) == self.n:
                 self.t += 1
             else:
@@ -242,6 +236,7 @@ def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
                 active = gid >= 0
                 gid = np.repeat(np.where(active, gid, gid[active][0]), e)
                 act = torch.from_numpy(np.repeat(active, e))
+                opt.zero_grad()
                 losses = torch.zeros(len(flat), dtype=torch.float64, device=dev)
                 total = torch.zeros((), dtype=torch.float32, device=dev)
                 for grp in length_groups(data.lens[gid]):
@@ -249,11 +244,9 @@ def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
                     x, mask = data.take(gid[grp], mean[grp], std[grp])
                     lg = lossf(stack.forward_padded(x, mask, sel), data.labels[torch.from_numpy(gid[grp]).to(dev)])
                     total = total + lg.sum()
-                    if sel is None:
-                        losses = lg.detach().double()
-                    else:
-                        losses[sel] = lg.detach().double()
-                opt.step(act, list(torch.autograd.grad(total, opt.params)))   # fresh gradients: no zeroing
+                    losses[torch.from_numpy(grp).to(dev)] = lg.detach().double()
+                total.backward()
+                opt.step(act)
                 tot += losses * act.to(dev)
             per_run = tot.cpu().numpy().reshape(len(jobs), e).mean(1) / sizes
             for r, t in zip(runs, per_run):

@@ -124,23 +124,3 @@ def test_length_groups_partition_and_cut():
     for lens in (np.array([5, 5, 5]), np.array([4, 5, 6])):
         (g,) = length_groups(lens)
         assert g.tolist() == list(range(len(lens)))
-
-
-def test_masked_adam_from_fresh_gradients_equals_from_grad():
-    """``step(active, grads)`` (what side-by-side training passes: torch.autograd.grad's tensors) updates
-    exactly as gradients left in ``.grad``."""
-    torch.manual_seed(1)
-    w0 = [torch.randn(4, 5, 3), torch.randn(4, 1, 3)]
-    grads = [[torch.randn_like(w) for w in w0] for _ in range(5)]
-    active = [[1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 1]]
-    lr, wd = torch.tensor([0.01, 0.02, 0.01, 0.02]), torch.tensor([0.0, 0.1, 0.1, 0.0])
-    a = [torch.nn.Parameter(w.clone()) for w in w0]
-    b = [torch.nn.Parameter(w.clone()) for w in w0]
-    opt_a, opt_b = MaskedAdam(a, 4, lr=lr, weight_decay=wd), MaskedAdam(b, 4, lr=lr, weight_decay=wd)
-    for gs, act in zip(grads, active):
-        for p, g in zip(a, gs):
-            p.grad.copy_(g)
-        opt_a.step(torch.tensor(act, dtype=torch.bool))
-        opt_b.step(torch.tensor(act, dtype=torch.bool), [g.clone() for g in gs])
-    for p, q in zip(a, b):
-        assert torch.equal(p.detach(), q.detach())
