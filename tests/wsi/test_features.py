@@ -116,3 +116,37 @@ def test_features_on_openvino_equal_pytorch_and_cli_backend_errors(tmp_path, rng
     assert a.shape == b.shape and a.shape[0] > 4
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     assert any((tmp_path / "cache").rglob("*.xml"))     # converted once, cached
+
+
+def test_wsi_features_stage_on_openvino_equals_pytorch(tmp_path, rng, monkeypatch):
+    """The ``wsi_features`` pipeline stage with ``backend: openvino`` writes PyTorch's features to float32
+    rounding (same encoder weights); an unknown backend fails before any slide."""
+    from medseg.errors import ConfigError
+    from medseg.inference.backends import openvino_status
+    from medseg.stages.base import Context
+    from medseg.stages.wsi import stage_features, stage_tile
+    from medseg.wsi.features import load_features
+
+    img = np.full((256, 256, 3), 240, np.uint8)
+    img[32:224, 32:224] = rng.integers(0, 255, (192, 192, 3)).astype(np.uint8) // 2 + (100, 0, 60)
+    Image.fromarray(img).save(tmp_path / "s.png")
+    torch.manual_seed(0)
+    save_weights(create_encoder("tile_resnet_tiny"), tmp_path / "enc.safetensors")
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    feats = {}
+    for backend in ("torch", "openvino", "nope"):
+        ctx = Context(output_dir=tmp_path / backend, config={}, base_dir=tmp_path, stage_name="wsi_features")
+        stage_tile(ctx, slides=str(tmp_path / "s.png"), mpp=2.0, tile_size=32, slide_mpp=1.0, mask_mpp=8.0)
+        kw = dict(encoder="tile_resnet_tiny", weights=str(tmp_path / "enc.safetensors"), batch_size=4, workers=0,
+                  device="cpu", backend=backend)
+        if backend == "nope" or (backend == "openvino" and openvino_status() is not None):
+            with pytest.raises(ConfigError):
+                stage_features(ctx, **kw)
+            assert not (tmp_path / backend / "features" / "s").exists()
+            continue
+        stage_features(ctx, **kw)
+        feats[backend] = load_features(tmp_path / backend / "features" / "s" / "features.h5")[0]
+    if "openvino" not in feats:
+        pytest.skip(f"OpenVINO {openvino_status()}")
+    assert feats["torch"].shape == feats["openvino"].shape and len(feats["torch"]) > 4
+    np.testing.assert_allclose(feats["openvino"], feats["torch"], rtol=1e-4, atol=1e-5)
