@@ -1,5 +1,3 @@
-import sys
+from medseg.cli.main import cli
 
-from medseg.cli.main import main
-
-sys.exit(main())
+cli()
