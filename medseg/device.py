@@ -3,6 +3,7 @@ size the CPU thread pool to the cores actually free (:func:`choose_threads`)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from medseg.errors import ConfigError
@@ -141,24 +142,27 @@ def choose_threads(requested: int | None = None, *, cpus: int | None = None, bus
     return max(1, min(n, int(free + 0.5)))
 
 
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    """The C library (glibc's allocator calls below), or None where it cannot be loaded."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def release_free_memory() -> bool:
     """Hand the C heap's free pages back to the system (glibc ``malloc_trim(0)``); False where there is
     no such call (another C library). After a freed block above the mmap threshold, glibc raises the
     threshold (up to 32 MiB), so the slab-sized temporaries of a large volume's resampling stay in the
     heap once freed: 60-150 MiB of resident memory held through the rest of a CT's prediction."""
-    import ctypes
-    import ctypes.util
-
-    global _TRIM
-    if _TRIM is None:
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    return bool(_TRIM and _TRIM(0) is not None)
+    trim = getattr(_libc(), "malloc_trim", None)
+    return trim is not None and trim(0) is not None
 
 
-_TRIM: Any = None
 HEAP_MMAP_BYTES = 16 << 20
 
 
@@ -169,17 +173,11 @@ def bound_heap(mmap_bytes: int = HEAP_MMAP_BYTES) -> bool:
     32 MiB), after which a large volume's slab-sized temporaries pile up in the heap, free but resident:
     measured 60-140 MiB on a 512 x 512 x 300 CT. Blocks below ``mmap_bytes`` (a window batch) are reused
     as before. False where there is no such call."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3          # glibc's mallopt parameter numbers
-        return bool(libc.mallopt(m_mmap_threshold, int(mmap_bytes)) and
-                    libc.mallopt(m_trim_threshold, 2 * int(mmap_bytes)))
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
-
+    m_trim_threshold, m_mmap_threshold = -1, -3          # glibc's mallopt parameter numbers
+    return bool(mallopt(m_mmap_threshold, int(mmap_bytes)) and mallopt(m_trim_threshold, 2 * int(mmap_bytes)))
 
 def passive_thread_waits() -> bool:
     """``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy: torch's OpenMP threads sleep between

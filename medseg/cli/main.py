@@ -108,10 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def cli() -> None:
     """The ``medseg`` command (console script and ``python -m medseg``): :func:`main`, then :func:`exit_now`."""
     exit_now(main())
@@ -138,3 +134,7 @@ def exit_now(code: int) -> None:
     except BaseException:  # noqa: BLE001 - e.g. a closed pipe: the ordinary exit reports it
         sys.exit(code)
     os._exit(code)
+
+
+if __name__ == "__main__":
+    cli()

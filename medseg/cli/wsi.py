@@ -200,13 +200,11 @@ def _add_ml_parsers(sub) -> None:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from functools import partial
-
     from medseg.cli.common import check_input, check_output_dir
     from medseg.device import resolve_device
     from medseg.errors import ConfigError
     from medseg.executors import spec_from_args
-    from medseg.inference.backends import on_backend, resolve_backend
+    from medseg.inference.backends import encoder_backend
     from medseg.wsi.features import EncoderSpec, extract_features_batch
 
     check_input(args.tiles, "--tiles", kind="folder")
@@ -227,9 +225,8 @@ def _features(args: argparse.Namespace) -> int:
         print(f"note: random encoder weights (seed {spec.seed}): features for testing the pipeline, not for diagnosis")
     # on Ray each actor resolves --device itself (a CPU head node may drive GPU workers)
     dev = resolve_device(args.device) if ex.is_local else args.device
-    if ex.is_local:    # a backend that cannot run here fails now, before any slide (exit 2)
-        resolve_backend(args.backend, dev)
-    prepare = partial(on_backend, backend=args.backend, batch=args.batch_size)
+    # locally a backend that cannot run here fails now, before any slide (exit 2); Ray workers check their own
+    prepare = encoder_backend(args.backend, batch=args.batch_size, device=dev if ex.is_local else None)
     rows = extract_features_batch(args.tiles, args.output, spec, device=dev, batch_size=args.batch_size,
                                   workers=args.workers, slide_mpp=args.slide_mpp, executor=ex, prepare=prepare)
     for r in rows:

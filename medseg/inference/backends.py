@@ -383,3 +383,14 @@ def on_backend(module: torch.nn.Module, backend: str | None, *, batch: int, thre
     if chosen == "torch":
         return module
     return PerShapeModel(module, chosen, batch=batch, threads=threads, cache_dirs=cache_dirs(None), name=name)
+
+
+def encoder_backend(backend: str | None, *, batch: int, device: Any = None):
+    """What turns a built tile encoder into its runner on ``backend`` (``prepare`` of
+    :func:`medseg.wsi.features.extract_features_batch`; picklable for Ray). With ``device``, a backend
+    that cannot run there fails now (ConfigError, exit 2), before any slide."""
+    from functools import partial
+
+    if device is not None:
+        resolve_backend(backend, device)
+    return partial(on_backend, backend=backend, batch=batch)

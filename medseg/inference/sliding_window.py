@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,8 +201,8 @@ def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, am
                 xbuf = torch.empty((len(chunk), image.shape[1], *roi), dtype=image.dtype, device=image.device)
             x = xbuf[:len(chunk)]
             for j, (b, start) in enumerate(chunk):
-                x[j].copy_(image[(b, slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))])
-            pred = _forward(model, x.to(device), roi, amp, flips)
+                x[j].copy_(image[window_index((b, slice(None)), start, roi)])
+            pred = forward_batch(model, x.to(device), roi, amp, flips)
             if pred.device != out_dev:
                 pred = (pred if weight is None else pred * weight).to(out_dev)
                 fused = False
@@ -226,7 +227,7 @@ def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, am
                 continue
             raise
         for (b, start), p in zip(chunk, pred):
-            view = acc[(b, slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))]
+            view = acc[window_index((b, slice(None)), start, roi)]
             if fused:
                 view.addcmul_(p, weight)
             else:
@@ -235,7 +236,12 @@ def _accumulate(model, image, roi, jobs, weight, batch_size, device, out_dev, am
     return acc
 
 
-def _forward(model, x, roi, amp, flips=((),)) -> torch.Tensor:
+def window_index(lead: tuple[Any, ...], start: Sequence[int], roi: Sequence[int]) -> tuple[Any, ...]:
+    """Index of the window at ``start`` (size ``roi``) behind the leading indices ``lead`` (batch, channels)."""
+    return (*lead, *(slice(s, s + r) for s, r in zip(start, roi)))
+
+
+def forward_batch(model, x, roi, amp, flips=((),)) -> torch.Tensor:
     """The model's float32 output for a batch of windows; with several ``flips``, the mean of the
     outputs for the flipped batches, each flipped back (the model's own output is never modified)."""
     total, owned = None, False

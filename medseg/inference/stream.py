@@ -16,13 +16,12 @@ finer below.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from medseg.inference.sliding_window import _forward
+from medseg.inference.sliding_window import forward_batch, window_index
 from medseg.inference.tta import activate_
-from medseg.inference.windows import _add_windows, importance_map, pad_amounts, window_grid
+from medseg.inference.windows import importance_map, normaliser_rows, pad_amounts, window_grid
 
 #: a volume's class probabilities above this many float32 bytes are finished slab by slab (predictor)
 STREAM_BYTES = 256 << 20
@@ -51,15 +50,14 @@ def stream_probabilities(model, image: torch.Tensor, roi: Sequence[int], overlap
     batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
     # the buffer spans the first-axis extent of the windows not yet finished: a batch's, at most
     depth = max(max(s[0] for s in b) + roi[0] - b[0][0] for b in batches)
-    norm_w = importance_map(roi, blend=blend, sigma_scale=sigma_scale)   # the normaliser adds it for every blend
-    w = None if blend == "constant" else norm_w                             # as _accumulate: plain adds
+    w = None if blend == "constant" else importance_map(roi, blend=blend, sigma_scale=sigma_scale)  # as _accumulate
     xbuf = torch.empty((batch_size, image.shape[1], *roi), dtype=image.dtype)
 
     def forward(chunk: list[tuple[int, ...]]) -> torch.Tensor:
         x = xbuf[:len(chunk)]
         for j, start in enumerate(chunk):
-            x[j].copy_(image[_window(start, roi, (0, slice(None)))])
-        return _forward(model, x, roi, False, tuple(flips))
+            x[j].copy_(image[window_index((0, slice(None)), start, roi)])
+        return forward_batch(model, x, roi, False, tuple(flips))
 
     first = forward(batches[0])
     buf = torch.zeros((1, first.shape[1], depth, *spatial[1:]), dtype=torch.float32)
@@ -70,7 +68,7 @@ def stream_probabilities(model, image: torch.Tensor, roi: Sequence[int], overlap
         """Slab ``a:b`` of the volume (buffer rows ``0:b - a``) is complete: normalise, activate, store, shift."""
         n = b - a
         seg = buf[:, :, :n]
-        seg.div_(_add_windows(torch.zeros((n, *spatial[1:]), dtype=torch.float32), starts, roi, norm_w, a))
+        seg.div_(normaliser_rows(spatial, roi, starts, a, b, blend=blend, sigma_scale=sigma_scale))
         out[:, :, a:b] = activate_(seg, activation)
         for r0 in range(0, depth - n, n):       # move the rest to the front, a block that does not overlap at a time
             r1 = min(r0 + n, depth - n)
@@ -83,7 +81,7 @@ def stream_probabilities(model, image: torch.Tensor, roi: Sequence[int], overlap
             lo = chunk[0][0]
         pred = first if i == 0 else forward(chunk)
         for start, p in zip(chunk, pred):
-            view = buf[_window((start[0] - lo, *start[1:]), roi, (0, slice(None)))]
+            view = buf[window_index((0, slice(None)), (start[0] - lo, *start[1:]), roi)]
             if w is None:
                 view.add_(p)
             else:
@@ -91,7 +89,3 @@ def stream_probabilities(model, image: torch.Tensor, roi: Sequence[int], overlap
     finish(lo, spatial[0])
     return out
 
-
-def _window(start: Sequence[int], roi: Sequence[int], lead: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Index of the window at ``start`` behind the leading indices ``lead``."""
-    return (*lead, *(slice(s, s + r) for s, r in zip(start, roi)))

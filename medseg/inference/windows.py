@@ -166,15 +166,22 @@ def divide_by_normaliser_(
     ov = tuple(float(o) for o in overlap)
     if math.prod(shape) <= _CACHE_MAX_VOXELS:
         return acc.div_(normaliser(shape, roi, ov, blend=blend, sigma_scale=sigma_scale, device=acc.device))
-    w = _importance_map_cpu(roi, blend, float(sigma_scale))
     starts = window_grid(shape, roi, ov)
     plane = math.prod(shape[1:])
     step = max(1, int(slab or min(roi[0], _SLAB_VOXELS // max(1, plane))))   # a few MiB: no slab beside acc
     for z0 in range(0, shape[0], step):
         z1 = min(z0 + step, shape[0])
-        total = _add_windows(torch.zeros((z1 - z0, *shape[1:]), dtype=torch.float32), starts, roi, w, z0)
+        total = normaliser_rows(shape, roi, starts, z0, z1, blend=blend, sigma_scale=sigma_scale)
         acc[:, :, z0:z1].div_(total.to(acc.device))
     return acc
+
+
+def normaliser_rows(shape: Sequence[int], roi: tuple[int, ...], starts: Sequence[tuple[int, ...]], z0: int, z1: int,
+                    *, blend: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
+    """Rows ``z0:z1`` (first spatial axis) of :func:`normaliser` for the windows ``starts`` over ``shape``:
+    bitwise those of the whole one (the same windows added in the same order), without making it."""
+    w = _importance_map_cpu(roi, blend, float(sigma_scale))
+    return _add_windows(torch.zeros((z1 - z0, *shape[1:]), dtype=torch.float32), starts, roi, w, z0)
 
 
 def normaliser(

@@ -116,12 +116,10 @@ def stage_features(ctx: Context, encoder: str = "tile_resnet_small", weights: st
     initial weights saved, so prediction sees exactly the same features. ``backend``: what runs the
     encoder (``torch``, ``openvino`` or ``auto``, as ``medseg wsi features --backend``; OpenVINO gave
     resnet50_trunc 2.4x end to end on the CPU, its features equal to float32 rounding)."""
-    from functools import partial
-
     import torch
 
     from medseg.device import resolve_device
-    from medseg.inference.backends import on_backend, resolve_backend
+    from medseg.inference.backends import encoder_backend
     from medseg.models.encoders import create_encoder, save_weights
     from medseg.wsi.features import EncoderSpec, extract_features_batch
 
@@ -133,8 +131,7 @@ def stage_features(ctx: Context, encoder: str = "tile_resnet_small", weights: st
         weights = str(ctx.resolve_input(weights))
     spec = EncoderSpec(name=encoder, weights=weights)
     dev = resolve_device(device)
-    resolve_backend(backend, dev)     # a backend that cannot run here fails before any slide
-    prepare = None if backend == "torch" else partial(on_backend, backend=backend, batch=batch_size)
+    prepare = encoder_backend(backend, batch=batch_size, device=dev)   # fails here, before any slide
     rows = extract_features_batch(ctx.out("tiles"), ctx.out("features"), spec, device=dev, batch_size=batch_size,
                                   workers=workers, slide_mpp=st.tiling.slide_mpp, prepare=prepare)
     st.spec, st.device, st.batch_size, st.workers = spec, dev, batch_size, workers
