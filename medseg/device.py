@@ -12,6 +12,28 @@ from medseg.errors import ConfigError
 BACKEND_CHOICES = ("auto", "torch", "openvino")
 
 
+#: device files of GPU drivers torch can use (NVIDIA, AMD ROCm, WSL2's GPU bridge)
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+
+
+def no_gpu_here() -> bool:
+    """True when no GPU driver's device file exists: CUDA (or ROCm) cannot be available, and torch need not
+    be imported to find that out."""
+    import os
+
+    return not any(os.path.exists(p) for p in GPU_DEVICE_FILES)
+
+
+def device_name(spec: str = "auto") -> Any:
+    """:func:`resolve_device`, without importing torch where it cannot matter: ``"cpu"`` (a string) for
+    ``cpu``, and for ``auto`` on a machine without a GPU driver (:func:`no_gpu_here`); else the
+    ``torch.device`` of :func:`resolve_device`."""
+    s = (spec or "auto").strip().lower()
+    if s == "cpu" or (s == "auto" and no_gpu_here()):
+        return "cpu"
+    return resolve_device(spec)
+
+
 def resolve_device(spec: str = "auto"):
     """``'auto'`` -> CUDA when available else CPU; ``'cpu'``; ``'cuda'`` or ``'cuda:N'``."""
     import torch
@@ -91,9 +113,12 @@ def available_cpus(*, affinity: set[int] | None = None, quota: float | None | bo
     return n
 
 
-def busy_cpus(*, samples: int = 8, interval_s: float = 0.005, stat: str = "/proc/stat") -> float:
-    """Threads of other processes that are running or waiting for a core right now: the mean of the
-    kernel's ``procs_running`` over a few samples, less the one of the reading thread. 0 where
+def busy_cpus(*, samples: int = 8, interval_s: float = 0.005, stat: str = "/proc/stat",
+              own_tasks: str = "/proc/self/task") -> float:
+    """Threads of other processes that are running or waiting for a core right now: the mean over a few
+    samples of the kernel's ``procs_running`` less this process's own running threads (the reading one,
+    and for example the BLAS threads numpy starts, which spin for ~0.1 s after an import or a call before
+    they sleep: counted as other work, they made an idle 2-core machine look half busy). 0 where
     ``/proc/stat`` cannot be read."""
     import time
 
@@ -103,13 +128,32 @@ def busy_cpus(*, samples: int = 8, interval_s: float = 0.005, stat: str = "/proc
             with open(stat) as f:
                 for line in f:
                     if line.startswith("procs_running"):
-                        counts.append(int(line.split()[1]))
+                        counts.append(int(line.split()[1]) - _own_running(own_tasks))
                         break
         except (OSError, ValueError, IndexError):
             return 0.0
         if i + 1 < samples:
             time.sleep(interval_s)
-    return max(0.0, sum(counts) / len(counts) - 1.0) if counts else 0.0
+    return max(0.0, sum(counts) / len(counts)) if counts else 0.0
+
+
+def _own_running(tasks: str) -> int:
+    """This process's threads in state R (at least 1: the caller), from ``/proc/self/task/*/stat``."""
+    import os
+
+    n = 0
+    try:
+        names = os.listdir(tasks)
+    except OSError:
+        return 1
+    for t in names:
+        try:
+            with open(os.path.join(tasks, t, "stat")) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        n += state == "R"
+    return max(1, n)
 
 
 def choose_threads(requested: int | None = None, *, cpus: int | None = None, busy: float | None = None,

@@ -44,9 +44,21 @@ def test_available_cpus_is_affinity_capped_by_the_quota_rounded_up():
     assert available_cpus(affinity={0, 1}, quota=0.2) == 1
 
 
-def test_busy_cpus_reads_the_run_queue(tmp_path):
+def _tasks(root, states):
+    """A fake ``/proc/self/task``: one thread per state letter (the name holds a ')' as real names may)."""
+    for i, st in enumerate(states):
+        _write(root / str(100 + i) / "stat", f"{100 + i} (py)thon) {st} 1 2 3\n")
+    return root
+
+
+def test_busy_cpus_reads_the_run_queue_less_this_process(tmp_path):
     stat = _write(tmp_path / "stat", "cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n")
-    assert busy_cpus(stat=str(stat), samples=2, interval_s=0) == 2.0     # 3 running, one of them the reader
+    one = _tasks(tmp_path / "one", "RS")
+    assert busy_cpus(stat=str(stat), samples=2, interval_s=0, own_tasks=str(one)) == 2.0   # 3 running: 1 ours
+    # a BLAS thread of ours spinning after an import is not another process's work
+    two = _tasks(tmp_path / "two", "RRS")
+    assert busy_cpus(stat=str(stat), samples=2, interval_s=0, own_tasks=str(two)) == 1.0
+    assert busy_cpus(stat=str(stat), samples=1, own_tasks=str(tmp_path / "gone")) == 2.0   # unreadable: us only
     assert busy_cpus(stat=str(tmp_path / "missing"), samples=1) == 0.0
 
 
