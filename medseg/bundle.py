@@ -246,6 +246,19 @@ def bundle_sha256(bundle_dir: str | Path, weight_paths: list[Path], digests: lis
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def bundle_weight_files(bundle_dir: str | Path, meta: dict[str, Any], *, weights: str = "best",
+                        folds: list[int] | None = None) -> list[Path]:
+    """:func:`fold_weight_paths`, each checked to be a regular file inside the bundle (:func:`check_inside`)."""
+    d = Path(bundle_dir)
+    paths = fold_weight_paths(d, meta, weights=weights, folds=folds)
+    for wpath in paths:
+        if weights == "last" and not wpath.exists() and meta.get("weights_storage"):
+            raise InputError("this bundle was exported for shipping with its best weights only (no last-epoch "
+                             "weights): use --weights best", path=wpath, code="missing")
+        check_inside(d, wpath)
+    return paths
+
+
 def load_models(bundle_dir: str | Path, *, weights: str = "best", device: str | Any = "cpu",
                 folds: list[int] | None = None):
     """Load every model of a bundle -> ``(models in eval mode, meta, weight paths)``: one for a plain
@@ -254,12 +267,8 @@ def load_models(bundle_dir: str | Path, *, weights: str = "best", device: str | 
     meta = read_meta(d)
     arch = meta["model"]["name"]
     models = []
-    paths = fold_weight_paths(d, meta, weights=weights, folds=folds)
+    paths = bundle_weight_files(d, meta, weights=weights, folds=folds)
     for wpath in paths:
-        if weights == "last" and not wpath.exists() and meta.get("weights_storage"):
-            raise InputError("this bundle was exported for shipping with its best weights only (no last-epoch "
-                             "weights): use --weights best", path=wpath, code="missing")
-        check_inside(d, wpath)
         model = build_model(meta)
         state, fmeta = load_weights(wpath)
         if fmeta.get("architecture") and fmeta["architecture"] != arch:

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 log = logging.getLogger("medseg.inference")
 
 CACHE_FOLDER = ".medseg-cache"
@@ -40,8 +38,10 @@ def cache_dirs(bundle_dir: str | Path | None = None) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the module's state (names, dtypes, shapes and bytes): what the export depends on."""
+def weights_digest(model) -> str:
+    """SHA-256 of a torch module's state (names, dtypes, shapes and bytes): what the export depends on."""
+    import torch
+
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         t = v.detach().to("cpu").contiguous()
@@ -61,24 +61,30 @@ class CacheEntry:
     folder: Path
     key: dict[str, Any]
 
-    def load(self) -> tuple[bytes, bytes] | None:
+    def load(self, *, partial: bool = False) -> tuple[bytes, bytes] | None:
         """The IR's bytes when the sidecar matches the key and both files their SHA-256, else None
-        (with the reason logged: a damaged entry warns, a stale one is only noted)."""
+        (with the reason logged: a damaged entry warns, a stale one is only noted). ``partial``: the key
+        holds only the fields known without torch (:func:`medseg.inference.openvino_runtime.key_fields`,
+        naming the source files) and the sidecar must agree on those."""
         side = self.folder / "key.json"
         if not side.is_file():
             return None
+        warn = log.debug if partial else log.warning      # the torch path that follows a partial look warns
         try:
             rec = json.loads(side.read_text())
             xml, bin_ = (self.folder / "model.xml").read_bytes(), (self.folder / "model.bin").read_bytes()
         except (OSError, ValueError) as exc:
-            log.warning("OpenVINO cache %s is damaged (%s); rebuilding it", self.folder, type(exc).__name__)
+            warn("OpenVINO cache %s is damaged (%s); rebuilding it", self.folder, type(exc).__name__)
             return None
-        if not isinstance(rec, dict) or rec.get("key") != self.key:
+        have = rec.get("key") if isinstance(rec, dict) else None
+        if partial and isinstance(have, dict) and have.get("source"):
+            have = {k: have.get(k) for k in self.key}
+        if have != self.key:
             log.info("OpenVINO cache %s was written for another version or setting; rebuilding it", self.folder)
             return None
         files = rec.get("files") or {}
         if files.get("model.xml") != _sha256_bytes(xml) or files.get("model.bin") != _sha256_bytes(bin_):
-            log.warning("OpenVINO cache %s is damaged (a file does not match its SHA-256); rebuilding it", self.folder)
+            warn("OpenVINO cache %s is damaged (a file does not match its SHA-256); rebuilding it", self.folder)
             return None
         return xml, bin_
 
@@ -113,8 +119,10 @@ class CacheEntry:
 
 
 def entry_for(key: dict[str, Any], root: Path) -> CacheEntry:
-    """The cache entry of ``key`` under ``root``: named by weights, fold, shape and recipe options only,
-    so that a version change finds (and replaces) the stale entry instead of leaving it behind."""
-    ident = {k: key[k] for k in ("weights_sha256", "fold", "input", "exact_norm")}
+    """The cache entry of ``key`` under ``root``: named by weights (the source files when known, else the
+    loaded state), fold, shape and recipe options only, so that a version change finds (and replaces) the
+    stale entry instead of leaving it behind."""
+    what = "source" if key.get("source") else "weights_sha256"
+    ident = {k: key[k] for k in (what, "fold", "input", "exact_norm")}
     name = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     return CacheEntry(root / "openvino" / name, key)

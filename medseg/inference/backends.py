@@ -39,22 +39,29 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medseg.device import BACKEND_CHOICES
-from medseg.errors import ConfigError
 from medseg.inference.backend_cache import cache_dirs, entry_for, weights_digest
+from medseg.inference.openvino_runtime import (
+    BATCH_MODES,
+    OpenVinoModel,
+    compile_config,
+    core,
+    key_fields,
+    openvino_module,
+    openvino_status,
+    resolve_backend,
+)
 from medseg.registry import Registry
 
 log = logging.getLogger("medseg.inference")
 
-OPENVINO_EXTRA = "pip install 'medseg[openvino]'"
-EXPORT_FORMAT = "medseg-openvino/1"     # bump when the export recipe changes: older cache entries are then stale
+__all__ = ["BATCH_MODES", "OpenVinoModel", "compile_config", "openvino_status",   # the runtime's, used here
+           "resolve_backend"]
 
 BACKENDS = Registry("inference backend")
 
@@ -80,66 +87,16 @@ class BackendOptions:
 
 
 # ------------------------------------------------------------------ choosing a backend
-@lru_cache(maxsize=1)
-def _openvino_import() -> tuple[Any, str | None]:
-    """``(module, None)`` or ``(None, why)``; imported once per process."""
-    try:
-        import openvino
-    except ModuleNotFoundError:
-        return None, "not installed"
-    except Exception as exc:     # an install that cannot load (missing shared library, ABI mismatch ...)
-        return None, f"cannot be imported ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-    return openvino, None
-
-
-def openvino_status() -> str | None:
-    """None when OpenVINO can be imported, else why not."""
-    return _openvino_import()[1]
-
-
-def _openvino():
-    """The OpenVINO module; RuntimeError (a backend failure: PyTorch takes over) when it cannot be imported."""
-    ov, why = _openvino_import()
-    if ov is None:
-        raise RuntimeError(f"OpenVINO is {why}")
-    return ov
-
-
-def resolve_backend(name: str | None, device: Any = "cpu") -> str:
-    """The backend to run: ``auto`` -> ``openvino`` on the CPU when it imports, else ``torch``.
-
-    ``openvino`` asked for without a usable install, or on a CUDA device, is a ConfigError (exit 2)
-    naming the extra to install.
-    """
-    name = (name or "auto").strip().lower()
-    dev = torch.device(device)
-    if name not in BACKEND_CHOICES:
-        raise ConfigError(f"unknown backend {name!r} (use {', '.join(BACKEND_CHOICES)})", code="bad_params")
-    if name == "torch":
-        return "torch"
-    why = openvino_status()
-    if name == "auto":
-        if dev.type != "cpu":
-            return "torch"
-        if why is not None and why != "not installed":
-            log.warning("backend auto: OpenVINO %s; running the network on PyTorch", why)
-        return "openvino" if why is None else "torch"
-    if dev.type != "cpu":
-        raise ConfigError(f"--backend openvino runs on the CPU, but the device is {dev}; use --device cpu, or "
-                          "--backend torch (or auto) on CUDA", code="bad_params")
-    if why is not None:
-        raise ConfigError(f"--backend openvino: OpenVINO is {why}; install the extra with {OPENVINO_EXTRA} "
-                          "(or use --backend torch)", code="missing_extra")
-    return "openvino"
-
-
-def prepare_model(model: torch.nn.Module, backend: str, options: BackendOptions, *, name: str = "model") -> Model:
+def prepare_model(model: torch.nn.Module, backend: str, options: BackendOptions, *, name: str = "model",
+                  source: dict[str, str] | None = None) -> Model:
     """``model`` as a callable for the sliding window on ``backend`` (a name resolved by
-    :func:`resolve_backend`). Any failure of a backend other than ``torch`` logs one warning line and
-    returns the PyTorch module: the prediction is then PyTorch's, never a wrong one."""
+    :func:`resolve_backend`). ``source``: the files it was loaded from
+    (:func:`~medseg.inference.openvino_runtime.bundle_sources`), recorded in the cache key so that a later
+    run finds the converted network without torch. Any failure of a backend other than ``torch`` logs one
+    warning line and returns the PyTorch module: the prediction is then PyTorch's, never a wrong one."""
     factory = BACKENDS.get(backend)
     try:
-        return factory(model, options, name=name)
+        return factory(model, options, name=name, source=source)
     except Exception as exc:
         msg = " ".join(str(exc).split())[:300]
         log.warning("backend %s failed for %s (%s: %s); running it on PyTorch", backend, name,
@@ -148,7 +105,7 @@ def prepare_model(model: torch.nn.Module, backend: str, options: BackendOptions,
 
 
 @BACKENDS.register("torch")
-def _torch_backend(model: torch.nn.Module, options: BackendOptions, *, name: str = "model") -> Model:
+def _torch_backend(model: torch.nn.Module, options: BackendOptions, *, name: str = "model", source=None) -> Model:
     return model
 
 
@@ -195,101 +152,26 @@ def with_exact_norm(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     return out, n
 
 
-def cache_key(model: torch.nn.Module, options: BackendOptions, *, fold: str) -> dict[str, Any]:
-    """What a converted network depends on (see the module doc)."""
-    import medseg
-
-    ov, _ = _openvino_import()
-    return {"format": EXPORT_FORMAT, "weights_sha256": weights_digest(model), "fold": fold,
-            "architecture": type(model).__name__, "input": [-1, options.channels, *options.window],
-            "exact_norm": options.exact_norm,
-            "openvino": getattr(ov, "__version__", None), "torch": torch.__version__, "medseg": medseg.__version__}
+def cache_key(model: torch.nn.Module, options: BackendOptions, *, fold: str,
+              source: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a converted network depends on (see the module doc): the fields known without torch
+    (:func:`~medseg.inference.openvino_runtime.key_fields`) and the digest of the loaded state."""
+    return {**key_fields(fold=fold, channels=options.channels, window=options.window, exact_norm=options.exact_norm,
+                         source=source),
+            "weights_sha256": weights_digest(model), "architecture": type(model).__name__}
 
 
 # ------------------------------------------------------------------ OpenVINO
-@lru_cache(maxsize=1)
-def _core():
-    return _openvino().Core()
-
-
-def compile_config(threads: int | None) -> dict[str, Any]:
-    """OpenVINO CPU settings: one stream at the latency hint, float32 arithmetic, ``threads`` threads."""
-    cfg: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        cfg["INFERENCE_NUM_THREADS"] = int(threads)
-    return cfg
-
-
 def export_openvino(model: torch.nn.Module, options: BackendOptions):
     """Convert ``model`` (after :func:`with_exact_norm` when ``options.exact_norm``) to an OpenVINO model
     with input ``(dynamic batch, channels, *window)``."""
-    ov = _openvino()
+    ov = openvino_module()
     net = with_exact_norm(model)[0] if options.exact_norm else copy.deepcopy(model).eval()
     net = net.to("cpu").float()
     example = torch.zeros((options.batch, options.channels, *options.window))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")    # tracer notes on shape arithmetic that is constant per window size
         return ov.convert_model(net, example_input=example, input=[(-1, options.channels, *options.window)])
-
-
-BATCH_MODES = ("static", "pad", "dynamic")
-
-
-class OpenVinoModel:
-    """An OpenVINO network (IR with a dynamic batch axis) with the sliding window's contract.
-
-    ``batch_mode``: ``static`` (default) compiles one static-shape network per batch size met, on
-    first use (the full batch and the last, shorter one: ~0.2-0.4 s each, once); ``pad`` compiles
-    only the full batch and pads a short batch with zeros (their outputs dropped); ``dynamic``
-    compiles one network with a dynamic batch axis. Measured with the hippocampus windows (batch 4,
-    loaded 2-core machine, one process): static 4 windows 339 ms, dynamic 393 ms; one window static
-    75 ms, dynamic 87 ms, padded to 4: 328 ms. Hippocampus cases are one window each, so padding
-    would cost 4x. A batch larger than ``batch`` runs in chunks. Not thread-safe (infer requests
-    are reused): one per model thread."""
-
-    training = False
-
-    def __init__(self, model, batch: int, *, threads: int | None = None, batch_mode: str = "static",
-                 name: str = "model"):
-        if batch_mode not in BATCH_MODES:
-            raise ConfigError(f"OpenVINO batch mode {batch_mode!r} is not one of {', '.join(BATCH_MODES)}")
-        self.model, self.batch, self.mode, self.name = model, int(batch), batch_mode, name
-        self.threads = threads
-        self._requests: dict[int, Any] = {}
-        self._pad: np.ndarray | None = None
-
-    def __repr__(self) -> str:
-        return f"OpenVinoModel({self.name}, batch={self.batch}, {self.mode})"
-
-    def _request(self, n: int):
-        """The infer request for a batch of ``n`` (0: the dynamic network), compiled on first use."""
-        if n not in self._requests:
-            m = self.model.clone()
-            shape = list(m.inputs[0].get_partial_shape())
-            m.reshape([-1 if n == 0 else n, *shape[1:]])
-            self._requests[n] = _core().compile_model(m, "CPU", compile_config(self.threads)).create_infer_request()
-        return self._requests[n]
-
-    def _run(self, arr: np.ndarray) -> np.ndarray:
-        n = arr.shape[0]
-        if self.mode == "dynamic":
-            req = self._request(0)
-        elif self.mode == "pad" and n < self.batch:
-            if self._pad is None or self._pad.shape[1:] != arr.shape[1:]:
-                self._pad = np.zeros((self.batch, *arr.shape[1:]), np.float32)
-            self._pad[:n] = arr
-            self._pad[n:] = 0.0
-            arr = self._pad
-            req = self._request(self.batch)
-        else:
-            req = self._request(n)
-        res = req.infer({0: arr}, share_inputs=True)
-        return np.array(res[0][:n], dtype=np.float32, copy=True)   # the request reuses its output buffer
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        parts = [self._run(arr[i:i + self.batch]) for i in range(0, arr.shape[0], self.batch)]
-        return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
 def check_against_torch(model: torch.nn.Module, runner: Model, options: BackendOptions, *, tol: float = 1e-2,
@@ -314,9 +196,10 @@ def check_against_torch(model: torch.nn.Module, runner: Model, options: BackendO
 
 
 @BACKENDS.register("openvino")
-def _openvino_backend(model: torch.nn.Module, options: BackendOptions, *, name: str = "model") -> Model:
-    ov, core = _openvino(), _core()
-    key = cache_key(model, options, fold=name)
+def _openvino_backend(model: torch.nn.Module, options: BackendOptions, *, name: str = "model",
+                      source: dict[str, str] | None = None) -> Model:
+    ov = openvino_module()
+    key = cache_key(model, options, fold=name, source=source)
     entries = [entry_for(key, root) for root in options.cache_dirs]
     cached = None
     for entry in entries:
@@ -326,7 +209,7 @@ def _openvino_backend(model: torch.nn.Module, options: BackendOptions, *, name: 
             break
     if cached is not None:
         xml, bin_ = cached
-        om = core.read_model(model=xml, weights=ov.Tensor(np.frombuffer(bin_, np.uint8).copy()))
+        om = core().read_model(model=xml, weights=ov.Tensor(np.frombuffer(bin_, np.uint8).copy()))
     else:
         om = export_openvino(model, options)
     runner = OpenVinoModel(om, options.batch, threads=options.threads, batch_mode=options.batch_mode, name=name)
@@ -344,9 +227,12 @@ def _openvino_backend(model: torch.nn.Module, options: BackendOptions, *, name: 
     return runner
 
 
-def prepare_models(models: Sequence[torch.nn.Module], backend: str, options: BackendOptions) -> list[Model]:
-    """Every model of an ensemble on ``backend``, each with its own compiled network (``fold_0`` ...)."""
-    return [prepare_model(m, backend, options, name=f"fold_{i}" if len(models) > 1 else "model")
+def prepare_models(models: Sequence[torch.nn.Module], backend: str, options: BackendOptions,
+                   sources: Sequence[dict[str, str]] | None = None) -> list[Model]:
+    """Every model of an ensemble on ``backend``, each with its own compiled network (``fold_0`` ...);
+    ``sources``: per model, the files it came from (see :func:`prepare_model`)."""
+    return [prepare_model(m, backend, options, name=f"fold_{i}" if len(models) > 1 else "model",
+                          source=sources[i] if sources else None)
             for i, m in enumerate(models)]
 
 

@@ -151,15 +151,14 @@ def build_predictor(model: str | Path, *, device: str = "auto", weights: str = "
     """Resolve the device, size the CPU threads (``threads``, else :func:`medseg.device.choose_threads`:
     the cores free now) and load the bundle into a :class:`Predictor` whose networks are prepared on
     ``backend`` (:mod:`medseg.inference.backends`) before the first case (``prepare=False``: on first use).
-    Also run once per Ray actor."""
-    import torch
-
-    from medseg.device import choose_threads, resolve_device
+    Also run once per Ray actor. Torch is imported only when a network runs on it (or is converted):
+    a bundle whose networks are cached for OpenVINO predicts without it; the predictor sets torch's
+    threads when it uses torch."""
+    from medseg.device import choose_threads, device_name
     from medseg.inference.predictor import Predictor
 
-    dev = resolve_device(device)
+    dev = device_name(device)
     n = choose_threads(threads)
-    torch.set_num_threads(n)
     log.debug("CPU threads: %d (%s)", n, "--threads" if threads else "cores free now")
     predictor = Predictor.from_bundle(model, device=dev, weights=weights, tta_axes=tta_axes, tta_mode=tta_mode,
                                       overlap=overlap, batch_size=batch_size, postprocess=postprocess, threads=n,

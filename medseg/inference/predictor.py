@@ -35,6 +35,9 @@ log = logging.getLogger("medseg.inference")
 
 #: above this many bytes of probabilities on the input grid, labels are resampled instead (see prepare.py)
 MAX_PROB_BYTES = 2 * 2 ** 30
+#: a single-pass case's class probabilities above this many float32 bytes are finished slab by slab
+#: (:mod:`medseg.inference.stream`) when they are not kept
+STREAM_BYTES = 256 << 20
 TRIM_BYTES = 64 << 20   # a preprocessed image this large: the heap is trimmed before the sliding window
 
 
@@ -124,15 +127,13 @@ class Predictor:
                  tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian",
                  postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
-                 weights_path: str | Path | None = None, force: bool = False, backend: str = "torch"):
-        import torch
-
-        from medseg.inference.backends import resolve_backend
+                 weights_path: str | Path | Sequence[str | Path] | None = None, force: bool = False, backend: str = "torch"):
+        from medseg.inference.openvino_runtime import resolve_backend
 
         check_meta(meta, source)
         self.models = list(model) if isinstance(model, (list, tuple)) else [model]
         self.model, self.meta = self.models[0], meta
-        self.device = torch.device(device)
+        self.device = device        # a torch.device, or a name ("cpu", "cuda:0"): torch is not imported for it
         self.plan = dict(meta["plan"])
         kw = meta["model"].get("kwargs", {})
         self.spatial_dims = int(kw.get("spatial_dims", 3))
@@ -155,11 +156,13 @@ class Predictor:
         self.guard = meta.get("input_guard") if isinstance(meta.get("input_guard"), dict) else None
         self.on_windows: Any = None     # progress: called with (windows done, windows in this case)
         self.source = str(source) if source is not None else None
-        wp = weights_path if isinstance(weights_path, (list, tuple)) else [weights_path]
+        wp: Sequence[Any] = weights_path if isinstance(weights_path, (list, tuple)) else [weights_path]
         self.weights_paths = [Path(p) for p in wp if p is not None]
         self._identity: dict[str, Any] | None = None
         self.backend = resolve_backend(backend, self.device)     # fails here, before any case, when unusable
         self._runners: list[Any] | None = None
+        self._weight_digests: list[str] | None = None
+        self._torch_threads_set = False
 
     @classmethod
     def from_bundle(cls, spec: str | Path, *, device: Any = "cpu", weights: str = "best",
@@ -174,25 +177,75 @@ class Predictor:
         from medseg.inference.bundles import resolve_bundle
 
         path = resolve_bundle(spec)
+        cached = cls._from_cache(path, device=device, weights=weights, folds=folds, **kwargs)
+        if cached is not None:
+            return cached
         models, meta, paths = load_models(path, weights=weights, device=device, folds=folds)
         return cls(models, meta, device=device, source=path, weights_path=paths, **kwargs)
+
+    @classmethod
+    def _from_cache(cls, path: Path, *, device: Any, weights: str, folds: list[int] | None,
+                    **kwargs: Any) -> Predictor | None:
+        """The predictor of a bundle whose every fold runs on OpenVINO from the cache, made without torch
+        (:func:`~medseg.inference.openvino_runtime.cached_bundle_runners`); None when the backend is not
+        OpenVINO on the CPU or a fold's network is not cached (the caller then loads the weights)."""
+        from medseg.bundle import bundle_weight_files, read_meta
+        from medseg.inference.openvino_runtime import openvino_status
+
+        backend = str(kwargs.get("backend") or "torch").strip().lower()
+        if backend not in ("auto", "openvino") or str(device) != "cpu" or openvino_status() is not None:
+            return None
+        meta = read_meta(path)
+        paths = bundle_weight_files(path, meta, weights=weights, folds=folds)
+        predictor = cls([None] * len(paths), meta, device=device, source=path, weights_path=paths, **kwargs)
+        predictor._weight_digests = [sha256_file(p) for p in paths]
+        runners = predictor._cached_runners()
+        if runners is None:
+            return None
+        predictor._runners = predictor.models = runners
+        predictor.model = runners[0]
+        return predictor
+
+    def _backend_options(self):
+        from medseg.inference.backend_cache import cache_dirs
+        from medseg.inference.backends import BackendOptions
+
+        return BackendOptions(batch=self.batch_size, channels=self.channels, window=self.patch_size,
+                              threads=self.threads, cache_dirs=cache_dirs(self.source))
+
+    def _cached_runners(self) -> list[Any] | None:
+        from medseg.inference.backend_cache import cache_dirs
+        from medseg.inference.openvino_runtime import cached_bundle_runners
+
+        return cached_bundle_runners(self.sources() or [], channels=self.channels, window=self.patch_size,
+                                     batch=self.batch_size, threads=self.threads, cache_dirs=cache_dirs(self.source))
+
+    def sources(self) -> list[dict[str, str]] | None:
+        """Per fold, the files its network comes from (:func:`~medseg.inference.openvino_runtime.bundle_sources`);
+        None for models not loaded from a bundle."""
+        if not self.weights_paths or len(self.weights_paths) != len(self.models):
+            return None
+        from medseg.inference.openvino_runtime import bundle_sources
+
+        return bundle_sources(self.meta, self.weight_digests())
+
+    def weight_digests(self) -> list[str]:
+        """SHA-256 of each weights file (computed once)."""
+        if self._weight_digests is None:
+            self._weight_digests = [sha256_file(p) for p in self.weights_paths]
+        return self._weight_digests
 
     def runners(self) -> list[Any]:
         """The callables that run the network of each fold on :attr:`backend` (converted once, then reused)."""
         if self._runners is None:
-            from medseg.inference.backend_cache import cache_dirs
-            from medseg.inference.backends import BackendOptions, prepare_models
+            from medseg.inference.backends import prepare_models
 
-            opts = BackendOptions(batch=self.batch_size, channels=self.channels, window=self.patch_size,
-                                  threads=self.threads, cache_dirs=cache_dirs(self.source))
-            self._runners = prepare_models(self.models, self.backend, opts)
+            self._runners = prepare_models(self.models, self.backend, self._backend_options(), self.sources())
         return self._runners
 
     def backends_used(self) -> list[str]:
         """Per fold, the backend that actually runs it (``torch`` where a conversion fell back)."""
-        import torch
-
-        return ["torch" if isinstance(r, torch.nn.Module) else self.backend for r in self.runners()]
+        return [str(getattr(r, "backend", "torch")) for r in self.runners()]
 
     def provenance(self) -> dict[str, Any] | None:
         """The bundle folder this predictor was loaded from (absolute) and its
@@ -204,7 +257,7 @@ class Predictor:
         self.identity()
         src = Path(self.source)
         return {"path": str(src.absolute()),
-                "sha256": bundle_sha256(src, self.weights_paths, getattr(self, "_weight_digests", None))}
+                "sha256": bundle_sha256(src, self.weights_paths, self.weight_digests())}
 
     def identity(self) -> dict[str, Any]:
         """What identifies the model's outputs: architecture, labels, plan and a SHA-256 of the weights."""
@@ -212,13 +265,12 @@ class Predictor:
             import hashlib
             import json
 
-            import torch
-
             if self.weights_paths:
-                digests = [sha256_file(p) for p in self.weights_paths]
-                self._weight_digests = digests
+                digests = self.weight_digests()
                 digest = digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
             else:
+                import torch
+
                 h = hashlib.sha256()
                 for m in self.models:
                     for k, v in sorted(m.state_dict().items()):
@@ -314,13 +366,8 @@ class Predictor:
     def _probabilities(self, image: np.ndarray, spacing_mm: Sequence[float], *, compact: bool = False) -> np.ndarray:
         """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed image (C, z, y, x).
         ``compact``: a large single-pass case (one fold, no whole-volume mirroring, 3D, CPU; above
-        :data:`~medseg.inference.stream.STREAM_BYTES` as float32) comes as float16, finished slab by slab
+        :data:`STREAM_BYTES` as float32) comes as float16, finished slab by slab
         (:func:`~medseg.inference.stream.stream_probabilities`): for labels, not for saved probabilities."""
-        import torch
-
-        from medseg.inference.sliding_window import sliding_window
-        from medseg.inference.tta import activate_, mirror_tta
-
         axis, axes = 0, self.tta_axes
         if self.spatial_dims == 2:
             from medseg.inference.prepare import plan_spacing
@@ -333,24 +380,35 @@ class Predictor:
             axis = int(axis) if axis is not None else slicing_axis(plan_spacing(self.plan) or spacing_mm)
             axes = tuple(a for a in axes if a != axis)   # flipping the slice order changes nothing for a 2D model
 
-        from medseg.inference.windows import count_windows
+        from medseg.inference.numpy_path import probabilities_np, takes_numpy
+        from medseg.inference.windows import WindowCounter, count_windows, mirror_dims
 
-        x = torch.from_numpy(image)[None].to(self.device)
-        total = None
         models = self.runners()
         windows = count_windows(image.shape[1:], self.patch_size, self.overlap, axis=axis)
         # a case of fewer windows than a batch: its flips share the forward passes (fuller batches)
         group = min(2 ** len(axes), max(1, self.batch_size // max(windows, 1)))
         if self.on_windows is not None:        # progress over the windows of this case
-            from medseg.inference.sliding_window import WindowCounter
-
             counter = WindowCounter(self.on_windows, windows * len(self.models) * 2 ** len(axes))
             models = [counter.wrap(m) for m in models]
-        if compact and len(models) == 1 and (self.tta_mode == "window" or not axes) and self.spatial_dims == 3:
-            from medseg.inference.sliding_window import mirror_dims
-            from medseg.inference.stream import STREAM_BYTES, can_stream, stream_probabilities
+        stream = (compact and len(models) == 1 and (self.tta_mode == "window" or not axes)
+                  and self.spatial_dims == 3 and len(self.labels) * image[0].size * 4 > STREAM_BYTES)
+        if takes_numpy(models) and not stream:     # OpenVINO: numpy around it, torch not needed
+            return probabilities_np(models, image, self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
+                                    blend=self.blend, axis=axis, tta_axes=axes, tta_mode=self.tta_mode, group=group)
+        import torch
 
-            if can_stream(x, self.patch_size) and len(self.labels) * image[0].size * 4 > STREAM_BYTES:
+        from medseg.inference.sliding_window import sliding_window
+        from medseg.inference.tta import activate_, mirror_tta
+
+        if self.threads and not self._torch_threads_set:
+            torch.set_num_threads(int(self.threads))
+            self._torch_threads_set = True
+        x = torch.from_numpy(image)[None].to(self.device)
+        total = None
+        if stream:
+            from medseg.inference.stream import can_stream, stream_probabilities
+
+            if can_stream(x, self.patch_size):
                 with torch.inference_mode():      # no float32 volume of the classes: float16, slab by slab
                     return stream_probabilities(models[0], x, self.patch_size, self.overlap,
                                                 batch_size=self.batch_size, blend=self.blend,

@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from medseg.errors import ConfigError, MedsegError
-from medseg.inference.windows import divide_by_normaliser_, importance_map, pad_amounts, window_grid
+from medseg.inference.windows import (
+    divide_by_normaliser_,
+    importance_map,
+    pad_amounts,
+    slice_flips,
+    window_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +113,6 @@ def sliding_window(
     if isinstance(model, torch.nn.Module) and model.training:
         log.warning("sliding_window: model is in training mode; call model.eval() for inference")
     mirror = tuple(int(a) for a in mirror_axes)
-    if len(set(mirror)) != len(mirror) or any(not 0 <= a < n_spatial for a in mirror):
-        raise ConfigError(f"mirror_axes {mirror} must be distinct spatial axes in 0..{n_spatial - 1}")
     opts = dict(batch_size=batch_size, blend=blend, sigma_scale=sigma_scale, device=dev,
                 output_device=out_dev, amp=amp, pad_value=pad_value)
 
@@ -116,21 +120,14 @@ def sliding_window(
         if not -n_spatial <= axis < n_spatial:
             raise ConfigError(f"slice axis {axis} out of range for {n_spatial} spatial dimensions")
         axis %= n_spatial
-        opts["flips"] = mirror_dims(tuple(a - (a > axis) for a in mirror if a != axis))
+        opts["flips"] = slice_flips(mirror, n_spatial, axis)
         return _slicewise(model, image, roi, overlap, axis, opts)
-    opts["flips"] = mirror_dims(mirror)
+    opts["flips"] = slice_flips(mirror, n_spatial, None)
     if len(roi) != n_spatial:
         raise ConfigError(f"roi_size {roi} has {len(roi)} dimensions but the image has {n_spatial} spatial "
                           f"dimensions (shape {tuple(image.shape)}); give {n_spatial} sizes, or "
                           f"{n_spatial - 1} for a slice-wise 2D model")
     return _sliding(model, image, roi, overlap, **opts)
-
-
-def mirror_dims(axes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-    """Tensor dims to flip for every subset of spatial ``axes`` (the empty one, no flip, first)."""
-    from medseg.inference.tta import mirror_subsets
-
-    return tuple(tuple(2 + a for a in sub) for sub in mirror_subsets(axes))
 
 
 def _model_device(model: Model, image: torch.Tensor) -> torch.device:
@@ -272,30 +269,3 @@ def _call(model, x, roi, amp) -> torch.Tensor:
             f"{type(y).__name__} {tuple(getattr(y, 'shape', ()))}; models that change the spatial size "
             "are not supported", code="bad_model_output")
     return y.float()
-
-
-class WindowCounter:
-    """Windows through the model(s) so far for one case, reported as ``report(done, total)`` (progress)."""
-
-    def __init__(self, report, total: int):
-        self.report, self.total, self.done = report, int(total), 0
-
-    def add(self, n: int) -> None:
-        self.done = min(self.done + int(n), self.total)    # an out-of-memory retry re-runs windows
-        self.report(self.done, self.total)
-
-    def wrap(self, inner) -> torch.nn.Module:
-        """``inner`` wrapped so that every forward pass reports its windows (a batch of B: B windows)."""
-        return _Counted(inner, self)
-
-
-class _Counted(torch.nn.Module):
-    def __init__(self, inner, counter: WindowCounter):
-        super().__init__()
-        self.inner, self.counter = inner, counter
-        self.train(bool(getattr(inner, "training", False)))
-
-    def forward(self, x):
-        out = self.inner(x)
-        self.counter.add(x.shape[0])
-        return out

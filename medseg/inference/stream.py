@@ -23,9 +23,6 @@ from medseg.inference.sliding_window import forward_batch, window_index
 from medseg.inference.tta import activate_
 from medseg.inference.windows import importance_map, normaliser_rows, pad_amounts, window_grid
 
-#: a volume's class probabilities above this many float32 bytes are finished slab by slab (predictor)
-STREAM_BYTES = 256 << 20
-
 
 def can_stream(image: torch.Tensor, roi: Sequence[int]) -> bool:
     """Whether :func:`stream_probabilities` takes this ``(N, C, *spatial)`` image: one case, a window
@@ -68,7 +65,7 @@ def stream_probabilities(model, image: torch.Tensor, roi: Sequence[int], overlap
         """Slab ``a:b`` of the volume (buffer rows ``0:b - a``) is complete: normalise, activate, store, shift."""
         n = b - a
         seg = buf[:, :, :n]
-        seg.div_(normaliser_rows(spatial, roi, starts, a, b, blend=blend, sigma_scale=sigma_scale))
+        seg.div_(torch.from_numpy(normaliser_rows(spatial, roi, starts, a, b, blend=blend, sigma_scale=sigma_scale)))
         out[:, :, a:b] = activate_(seg, activation)
         for r0 in range(0, depth - n, n):       # move the rest to the front, a block that does not overlap at a time
             r1 = min(r0 + n, depth - n)

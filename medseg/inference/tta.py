@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from medseg.errors import ConfigError
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:      # torch is imported by the functions that use it: parsing axes needs none
+    import torch
+
+Predictor = Callable[["torch.Tensor"], "torch.Tensor"]
 
 TTA_AXES = (0, 1, 2)  # the spatial axes a 3D prediction may mirror: 0 = z, 1 = y, 2 = x
 
@@ -60,6 +61,8 @@ def tta_axes_from_param(tta: Any) -> tuple[int, ...]:
 
 def to_probabilities(logits: torch.Tensor, activation: str) -> torch.Tensor:
     """``"softmax"`` over the channel axis 1, ``"sigmoid"`` per channel, or ``"none"`` (already probabilities)."""
+    import torch
+
     if activation == "softmax":
         return torch.softmax(logits.float(), dim=1)
     if activation == "sigmoid":
@@ -94,6 +97,8 @@ def activate_(logits: torch.Tensor, activation: str, *, chunk_voxels: int = CHUN
     >>> activate_(t, "softmax") is t, [round(v, 4) for v in t[0, 0].tolist()]
     (True, [0.5, 0.8808])
     """
+    import torch
+
     if activation not in ("softmax", "sigmoid", "none"):
         to_probabilities(logits[:0], activation)    # the error for an unknown activation
     if activation == "none":
@@ -120,6 +125,8 @@ def add_flipped_(total: torch.Tensor, p: torch.Tensor, dims: Sequence[int], *,
                  chunk_voxels: int = CHUNK_VOXELS) -> torch.Tensor:
     """``total += torch.flip(p, dims)`` (same shapes, ``dims`` tensor dims >= 2), a slab of dim 2 at a time:
     bitwise the same sums without a flipped copy of ``p``. Returns ``total``."""
+    import torch
+
     dims = tuple(int(d) for d in dims)
     n = total.shape[2]
     step = max(1, int(chunk_voxels) // max(1, total[:, :, :1].numel()))
@@ -165,6 +172,8 @@ def mirror_tta(
     torch.Tensor
         ``(N, K, *spatial)`` float32 mean probabilities, on the device ``predict`` returns.
     """
+    import torch
+
     n_spatial = image.ndim - 2
     for a in axes:
         if not 0 <= a < n_spatial:

@@ -17,10 +17,14 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import product
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from medseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 BLEND_MODES = ("gaussian", "constant")
 
@@ -88,25 +92,31 @@ def pad_amounts(shape: Sequence[int], roi: Sequence[int]) -> list[tuple[int, int
 
 
 @lru_cache(maxsize=16)
-def _importance_map_cpu(roi: tuple[int, ...], blend: str, sigma_scale: float) -> torch.Tensor:
+def importance_map_np(roi: tuple[int, ...], blend: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
+    """:func:`importance_map` as a float32 numpy array (cached and read-only: do not modify it)."""
+    if blend not in BLEND_MODES:
+        raise ConfigError(f"blend '{blend}' is not one of {BLEND_MODES}")
+    roi = tuple(int(r) for r in roi)
     if blend == "constant":
-        return torch.ones(roi, dtype=torch.float32)
-    w = None
-    for r in roi:
-        x = torch.arange(r, dtype=torch.float32) - (r - 1) / 2.0
-        sigma = r * sigma_scale
-        g = torch.exp(x * x / (-2.0 * sigma * sigma))
-        w = g if w is None else w.unsqueeze(-1) * g
-    floor = max(float(w.min()), 1e-3)
-    return w.clamp_(min=floor)
+        w = np.ones(roi, dtype=np.float32)
+    else:
+        w = np.ones((), dtype=np.float32)
+        for r in roi:
+            x = np.arange(r, dtype=np.float32) - np.float32((r - 1) / 2.0)
+            sigma = np.float32(r * sigma_scale)
+            g = np.exp(x * x / (np.float32(-2.0) * sigma * sigma))
+            w = w[..., None] * g
+        np.maximum(w, max(float(w.min()), 1e-3), out=w)
+    w.flags.writeable = False
+    return w
 
 
 def importance_map(
-    roi: Sequence[int], *, blend: str = "gaussian", sigma_scale: float = 0.125, device: torch.device | str = "cpu"
+    roi: Sequence[int], *, blend: str = "gaussian", sigma_scale: float = 0.125, device: Any = "cpu"
 ) -> torch.Tensor:
-    """Blending weight of each voxel of a window, shape ``roi``, float32, peak 1.
+    """Blending weight of each voxel of a window, shape ``roi``, float32 tensor on ``device``, peak 1.
 
-    Computed once per ``(roi, blend, sigma_scale)`` and cached; do not modify the result.
+    Computed once per ``(roi, blend, sigma_scale)`` and cached (:func:`importance_map_np`).
 
     Examples
     --------
@@ -114,23 +124,30 @@ def importance_map(
     >>> round(float(w[0]), 4), round(float(w[3]), 4)   # exp(-3.5**2 / 2), exp(-0.5**2 / 2)
     (0.0022, 0.8825)
     """
-    if blend not in BLEND_MODES:
-        raise ConfigError(f"blend '{blend}' is not one of {BLEND_MODES}")
-    return _importance_map_cpu(tuple(int(r) for r in roi), blend, float(sigma_scale)).to(device)
+    return _tensor(importance_map_np(tuple(int(r) for r in roi), blend, float(sigma_scale)), device)
+
+
+def _tensor(arr: np.ndarray, device: Any):
+    """A float32 tensor of a (read-only, cached) numpy array on ``device``; a copy, so it may be modified."""
+    import torch
+
+    return torch.from_numpy(np.array(arr)).to(device)
 
 
 _CACHE_MAX_VOXELS = 1 << 24  # 64 MB of float32; larger normalisers are recomputed, not kept
 _SLAB_VOXELS = 1 << 20       # beyond that, by slabs of about this many voxels (at most a window deep)
 
 
-def _normaliser_cpu(
+def _normaliser_np(
     shape: tuple[int, ...], roi: tuple[int, ...], overlap: tuple[float, ...], blend: str, sigma_scale: float
-) -> torch.Tensor:
-    w = _importance_map_cpu(roi, blend, sigma_scale)
-    return _add_windows(torch.zeros(shape, dtype=torch.float32), window_grid(shape, roi, overlap), roi, w, 0)
+) -> np.ndarray:
+    w = importance_map_np(roi, blend, sigma_scale)
+    out = _add_windows(np.zeros(shape, dtype=np.float32), window_grid(shape, roi, overlap), roi, w, 0)
+    out.flags.writeable = False
+    return out
 
 
-def _add_windows(total: torch.Tensor, starts, roi: tuple[int, ...], w: torch.Tensor, z0: int) -> torch.Tensor:
+def _add_windows(total: np.ndarray, starts, roi: tuple[int, ...], w: np.ndarray, z0: int) -> np.ndarray:
     """Add the weight map ``w`` of every window in ``starts`` (in that order) to ``total``, which holds
     the first-axis positions ``z0 .. z0 + len(total)`` of the volume; a window reaching into it only
     partly adds its overlapping slab."""
@@ -143,45 +160,72 @@ def _add_windows(total: torch.Tensor, starts, roi: tuple[int, ...], w: torch.Ten
     return total
 
 
-_normaliser_cached = lru_cache(maxsize=4)(_normaliser_cpu)
+_normaliser_cached = lru_cache(maxsize=4)(_normaliser_np)
+
+
+def normaliser_slabs(shape: Sequence[int], roi: Sequence[int], overlap: Sequence[float], *, blend: str = "gaussian",
+                     sigma_scale: float = 0.125, slab: int | None = None):
+    """``(z0, z1, rows)``: the normaliser of a padded spatial ``shape`` a slab of the first axis at a time
+    (one slab, the cached whole, up to :data:`_CACHE_MAX_VOXELS` voxels): no volume-sized weight map beside
+    an accumulator. Each slab adds the windows that reach into it in the order :func:`normaliser` adds them,
+    so every voxel gets the very same sum (bitwise). ``slab``: voxels of the first axis per slab (default:
+    the window's, or fewer so that a slab has about a million voxels)."""
+    shape = tuple(int(s) for s in shape)
+    roi = tuple(int(r) for r in roi)
+    ov = tuple(float(o) for o in overlap)
+    if math.prod(shape) <= _CACHE_MAX_VOXELS:
+        yield 0, shape[0], normaliser_np(shape, roi, ov, blend=blend, sigma_scale=sigma_scale)
+        return
+    starts = window_grid(shape, roi, ov)
+    plane = math.prod(shape[1:])
+    step = max(1, int(slab or min(roi[0], _SLAB_VOXELS // max(1, plane))))   # a few MiB: no slab beside acc
+    for z0 in range(0, shape[0], step):
+        z1 = min(z0 + step, shape[0])
+        yield z0, z1, normaliser_rows(shape, roi, starts, z0, z1, blend=blend, sigma_scale=sigma_scale)
 
 
 def divide_by_normaliser_(
-    acc: torch.Tensor,
+    acc: Any,
     roi: Sequence[int],
     overlap: Sequence[float],
     *,
     blend: str = "gaussian",
     sigma_scale: float = 0.125,
     slab: int | None = None,
-) -> torch.Tensor:
-    """``acc /= normaliser(acc's spatial shape, ...)`` in place for ``acc`` ``(N, K, *spatial)``, with
-    the normaliser made one slab of the first spatial axis at a time when the volume is too large to
-    cache it (:data:`_CACHE_MAX_VOXELS`): no volume-sized weight map beside the accumulator. Each slab
-    adds the windows that reach into it in the order :func:`normaliser` adds them, so every voxel gets
-    the very same sum (bitwise). ``slab``: voxels of the first axis per slab (default: the window's, or
-    fewer so that a slab has about a million voxels)."""
-    shape = tuple(int(s) for s in acc.shape[2:])
-    roi = tuple(int(r) for r in roi)
-    ov = tuple(float(o) for o in overlap)
-    if math.prod(shape) <= _CACHE_MAX_VOXELS:
-        return acc.div_(normaliser(shape, roi, ov, blend=blend, sigma_scale=sigma_scale, device=acc.device))
-    starts = window_grid(shape, roi, ov)
-    plane = math.prod(shape[1:])
-    step = max(1, int(slab or min(roi[0], _SLAB_VOXELS // max(1, plane))))   # a few MiB: no slab beside acc
-    for z0 in range(0, shape[0], step):
-        z1 = min(z0 + step, shape[0])
-        total = normaliser_rows(shape, roi, starts, z0, z1, blend=blend, sigma_scale=sigma_scale)
-        acc[:, :, z0:z1].div_(total.to(acc.device))
+) -> Any:
+    """``acc /= normaliser(acc's spatial shape, ...)`` in place for ``acc`` ``(N, K, *spatial)``, a numpy
+    array or a tensor (on any device), slab by slab when the volume is too large to cache the normaliser
+    (:func:`normaliser_slabs`)."""
+    numpy = isinstance(acc, np.ndarray)
+    for z0, z1, total in normaliser_slabs(acc.shape[2:], roi, overlap, blend=blend, sigma_scale=sigma_scale,
+                                          slab=slab):
+        part = acc[:, :, z0:z1]
+        if numpy:
+            part /= total
+        else:
+            part.div_(_tensor(total, acc.device))
     return acc
 
 
 def normaliser_rows(shape: Sequence[int], roi: tuple[int, ...], starts: Sequence[tuple[int, ...]], z0: int, z1: int,
-                    *, blend: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
+                    *, blend: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
     """Rows ``z0:z1`` (first spatial axis) of :func:`normaliser` for the windows ``starts`` over ``shape``:
     bitwise those of the whole one (the same windows added in the same order), without making it."""
-    w = _importance_map_cpu(roi, blend, float(sigma_scale))
-    return _add_windows(torch.zeros((z1 - z0, *shape[1:]), dtype=torch.float32), starts, roi, w, z0)
+    w = importance_map_np(roi, blend, float(sigma_scale))
+    return _add_windows(np.zeros((z1 - z0, *shape[1:]), dtype=np.float32), starts, roi, w, z0)
+
+
+def normaliser_np(shape: Sequence[int], roi: Sequence[int], overlap: Sequence[float], *, blend: str = "gaussian",
+                  sigma_scale: float = 0.125) -> np.ndarray:
+    """Sum of the importance maps of all windows over a padded spatial ``shape`` (one channel), float32.
+
+    Window placement depends only on the shapes, so this is computed once and cached (up to
+    2**24 voxels, read-only; larger ones are recomputed, which costs one weighted add per window);
+    dividing the weighted sum of window outputs by it gives the blended prediction.
+    """
+    key = (tuple(int(s) for s in shape), tuple(int(r) for r in roi), tuple(float(o) for o in overlap))
+    fn = _normaliser_cached if math.prod(key[0]) <= _CACHE_MAX_VOXELS else _normaliser_np
+    return fn(*key, blend, float(sigma_scale))
 
 
 def normaliser(
@@ -191,14 +235,61 @@ def normaliser(
     *,
     blend: str = "gaussian",
     sigma_scale: float = 0.125,
-    device: torch.device | str = "cpu",
+    device: Any = "cpu",
 ) -> torch.Tensor:
-    """Sum of the importance maps of all windows over a padded spatial ``shape`` (one channel).
+    """:func:`normaliser_np` as a float32 tensor on ``device`` (a copy: it may be modified)."""
+    return _tensor(normaliser_np(shape, roi, overlap, blend=blend, sigma_scale=sigma_scale), device)
 
-    Window placement depends only on the shapes, so this is computed once and cached (up to
-    2**24 voxels; larger ones are recomputed, which costs one weighted add per window); dividing
-    the weighted sum of window outputs by it gives the blended prediction. Do not modify it.
-    """
-    key = (tuple(int(s) for s in shape), tuple(int(r) for r in roi), tuple(float(o) for o in overlap))
-    fn = _normaliser_cached if math.prod(key[0]) <= _CACHE_MAX_VOXELS else _normaliser_cpu
-    return fn(*key, blend, float(sigma_scale)).to(device)
+
+def mirror_dims(axes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Array dims to flip for every subset of spatial ``axes`` (the empty one, no flip, first), in a
+    ``(N, C, *spatial)`` layout."""
+    from medseg.inference.tta import mirror_subsets
+
+    return tuple(tuple(2 + a for a in sub) for sub in mirror_subsets(axes))
+
+
+def slice_flips(mirror_axes: Sequence[int], n_spatial: int, axis: int | None) -> tuple[tuple[int, ...], ...]:
+    """:func:`mirror_dims` of the windows of a sliding window mirroring the spatial ``mirror_axes`` of a
+    volume of ``n_spatial`` axes; ``axis``: the slicing axis of a 2D model (its windows lack it; flipping
+    the slice order changes nothing), None for a model of the volume's dimension. ConfigError for axes that
+    are not distinct spatial axes."""
+    mirror = tuple(int(a) for a in mirror_axes)
+    if len(set(mirror)) != len(mirror) or any(not 0 <= a < n_spatial for a in mirror):
+        raise ConfigError(f"mirror_axes {mirror} must be distinct spatial axes in 0..{n_spatial - 1}")
+    if axis is None:
+        return mirror_dims(mirror)
+    return mirror_dims(tuple(a - (a > axis) for a in mirror if a != axis))
+
+
+class WindowCounter:
+    """Windows through the model(s) so far for one case, reported as ``report(done, total)`` (progress)."""
+
+    def __init__(self, report, total: int):
+        self.report, self.total, self.done = report, int(total), 0
+
+    def add(self, n: int) -> None:
+        self.done = min(self.done + int(n), self.total)    # an out-of-memory retry re-runs windows
+        self.report(self.done, self.total)
+
+    def wrap(self, inner) -> Counted:
+        """``inner`` wrapped so that every forward pass reports its windows (a batch of B: B windows)."""
+        return Counted(inner, self)
+
+
+class Counted:
+    """A model (a torch module or a backend's runner) that reports each batch to a :class:`WindowCounter`;
+    it passes on the model's ``training`` and ``takes_numpy`` flags and, for torch, its ``parameters``."""
+
+    def __init__(self, inner, counter: WindowCounter):
+        self.inner, self.counter = inner, counter
+        self.training = bool(getattr(inner, "training", False))
+        self.takes_numpy = bool(getattr(inner, "takes_numpy", False))
+
+    def parameters(self):
+        return self.inner.parameters() if hasattr(self.inner, "parameters") else iter(())
+
+    def __call__(self, x):
+        out = self.inner(x)
+        self.counter.add(x.shape[0])
+        return out

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
-from medseg.inference import backend_cache, backends
+from medseg.inference import backend_cache, backends, openvino_runtime
 from medseg.inference.backend_cache import cache_dirs, weights_digest
 from medseg.inference.backends import (
     BackendOptions,
@@ -225,7 +225,7 @@ def test_a_failing_backend_warns_once_and_runs_torch(tmp_path, monkeypatch, capl
     if failure == "export":
         monkeypatch.setattr(backends, "export_openvino", lambda m, o: (_ for _ in ()).throw(RuntimeError("boom")))
     elif failure == "compile":
-        monkeypatch.setattr(backends, "compile_config", lambda t: {"NO_SUCH_PROPERTY": 1})
+        monkeypatch.setattr(openvino_runtime, "compile_config", lambda t: {"NO_SUCH_PROPERTY": 1})
     else:           # a conversion that runs but computes something else is caught by the check
         real = backends.OpenVinoModel.__call__
         monkeypatch.setattr(backends.OpenVinoModel, "__call__", lambda self, x: real(self, x) + 0.5)
@@ -240,10 +240,10 @@ def test_a_failing_backend_warns_once_and_runs_torch(tmp_path, monkeypatch, capl
 @pytest.fixture
 def openvino_absent(monkeypatch):
     """``import openvino`` fails as on a machine without it."""
-    backends._openvino_import.cache_clear()
+    openvino_runtime.import_openvino.cache_clear()
     monkeypatch.setitem(sys.modules, "openvino", None)
     yield
-    backends._openvino_import.cache_clear()
+    openvino_runtime.import_openvino.cache_clear()
 
 
 def test_without_openvino_auto_is_torch_and_openvino_names_the_extra(openvino_absent, caplog):
@@ -277,7 +277,7 @@ def test_missing_extra_is_exit_2_from_the_cli(openvino_absent, tmp_path, caplog)
 
 
 def test_a_broken_install_warns_once_under_auto(monkeypatch, caplog):
-    backends._openvino_import.cache_clear()
+    openvino_runtime.import_openvino.cache_clear()
 
     import builtins
 
@@ -297,7 +297,7 @@ def test_a_broken_install_warns_once_under_auto(monkeypatch, caplog):
             resolve_backend("openvino", "cpu")
     finally:
         monkeypatch.undo()
-        backends._openvino_import.cache_clear()
+        openvino_runtime.import_openvino.cache_clear()
 
 
 def test_backend_names_and_devices():
@@ -309,3 +309,66 @@ def test_backend_names_and_devices():
         assert resolve_backend("auto", "cpu") == "openvino"
         with pytest.raises(ConfigError, match="runs on the CPU"):
             resolve_backend("openvino", torch.device("cuda"))
+
+
+# ------------------------------------------------------------------ prediction without torch
+_RUN = ("import sys; from medseg.cli.main import main; rc = main(sys.argv[1:]); "
+        "print('TORCH_IMPORTED', 'torch' in sys.modules); sys.exit(rc)")
+
+
+def _predict_in_fresh_process(bundle, images, out, cache):
+    import os
+    import subprocess
+
+    env = {**os.environ, "MEDSEG_CACHE_DIR": str(cache)}
+    res = subprocess.run([sys.executable, "-c", _RUN, "predict", "--model", str(bundle), "--input", str(images),
+                          "--output", str(out), "--no-progress", "--device", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return "TORCH_IMPORTED True" in res.stdout, res.stderr
+
+
+@needs_openvino
+def test_a_bundle_cached_for_openvino_predicts_without_torch(tmp_path):
+    """The first run converts (torch), the second finds every network in the cache by the bundle's files and
+    never imports torch, with the same labels; new weights or a damaged entry go through torch again."""
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    bundle = make_bundle(tmp_path / "b", patch=(16, 16, 16), seed=1)
+    images = tmp_path / "in"
+    images.mkdir()
+    write_volume(Volume(blob_image((20, 22, 18), seed=2), (1.0, 1.0, 1.0)), images / "case.nii.gz")
+    cache = tmp_path / "cache"
+
+    def labels(out):
+        return read_volume(out / "case.nii.gz", kind="label").array
+
+    assert _predict_in_fresh_process(bundle, images, tmp_path / "o1", cache)[0]          # converted: torch
+    assert not _predict_in_fresh_process(bundle, images, tmp_path / "o2", cache)[0]      # cached: no torch
+    np.testing.assert_array_equal(labels(tmp_path / "o1"), labels(tmp_path / "o2"))
+    (entry,) = (cache / "openvino").iterdir()
+    side = json.loads((entry / "key.json").read_text())
+    assert side["key"]["source"]["weights_file_sha256"] == backend_cache.hashlib.sha256(
+        (bundle / "model.safetensors").read_bytes()).hexdigest()
+    data = (entry / "model.bin").read_bytes()                    # damaged: found, refused, rebuilt with torch
+    (entry / "model.bin").write_bytes(data[:64] + bytes([data[64] ^ 0xFF]) + data[65:])
+    used_torch, err = _predict_in_fresh_process(bundle, images, tmp_path / "o3", cache)
+    assert used_torch and err.count("damaged") == 1                  # one warning, from the torch path
+    np.testing.assert_array_equal(labels(tmp_path / "o1"), labels(tmp_path / "o3"))
+    make_bundle(tmp_path / "b", patch=(16, 16, 16), seed=7)    # new weights in the same folder: a new entry
+    assert _predict_in_fresh_process(bundle, images, tmp_path / "o4", cache)[0]
+    assert len(list((cache / "openvino").iterdir())) == 2
+    assert not _predict_in_fresh_process(bundle, images, tmp_path / "o5", cache)[0]
+    np.testing.assert_array_equal(labels(tmp_path / "o4"), labels(tmp_path / "o5"))
+
+
+def test_bundle_sources_name_the_weights_file_and_the_model_description():
+    from medseg.inference.openvino_runtime import bundle_sources
+
+    meta = {"model": {"name": "unet", "kwargs": {"features": [4, 8]}}}
+    a, b = bundle_sources(meta, ["aa", "bb"])
+    assert a["weights_file_sha256"] == "aa" and b["weights_file_sha256"] == "bb"
+    assert a["model_sha256"] == b["model_sha256"]
+    other = bundle_sources({"model": {"name": "unet", "kwargs": {"features": [4, 16]}}}, ["aa"])[0]
+    assert other["model_sha256"] != a["model_sha256"]       # same weights file, another network: another key

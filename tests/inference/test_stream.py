@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from medseg.inference.predictor import Predictor
-from medseg.inference.sliding_window import mirror_dims, sliding_window
+from medseg.inference.sliding_window import sliding_window
 from medseg.inference.stream import can_stream, stream_probabilities
 from medseg.inference.tta import activate_
+from medseg.inference.windows import mirror_dims
 from medseg.volume import Volume
 from tests.inference.helpers import blob_image, make_bundle
 
@@ -53,6 +54,7 @@ def test_what_can_stream():
 def test_a_large_case_gets_the_labels_of_the_float32_path(tmp_path, monkeypatch):
     """Through the predictor: a case above the streaming size gets float16 probabilities slab by slab and
     the labels of the float32 path (asked for with probabilities=True), up to float16 near-ties."""
+    import medseg.inference.predictor as predictor
     import medseg.inference.stream as stream
 
     bundle = make_bundle(tmp_path / "b", patch=(16, 16, 16), seed=4)
@@ -61,12 +63,12 @@ def test_a_large_case_gets_the_labels_of_the_float32_path(tmp_path, monkeypatch)
     calls = []
     real = stream.stream_probabilities
     monkeypatch.setattr(stream, "stream_probabilities", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(stream, "STREAM_BYTES", 1 << 10)
+    monkeypatch.setattr(predictor, "STREAM_BYTES", 1 << 10)
     labels = p.predict_volume(vol).label.array
     assert calls == [1]
     full = p.predict_volume(vol, probabilities=True)
     assert calls == [1]                                   # probabilities asked for: the float32 path
     same = np.mean(labels == full.label.array)
     assert same >= 0.999, same
-    monkeypatch.setattr(stream, "STREAM_BYTES", 1 << 40)
+    monkeypatch.setattr(predictor, "STREAM_BYTES", 1 << 40)
     np.testing.assert_array_equal(p.predict_volume(vol).label.array, full.label.array)
