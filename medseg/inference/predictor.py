@@ -127,7 +127,8 @@ class Predictor:
                  tta_mode: str = "volume", overlap: float = 0.5, batch_size: int = 4, blend: str = "gaussian",
                  postprocess: bool = True,
                  threads: int | None = None, source: str | Path | None = None,
-                 weights_path: str | Path | Sequence[str | Path] | None = None, force: bool = False, backend: str = "torch"):
+                 weights_path: str | Path | Sequence[str | Path] | None = None, force: bool = False,
+                 backend: str = "torch"):
         from medseg.inference.openvino_runtime import resolve_backend
 
         check_meta(meta, source)
