@@ -69,12 +69,11 @@ class CacheEntry:
         side = self.folder / "key.json"
         if not side.is_file():
             return None
-        warn = log.debug if partial else log.warning      # the torch path that follows a partial look warns
         try:
             rec = json.loads(side.read_text())
             xml, bin_ = (self.folder / "model.xml").read_bytes(), (self.folder / "model.bin").read_bytes()
         except (OSError, ValueError) as exc:
-            warn("OpenVINO cache %s is damaged (%s); rebuilding it", self.folder, type(exc).__name__)
+            log.warning("OpenVINO cache %s is damaged (%s); rebuilding it", self.folder, type(exc).__name__)
             return None
         have = rec.get("key") if isinstance(rec, dict) else None
         if partial and isinstance(have, dict) and have.get("source"):
@@ -84,7 +83,8 @@ class CacheEntry:
             return None
         files = rec.get("files") or {}
         if files.get("model.xml") != _sha256_bytes(xml) or files.get("model.bin") != _sha256_bytes(bin_):
-            warn("OpenVINO cache %s is damaged (a file does not match its SHA-256); rebuilding it", self.folder)
+            log.warning("OpenVINO cache %s is damaged (a file does not match its SHA-256); rebuilding it",
+                        self.folder)
             return None
         return xml, bin_
 
@@ -116,6 +116,29 @@ class CacheEntry:
             return False
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_superseded(entry: CacheEntry) -> int:
+    """Delete the sibling entries that hold ``entry``'s network under an older export format (the same
+    loaded-state digest, fold, shape and recipe options; e.g. named by that digest before keys named the
+    source files): nothing would read them again. Returns how many went."""
+    same = ("weights_sha256", "fold", "input", "exact_norm")
+    gone = 0
+    try:
+        siblings = [p for p in entry.folder.parent.iterdir() if p != entry.folder and not p.name.startswith(".")]
+    except OSError:
+        return 0
+    for other in siblings:
+        try:
+            rec = json.loads((other / "key.json").read_text())
+        except (OSError, ValueError):
+            continue
+        key = rec.get("key") if isinstance(rec, dict) else None
+        if isinstance(key, dict) and key.get("format") != entry.key.get("format") \
+                and all(key.get(f) == entry.key.get(f) for f in same):
+            shutil.rmtree(other, ignore_errors=True)
+            gone += 1
+    return gone
 
 
 def entry_for(key: dict[str, Any], root: Path) -> CacheEntry:

@@ -11,13 +11,14 @@ CUDA or without it.
 'torch'
 
 **Cache.** A converted network is kept as OpenVINO IR (``model.xml`` + ``model.bin``) with a
-``key.json`` sidecar holding the key (weights SHA-256, fold, input shape, export recipe, OpenVINO,
-torch and medseg versions) and the SHA-256 of both files. An entry is found by weights, fold and
-shape; its sidecar must match the whole key and both files their hashes, else it is rebuilt (a
-cache from another OpenVINO or medseg version is stale, a truncated file damaged: neither is
-trusted). Entries are written into a temporary folder and renamed into place. Where:
-``$MEDSEG_CACHE_DIR`` when set, else ``BUNDLE/.medseg-cache`` when the bundle folder is writable,
-else ``$XDG_CACHE_HOME/medseg`` (``~/.cache/medseg``).
+``key.json`` sidecar holding the key (the source files' SHA-256 when the module came from a bundle,
+fold, input shape, export recipe, OpenVINO, torch and medseg versions, and the loaded state's digest)
+and the SHA-256 of both files. An entry is found by source (else the state's digest), fold and shape;
+its sidecar must match the whole key and both files their hashes, else it is rebuilt (a cache from
+another OpenVINO or medseg version is stale, a truncated file damaged: neither is trusted). Entries are
+written into a temporary folder and renamed into place. Where: ``$MEDSEG_CACHE_DIR`` when set, else
+``BUNDLE/.medseg-cache`` when the bundle folder is writable, else ``$XDG_CACHE_HOME/medseg``
+(``~/.cache/medseg``). Running a cached network needs no torch: :mod:`medseg.inference.openvino_runtime`.
 
 **Normalisation.** OpenVINO runs ``InstanceNorm`` as one MVN kernel. :class:`ExactInstanceNorm`
 (two passes, each mean taken one spatial axis at a time) is closer to float64 on one layer (1.6e-6
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.inference.backend_cache import cache_dirs, entry_for, weights_digest
+from medseg.inference.backend_cache import cache_dirs, entry_for, remove_superseded, weights_digest
 from medseg.inference.openvino_runtime import (
     BATCH_MODES,
     OpenVinoModel,
@@ -219,7 +220,8 @@ def _openvino_backend(model: torch.nn.Module, options: BackendOptions, *, name: 
         for entry in entries:
             if entry.store(lambda p: ov.save_model(om, str(p), compress_to_fp16=False),
                            extra={"check_max_abs_diff": diff}):
-                log.debug("OpenVINO network for %s cached in %s", name, entry.folder)
+                log.debug("OpenVINO network for %s cached in %s (%d older entries of it removed)", name,
+                          entry.folder, remove_superseded(entry))
                 break
         else:
             log.info("OpenVINO network for %s not cached (no writable cache folder of %s)", name,

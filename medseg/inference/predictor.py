@@ -188,8 +188,9 @@ class Predictor:
     def _from_cache(cls, path: Path, *, device: Any, weights: str, folds: list[int] | None,
                     **kwargs: Any) -> Predictor | None:
         """The predictor of a bundle whose every fold runs on OpenVINO from the cache, made without torch
-        (:func:`~medseg.inference.openvino_runtime.cached_bundle_runners`); None when the backend is not
-        OpenVINO on the CPU or a fold's network is not cached (the caller then loads the weights)."""
+        (:func:`~medseg.inference.openvino_runtime.cached_bundle_runners`; folds not cached yet are converted
+        by a child process first, :mod:`medseg.inference.convert`); None when the backend is not OpenVINO on
+        the CPU or a fold is still not cached (the caller then loads the weights and converts in-process)."""
         from medseg.bundle import bundle_weight_files, read_meta
         from medseg.inference.openvino_runtime import openvino_status
 
@@ -201,6 +202,12 @@ class Predictor:
         predictor = cls([None] * len(paths), meta, device=device, source=path, weights_path=paths, **kwargs)
         predictor._weight_digests = [sha256_file(p) for p in paths]
         runners = predictor._cached_runners()
+        if runners is None:       # not cached yet: a child process converts them (none of its memory stays)
+            from medseg.inference.convert import convert_in_child
+
+            if convert_in_child(path, weights=weights, folds=folds, batch=predictor.batch_size,
+                                channels=predictor.channels, window=predictor.patch_size, threads=predictor.threads):
+                runners = predictor._cached_runners()
         if runners is None:
             return None
         predictor._runners = predictor.models = runners
@@ -242,6 +249,11 @@ class Predictor:
             from medseg.inference.backends import prepare_models
 
             self._runners = prepare_models(self.models, self.backend, self._backend_options(), self.sources())
+            if self.backend != "torch":     # a conversion's garbage (traced graphs, copies): not kept resident
+                import gc
+
+                gc.collect()
+                release_free_memory()
         return self._runners
 
     def backends_used(self) -> list[str]:

@@ -316,11 +316,11 @@ _RUN = ("import sys; from medseg.cli.main import main; rc = main(sys.argv[1:]); 
         "print('TORCH_IMPORTED', 'torch' in sys.modules); sys.exit(rc)")
 
 
-def _predict_in_fresh_process(bundle, images, out, cache):
+def _predict_in_fresh_process(bundle, images, out, cache, **extra_env):
     import os
     import subprocess
 
-    env = {**os.environ, "MEDSEG_CACHE_DIR": str(cache)}
+    env = {**os.environ, "MEDSEG_CACHE_DIR": str(cache), **extra_env}
     res = subprocess.run([sys.executable, "-c", _RUN, "predict", "--model", str(bundle), "--input", str(images),
                           "--output", str(out), "--no-progress", "--device", "cpu"],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -330,8 +330,10 @@ def _predict_in_fresh_process(bundle, images, out, cache):
 
 @needs_openvino
 def test_a_bundle_cached_for_openvino_predicts_without_torch(tmp_path):
-    """The first run converts (torch), the second finds every network in the cache by the bundle's files and
-    never imports torch, with the same labels; new weights or a damaged entry go through torch again."""
+    """The first run has a child process convert and cache the network, the later ones find it in the cache
+    by the bundle's files: none of the runs imports torch, all give the same labels. A damaged entry is
+    rebuilt, new weights get a new entry; in the child's place (MEDSEG_OPENVINO_CONVERTING set) the run
+    converts in-process, with torch, to the same labels."""
     from medseg.io import write_volume
     from medseg.volume import Volume
 
@@ -344,23 +346,27 @@ def test_a_bundle_cached_for_openvino_predicts_without_torch(tmp_path):
     def labels(out):
         return read_volume(out / "case.nii.gz", kind="label").array
 
-    assert _predict_in_fresh_process(bundle, images, tmp_path / "o1", cache)[0]          # converted: torch
-    assert not _predict_in_fresh_process(bundle, images, tmp_path / "o2", cache)[0]      # cached: no torch
-    np.testing.assert_array_equal(labels(tmp_path / "o1"), labels(tmp_path / "o2"))
+    assert not _predict_in_fresh_process(bundle, images, tmp_path / "o1", cache)[0]      # converted in a child
     (entry,) = (cache / "openvino").iterdir()
+    assert not _predict_in_fresh_process(bundle, images, tmp_path / "o2", cache)[0]      # cached
+    np.testing.assert_array_equal(labels(tmp_path / "o1"), labels(tmp_path / "o2"))
     side = json.loads((entry / "key.json").read_text())
     assert side["key"]["source"]["weights_file_sha256"] == backend_cache.hashlib.sha256(
         (bundle / "model.safetensors").read_bytes()).hexdigest()
-    data = (entry / "model.bin").read_bytes()                    # damaged: found, refused, rebuilt with torch
+    data = (entry / "model.bin").read_bytes()                    # damaged: found, refused, rebuilt
     (entry / "model.bin").write_bytes(data[:64] + bytes([data[64] ^ 0xFF]) + data[65:])
     used_torch, err = _predict_in_fresh_process(bundle, images, tmp_path / "o3", cache)
-    assert used_torch and err.count("damaged") == 1                  # one warning, from the torch path
+    assert not used_torch and "damaged" in err
+    files = json.loads((entry / "key.json").read_text())["files"]
+    assert files["model.bin"] == backend_cache.hashlib.sha256((entry / "model.bin").read_bytes()).hexdigest()
     np.testing.assert_array_equal(labels(tmp_path / "o1"), labels(tmp_path / "o3"))
+    in_process, _ = _predict_in_fresh_process(bundle, images, tmp_path / "o4", tmp_path / "cache2",
+                                              MEDSEG_OPENVINO_CONVERTING="1")
+    assert in_process
+    np.testing.assert_array_equal(labels(tmp_path / "o1"), labels(tmp_path / "o4"))
     make_bundle(tmp_path / "b", patch=(16, 16, 16), seed=7)    # new weights in the same folder: a new entry
-    assert _predict_in_fresh_process(bundle, images, tmp_path / "o4", cache)[0]
-    assert len(list((cache / "openvino").iterdir())) == 2
     assert not _predict_in_fresh_process(bundle, images, tmp_path / "o5", cache)[0]
-    np.testing.assert_array_equal(labels(tmp_path / "o4"), labels(tmp_path / "o5"))
+    assert len(list((cache / "openvino").iterdir())) == 2
 
 
 def test_bundle_sources_name_the_weights_file_and_the_model_description():
@@ -372,3 +378,21 @@ def test_bundle_sources_name_the_weights_file_and_the_model_description():
     assert a["model_sha256"] == b["model_sha256"]
     other = bundle_sources({"model": {"name": "unet", "kwargs": {"features": [4, 16]}}}, ["aa"])[0]
     assert other["model_sha256"] != a["model_sha256"]       # same weights file, another network: another key
+
+
+@needs_openvino
+def test_an_entry_of_an_older_format_is_removed_when_its_network_is_cached_again(tmp_path):
+    """Entries named before keys named the source files are never read again: caching the same network
+    under the new key removes them; another network's entry stays."""
+    net, other = _tiny(seed=0), _tiny(seed=1)
+    root = tmp_path / "c"
+    for name, model in (("old_same", net), ("old_other", other)):
+        folder = root / "openvino" / name
+        folder.mkdir(parents=True)
+        key = {"format": "medseg-openvino/1", "weights_sha256": weights_digest(model), "fold": "model",
+               "input": [-1, 1, 8, 8, 8], "exact_norm": False}
+        (folder / "key.json").write_text(json.dumps({"key": key, "files": {}}))
+    opts = BackendOptions(batch=1, channels=1, window=(8, 8, 8), cache_dirs=(root,))
+    assert isinstance(prepare_model(net, "openvino", opts), backends.OpenVinoModel)
+    left = sorted(p.name for p in (root / "openvino").iterdir())
+    assert "old_same" not in left and "old_other" in left and len(left) == 2
