@@ -16,12 +16,16 @@ prints and records the folder it used and :func:`medseg.bundle.bundle_sha256`.
 
 >>> sorted(registered_bundles())          # doctest: +SKIP
 ['hippocampus_unet']
+
+:func:`check_meta` refuses a ``bundle.yaml`` that lacks what inference needs, before any case.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from medseg.bundle import META_FILE
 from medseg.errors import InputError
@@ -94,3 +98,40 @@ def resolve_bundle(spec: str | os.PathLike) -> Path:
         raise InputError(f"no such model bundle folder (registered names: {names})", path=p, code="unknown_model")
     raise InputError(f"unknown model '{name}': not a bundle folder and not a registered name (registered: {names}; "
                      f"searched {where}; add folders with ${ENV_VAR})", code="unknown_model")
+
+
+def check_meta(meta: dict[str, Any], path: Any = None) -> None:
+    """Raise InputError (code ``bad_bundle``) when bundle.yaml lacks what inference needs."""
+    def bad(msg: str):
+        return InputError(f"bundle.yaml: {msg}; the bundle is incomplete or from another tool - re-export it with "
+                          "medseg train", path=path, code="bad_bundle")
+
+    plan = meta.get("plan")
+    if not isinstance(plan, dict):
+        raise bad("no preprocessing 'plan'")
+    from medseg.inference.prepare import plan_spacing
+
+    sp = plan_spacing(plan)
+    if sp is not None and (len(sp) != 3 or not all(math.isfinite(float(v)) for v in sp) or min(sp) <= 0):
+        raise bad(f"plan spacing {sp} is not three positive numbers (z, y, x) mm")
+    kw = meta["model"].get("kwargs", {})
+    dims = int(kw.get("spatial_dims", 3))
+    patch = meta.get("patch_size", plan.get("patch_size"))
+    if not isinstance(patch, (list, tuple)) or len(patch) != dims or any(int(p) < 1 for p in patch):
+        raise bad(f"patch_size {patch!r} must hold {dims} positive sizes for a {dims}D model")
+    inf = meta.get("inference", {})
+    axes = inf.get("tta_axes", []) if isinstance(inf, dict) else None
+    if not isinstance(axes, list) or not all(type(a) is int and a in (0, 1, 2) for a in axes) \
+            or len(set(axes)) != len(axes):
+        raise bad(f"inference {inf!r} must be a mapping whose tta_axes are distinct axes of 0, 1, 2")
+    if dims == 2 and meta.get("slice_axis") not in (None, 0, 1, 2):
+        raise bad(f"slice_axis {meta['slice_axis']!r} must be 0 (z), 1 (y) or 2 (x)")
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or 0 not in labels:
+        raise bad("'labels' must map label values (0 = background) to names")
+    out_ch = kw.get("out_channels")
+    if out_ch is not None and int(out_ch) != max(labels) + 1:
+        raise bad(f"the model has {out_ch} output channels but labels go up to {max(labels)}")
+    ch = meta.get("channels", kw.get("in_channels", 1))
+    if kw.get("in_channels") is not None and int(kw["in_channels"]) != int(ch):
+        raise bad(f"channels {ch} differs from the model's in_channels {kw['in_channels']}")

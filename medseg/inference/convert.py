@@ -18,11 +18,31 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("medseg.inference")
 
 CHILD_ENV = "MEDSEG_OPENVINO_CONVERTING"    # set in the child: it converts in-process, never spawns again
 TIMEOUT_S = 3600
+
+
+def bundle_runners(bundle: Path, sources: list[dict[str, str]], *, weights: str, folds: list[int] | None,
+                   batch: int, channels: int, window: tuple[int, ...], threads: int | None) -> list[Any] | None:
+    """The OpenVINO runners of a bundle's folds (``sources``:
+    :func:`~medseg.inference.openvino_runtime.bundle_sources`) from the cache, the folds not cached yet
+    converted by a child process first (:func:`convert_in_child`); None when some fold is still missing."""
+    from medseg.inference.backend_cache import cache_dirs
+    from medseg.inference.openvino_runtime import cached_bundle_runners
+
+    def look() -> list[Any] | None:
+        return cached_bundle_runners(sources, channels=channels, window=window, batch=batch, threads=threads,
+                                     cache_dirs=cache_dirs(bundle))
+
+    runners = look()
+    if runners is None and convert_in_child(bundle, weights=weights, folds=folds, batch=batch, channels=channels,
+                                            window=window, threads=threads):
+        runners = look()
+    return runners
 
 
 def convert_in_child(bundle: Path, *, weights: str, folds: list[int] | None, batch: int, channels: int,

@@ -56,43 +56,6 @@ class Prediction:
     source: Volume | None = None
 
 
-def check_meta(meta: dict[str, Any], path: Any = None) -> None:
-    """Raise InputError (code ``bad_bundle``) when bundle.yaml lacks what inference needs."""
-    def bad(msg: str):
-        return InputError(f"bundle.yaml: {msg}; the bundle is incomplete or from another tool - re-export it with "
-                          "medseg train", path=path, code="bad_bundle")
-
-    plan = meta.get("plan")
-    if not isinstance(plan, dict):
-        raise bad("no preprocessing 'plan'")
-    from medseg.inference.prepare import plan_spacing
-
-    sp = plan_spacing(plan)
-    if sp is not None and (len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0):
-        raise bad(f"plan spacing {sp} is not three positive numbers (z, y, x) mm")
-    kw = meta["model"].get("kwargs", {})
-    dims = int(kw.get("spatial_dims", 3))
-    patch = meta.get("patch_size", plan.get("patch_size"))
-    if not isinstance(patch, (list, tuple)) or len(patch) != dims or any(int(p) < 1 for p in patch):
-        raise bad(f"patch_size {patch!r} must hold {dims} positive sizes for a {dims}D model")
-    inf = meta.get("inference", {})
-    axes = inf.get("tta_axes", []) if isinstance(inf, dict) else None
-    if not isinstance(axes, list) or not all(type(a) is int and a in (0, 1, 2) for a in axes) \
-            or len(set(axes)) != len(axes):
-        raise bad(f"inference {inf!r} must be a mapping whose tta_axes are distinct axes of 0, 1, 2")
-    if dims == 2 and meta.get("slice_axis") not in (None, 0, 1, 2):
-        raise bad(f"slice_axis {meta['slice_axis']!r} must be 0 (z), 1 (y) or 2 (x)")
-    labels = meta.get("labels")
-    if not isinstance(labels, dict) or 0 not in labels:
-        raise bad("'labels' must map label values (0 = background) to names")
-    out_ch = kw.get("out_channels")
-    if out_ch is not None and int(out_ch) != max(labels) + 1:
-        raise bad(f"the model has {out_ch} output channels but labels go up to {max(labels)}")
-    ch = meta.get("channels", kw.get("in_channels", 1))
-    if kw.get("in_channels") is not None and int(kw["in_channels"]) != int(ch):
-        raise bad(f"channels {ch} differs from the model's in_channels {kw['in_channels']}")
-
-
 class Predictor:
     """Apply a loaded model bundle to volumes.
 
@@ -129,6 +92,7 @@ class Predictor:
                  threads: int | None = None, source: str | Path | None = None,
                  weights_path: str | Path | Sequence[str | Path] | None = None, force: bool = False,
                  backend: str = "torch"):
+        from medseg.inference.bundles import check_meta
         from medseg.inference.openvino_runtime import resolve_backend
 
         check_meta(meta, source)
@@ -201,32 +165,16 @@ class Predictor:
         paths = bundle_weight_files(path, meta, weights=weights, folds=folds)
         predictor = cls([None] * len(paths), meta, device=device, source=path, weights_path=paths, **kwargs)
         predictor._weight_digests = [sha256_file(p) for p in paths]
-        runners = predictor._cached_runners()
-        if runners is None:       # not cached yet: a child process converts them (none of its memory stays)
-            from medseg.inference.convert import convert_in_child
+        from medseg.inference.convert import bundle_runners
 
-            if convert_in_child(path, weights=weights, folds=folds, batch=predictor.batch_size,
-                                channels=predictor.channels, window=predictor.patch_size, threads=predictor.threads):
-                runners = predictor._cached_runners()
+        runners = bundle_runners(path, predictor.sources() or [], weights=weights, folds=folds,
+                                 batch=predictor.batch_size, channels=predictor.channels, window=predictor.patch_size,
+                                 threads=predictor.threads)
         if runners is None:
             return None
         predictor._runners = predictor.models = runners
         predictor.model = runners[0]
         return predictor
-
-    def _backend_options(self):
-        from medseg.inference.backend_cache import cache_dirs
-        from medseg.inference.backends import BackendOptions
-
-        return BackendOptions(batch=self.batch_size, channels=self.channels, window=self.patch_size,
-                              threads=self.threads, cache_dirs=cache_dirs(self.source))
-
-    def _cached_runners(self) -> list[Any] | None:
-        from medseg.inference.backend_cache import cache_dirs
-        from medseg.inference.openvino_runtime import cached_bundle_runners
-
-        return cached_bundle_runners(self.sources() or [], channels=self.channels, window=self.patch_size,
-                                     batch=self.batch_size, threads=self.threads, cache_dirs=cache_dirs(self.source))
 
     def sources(self) -> list[dict[str, str]] | None:
         """Per fold, the files its network comes from (:func:`~medseg.inference.openvino_runtime.bundle_sources`);
@@ -246,9 +194,12 @@ class Predictor:
     def runners(self) -> list[Any]:
         """The callables that run the network of each fold on :attr:`backend` (converted once, then reused)."""
         if self._runners is None:
-            from medseg.inference.backends import prepare_models
+            from medseg.inference.backend_cache import cache_dirs
+            from medseg.inference.backends import BackendOptions, prepare_models
 
-            self._runners = prepare_models(self.models, self.backend, self._backend_options(), self.sources())
+            opts = BackendOptions(batch=self.batch_size, channels=self.channels, window=self.patch_size,
+                                  threads=self.threads, cache_dirs=cache_dirs(self.source))
+            self._runners = prepare_models(self.models, self.backend, opts, self.sources())
             if self.backend != "torch":     # a conversion's garbage (traced graphs, copies): not kept resident
                 import gc
 
