@@ -50,8 +50,10 @@ def convert_in_child(bundle: Path, *, weights: str, folds: list[int] | None, bat
     """Convert and cache the bundle's folds for OpenVINO in a child process (``batch`` windows of
     ``(channels, *window)`` per call, as the predictor runs them); True when it succeeded for every fold
     (the caller then finds them in the cache)."""
-    if os.environ.get(CHILD_ENV):
-        return False
+    from medseg.inference.backend_cache import cache_dirs
+
+    if os.environ.get(CHILD_ENV) or not any(_writable(root) for root in cache_dirs(bundle)):
+        return False      # nowhere to cache: the caller converts in-process (once, not twice)
     spec = json.dumps({"bundle": str(bundle), "weights": weights, "folds": folds, "batch": int(batch),
                        "channels": int(channels), "window": [int(w) for w in window], "threads": threads})
     log.info("converting the networks of %s for OpenVINO (once: they are cached)", bundle)
@@ -66,6 +68,15 @@ def convert_in_child(bundle: Path, *, weights: str, folds: list[int] | None, bat
                   res.stderr.strip()[-500:])
         return False
     return True
+
+
+def _writable(root: Path) -> bool:
+    """Whether cache entries can be written under ``root`` (made when missing)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(root, os.W_OK | os.X_OK)
 
 
 def main(argv: list[str]) -> int:

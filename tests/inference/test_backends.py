@@ -396,3 +396,24 @@ def test_an_entry_of_an_older_format_is_removed_when_its_network_is_cached_again
     assert isinstance(prepare_model(net, "openvino", opts), backends.OpenVinoModel)
     left = sorted(p.name for p in (root / "openvino").iterdir())
     assert "old_same" not in left and "old_other" in left and len(left) == 2
+
+
+@needs_openvino
+def test_without_a_writable_cache_the_network_is_converted_once_in_process(tmp_path, monkeypatch, caplog):
+    """No cache folder can be written: no child process is started (it could not hand its work over), the
+    run converts in-process and predicts on OpenVINO."""
+    import subprocess
+
+    from medseg.volume import Volume
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a child process was started"))
+    bundle = make_bundle(tmp_path / "b", patch=(16, 16, 16), seed=3)
+    with caplog.at_level(logging.INFO, logger="medseg.inference"):
+        p = Predictor.from_bundle(bundle, backend="openvino", postprocess=False)
+        assert p.backends_used() == ["openvino"] and "not cached" in caplog.text
+    vol = Volume(blob_image((18, 20, 16), seed=4), (1.0, 1.0, 1.0))
+    ref = Predictor.from_bundle(bundle, backend="torch", postprocess=False).predict_volume(vol, probabilities=True)
+    _assert_close_predictions(ref, p.predict_volume(vol, probabilities=True))
