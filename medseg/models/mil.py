@@ -208,6 +208,30 @@ class PoolingMIL(nn.Module):
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
+class _Rows(torch.autograd.Function):
+    """``param[rows]`` (``rows`` None: all of ``param``) whose backward *writes* the gradient of those rows
+    into ``param.grad`` (``index_copy_``) and hands nothing on to autograd. Within one backward in which every
+    row of ``param`` is used exactly once, ``param.grad`` then holds exactly the gradient that zeroing it
+    and accumulating would (each row's value is its only term), without the zeroing and without the
+    parameter-sized zero tensor that indexing's backward fills for every group of rows."""
+
+    @staticmethod
+    def forward(ctx, param: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        ctx.param, ctx.rows = param, rows
+        return param.view_as(param) if rows is None else param[rows]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        param, rows = ctx.param, ctx.rows
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        if rows is None:
+            param.grad.copy_(grad)
+        else:
+            param.grad.index_copy_(0, rows, grad)
+        return None, None
+
+
 class StackedMIL(nn.Module):
     """E identically shaped MIL networks evaluated in one pass (for training seed ensembles fast).
 
@@ -218,10 +242,15 @@ class StackedMIL(nn.Module):
     ``forward`` returns logits ``(E, B)``.
     """
 
-    def __init__(self, members: list[nn.Module]):
+    def __init__(self, members: list[nn.Module], *, direct_grads: bool = False):
         super().__init__()
         if not members:
             raise ValueError("StackedMIL needs at least one member")
+        # With direct_grads, backward writes each parameter's gradient rows straight into ``.grad`` (allocated
+        # by the optimiser) instead of adding them: see _Rows. For training loops that run one backward per
+        # step over every member exactly once (medseg.mil.folds): no zeroing of the gradients, and no
+        # parameter-sized zero tensor per group of members.
+        self.direct_grads = bool(direct_grads)
         m0 = members[0]
         self.kind = ("gated" if m0.gated else "attention") if isinstance(m0, AttentionMIL) else m0.pool
         self.dropout = next((m.p for m in m0.embed if isinstance(m, nn.Dropout)), 0.0)
@@ -257,7 +286,9 @@ class StackedMIL(nn.Module):
                 members: torch.Tensor | None = None) -> torch.Tensor:
         """Each member's linear layer on its own rows: ``(E, N, D) -> (E, N, H)`` (``members``: only
         those members, in that order, one row block each)."""
-        if members is not None:
+        if self.direct_grads and self.training and torch.is_grad_enabled():
+            w, b = _Rows.apply(w, members), _Rows.apply(b, members)
+        elif members is not None:
             w, b = w[members], b[members]
         return torch.baddbmm(b, h, w)
 

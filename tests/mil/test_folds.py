@@ -124,3 +124,31 @@ def test_length_groups_partition_and_cut():
     for lens in (np.array([5, 5, 5]), np.array([4, 5, 6])):
         (g,) = length_groups(lens)
         assert g.tolist() == list(range(len(lens)))
+
+
+@pytest.mark.parametrize("name", ["attention_mil", "gated_attention_mil"])
+def test_direct_grads_equal_zeroed_and_accumulated_grads_bitwise(name):
+    """A stack with direct_grads writes each member's gradient rows once per backward: after two steps of
+    groups of members (a partition, as length_groups makes) the gradients equal, bit for bit, those of a
+    plain stack whose gradients are zeroed before each step and accumulated over the groups."""
+    torch.manual_seed(1)
+    members = [create_mil_head(name, in_features=6, embed_dim=8, attn_dim=5) for _ in range(5)]
+    plain, direct = StackedMIL(members).train(), StackedMIL(members, direct_grads=True).train()
+    for p in direct.parameters():
+        p.grad = torch.full_like(p, 7.0)             # stale values: must be overwritten, not added to
+    for step, groups in enumerate([[[0, 2, 4], [1, 3]], [[3], [0, 1, 2, 4]], [[0, 1, 2, 3, 4]]]):
+        x = torch.randn(5, 4, 6, generator=torch.Generator().manual_seed(step))
+        mask = torch.ones(5, 4, dtype=torch.bool)
+        mask[1, 3:] = False
+        for p in plain.parameters():
+            p.grad = None
+        for st in (plain, direct):
+            total = torch.zeros(())
+            for g in groups:
+                sel = None if len(g) == 5 else torch.tensor(g)
+                total = total + st.forward_padded(x[g], mask[g], sel).square().sum()
+            total.backward()
+        for (name_, a), b in zip(plain.named_parameters(), direct.parameters()):
+            assert torch.equal(a.grad, b.grad), (step, name_)
+    with torch.no_grad():            # evaluation and no-grad passes are the plain ones
+        torch.testing.assert_close(direct.eval().forward_padded(x, mask), plain.eval().forward_padded(x, mask))
