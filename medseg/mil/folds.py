@@ -22,6 +22,7 @@ snapshots at its own epoch counts. Only dropout masks come from another random s
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,10 +34,13 @@ from medseg.mil.bags import Bags
 from medseg.mil.fit import MILEnsemble, few_threads, start_run
 from medseg.models.mil import StackedMIL
 
+log = logging.getLogger("medseg.training.mil")
+
 __all__ = ["MaskedAdam", "Job", "PaddedBags", "fit_jobs", "predict_jobs", "structure_key", "stack_bytes",
            "length_groups", "STACK_LIMIT_BYTES"]
 
 STACK_LIMIT_BYTES = 2 << 30  # above this, cross-validation trains folds one by one (slide bags of 10^4 tiles)
+MAX_PARTS = 8                # parts (processes) one stack is split into at most
 
 
 class MaskedAdam:
@@ -153,10 +157,11 @@ class PaddedBags:
         self.lens_t = torch.from_numpy(lens).to(device)
         self.labels = torch.from_numpy(np.asarray(bags.labels, np.float32)).to(device)
 
-    def take(self, gid: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bags ``gid`` ``(M,)`` -> standardised ``(M, n, D)`` float32 (``n`` the longest of them) and
-        the mask of real instances; ``mean``/``std`` ``(M, 1, D)`` float64."""
-        n = int(self.lens[gid].max())
+    def take(self, gid: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+             n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bags ``gid`` ``(M,)`` -> standardised ``(M, n, D)`` float32 (``n``: the longest of them unless
+        given) and the mask of real instances; ``mean``/``std`` ``(M, 1, D)`` float64."""
+        n = int(self.lens[gid].max()) if n is None else int(n)
         g = torch.from_numpy(gid).to(self.dev)
         x = ((self.x[g, :n].double() - mean) / std).float()
         return x, torch.arange(n, device=self.dev) < self.lens_t[g].unsqueeze(1)
@@ -170,8 +175,11 @@ def stack_bytes(bags: Bags, members: int) -> int:
 
 
 def fit_jobs(bags: Bags, jobs: list[Job], *, device: torch.device | str = "cpu",
-             progress: Callable[[int], None] | None = None) -> list[dict[int, MILEnsemble]]:
-    """Train every job; jobs of one :func:`structure_key` train side by side as one stacked network.
+             progress: Callable[[int], None] | None = None,
+             parts: int | None = None) -> list[dict[int, MILEnsemble]]:
+    """Train every job; jobs of one :func:`structure_key` train side by side as one stacked network,
+    split into ``parts`` stacks that run in parallel processes on the CPU (:func:`_train_split`; None:
+    one per core this process may use).
     Returns per job its snapshot ensembles by epoch count. ``progress(epochs)`` is called after each
     epoch of each stack (its argument: 1)."""
     dev = torch.device(device)
@@ -183,7 +191,7 @@ def fit_jobs(bags: Bags, jobs: list[Job], *, device: torch.device | str = "cpu",
             raise ValueError("side-by-side training takes one bag per step (batch_bags=1)")
         groups.setdefault(structure_key(j.cfg), []).append(i)
     for idx in groups.values():
-        for i, snaps in zip(idx, _train_stack(bags, data, [jobs[i] for i in idx], dev, progress)):
+        for i, snaps in zip(idx, _train_split(bags, data, [jobs[i] for i in idx], dev, progress, parts)):
             out[i] = snaps
     return out
 
@@ -212,21 +220,140 @@ def _per_member(rows: list[np.ndarray], e: int, dev: torch.device) -> torch.Tens
     return torch.from_numpy(np.stack(rows)).double().repeat_interleave(e, 0).unsqueeze(1).to(dev)
 
 
+def _train_split(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.device,
+                 progress: Callable[[int], None] | None, parts: int | None) -> list[dict[int, MILEnsemble]]:
+    """:func:`_train_stack` of ``jobs`` split into ``parts`` stacks of whole jobs (None: one per core this
+    process may use, :func:`medseg.device.available_cpus`, on the CPU; 1 on CUDA). Every part replays the
+    random draws of the whole stack (the members' initialisation from every job's seed, the dropout masks
+    of every group of the step, :meth:`~medseg.models.mil.StackedMIL.dropout_draws`) and pads each group
+    as the whole stack does, so a member gets the masks and bags it gets there; only the batched products
+    over fewer members may round differently (float32, ~1e-6). The parts run in as many processes as the
+    cores other processes leave free (:func:`medseg.device.choose_threads`), the rest one after another
+    here: the result depends on the part count, never on the machine's load (tests/mil/test_folds.py).
+    A worker that fails has its part trained here."""
+    n_parts = _part_count(dev, len(jobs), parts)
+    if n_parts <= 1:
+        return _train_stack(bags, data, jobs, dev, progress)
+    from medseg.device import choose_threads
+
+    bounds = np.linspace(0, len(jobs), n_parts + 1).round().astype(int)
+    ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    workers = min(n_parts, choose_threads()) - 1
+    children = [_Worker(bags, jobs, dev, part) for part in ranges[1:1 + workers]]
+    results: dict[tuple[int, int], list[dict[int, MILEnsemble]]] = {}
+    try:
+        results[ranges[0]] = _train_stack(bags, data, jobs, dev, progress, ranges[0])
+        for part in ranges[1 + workers:]:
+            results[part] = _train_stack(bags, data, jobs, dev, None, part)
+        for child in children:
+            res = child.result()
+            if not isinstance(res, list):
+                log.warning("MIL training: a worker process failed (%s); training its part here", res)
+                res = _train_stack(bags, data, jobs, dev, None, child.part)
+            results[child.part] = res
+    finally:
+        for child in children:
+            child.stop()
+    return [r for part in ranges for r in results[part]]
+
+
+def _part_count(dev: torch.device, n_jobs: int, parts: int | None) -> int:
+    if parts is None:
+        from medseg.device import available_cpus
+
+        parts = available_cpus() if dev.type == "cpu" else 1
+    return max(1, min(int(parts), n_jobs, MAX_PARTS))
+
+
+class _Worker:
+    """A process training one part for :func:`_train_split`: ``python -c`` of :func:`worker_main` (no
+    ``multiprocessing``: it would re-run the caller's main script), the job pickled on its standard
+    input, the result on its standard output."""
+
+    def __init__(self, bags: Bags, jobs: list[Job], dev: torch.device, part: tuple[int, int]):
+        import os
+        import pickle
+        import subprocess
+        import sys
+        import tempfile
+        import threading
+        from pathlib import Path
+
+        import medseg
+
+        self.part = part
+        self.err = tempfile.TemporaryFile()
+        home = str(Path(medseg.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.proc = subprocess.Popen([sys.executable, "-c", "from medseg.mil.folds import worker_main; worker_main()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, env=env)
+        payload = pickle.dumps((bags, jobs, str(dev), part))
+        self._feed = threading.Thread(target=self._write, args=(payload,), daemon=True)
+        self._feed.start()
+
+    def _write(self, payload: bytes) -> None:
+        try:
+            with self.proc.stdin:            # type: ignore[union-attr]
+                self.proc.stdin.write(payload)   # type: ignore[union-attr]
+        except OSError:
+            pass          # the worker died: result() reports it
+
+    def result(self) -> Any:
+        """The part's snapshots, or a string saying why there are none."""
+        import pickle
+
+        data = self.proc.stdout.read()   # type: ignore[union-attr]
+        code = self.proc.wait()
+        try:
+            res = pickle.loads(data) if data else None
+        except Exception as exc:  # noqa: BLE001 - a worker that died mid-write
+            res = f"unreadable result ({type(exc).__name__})"
+        if code != 0 or res is None:
+            self.err.seek(0)
+            tail = self.err.read().decode(errors="replace").strip().splitlines()[-1:]
+            return f"exit {code}: {tail[0] if tail else 'no message'}"
+        return res
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
+
+
+def worker_main() -> None:
+    """A :class:`_Worker` process: read ``(bags, jobs, device, part)``, train the part, write the result."""
+    import pickle
+    import sys
+
+    bags, jobs, device, part = pickle.loads(sys.stdin.buffer.read())
+    dev = torch.device(device)
+    res = _train_stack(bags, PaddedBags(bags, dev), jobs, dev, None, part)
+    sys.stdout.buffer.write(pickle.dumps(res))
+    sys.stdout.buffer.flush()
+
+
 def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.device,
-                 progress: Callable[[int], None] | None) -> list[dict[int, MILEnsemble]]:
-    runs = [start_run(bags.subset(j.train), j.cfg, j.seed) for j in jobs]
+                 progress: Callable[[int], None] | None,
+                 part: tuple[int, int] | None = None) -> list[dict[int, MILEnsemble]]:
+    """Train the networks of ``jobs[part[0]:part[1]]`` (default: all) as one stack, replaying the random
+    draws of the stack of all ``jobs``; returns those jobs' snapshots."""
+    runs = [start_run(bags.subset(j.train), j.cfg, j.seed) for j in jobs]   # every job: the random state
     e = jobs[0].cfg.ensemble
-    flat = [m for r in runs for m in r.members]
+    k0, k1 = part if part is not None else (0, len(jobs))
+    m0, m1 = k0 * e, k1 * e
+    own = jobs[k0:k1]
+    flat = [m for r in runs[k0:k1] for m in r.members]
     stack = StackedMIL(flat, direct_grads=True).to(dev)   # every member runs once a step: gradients written
     rep = lambda t: t.repeat_interleave(e, 0)  # noqa: E731  per run -> per member
-    opt = MaskedAdam(stack.parameters(), len(flat), lr=rep(torch.tensor([j.cfg.lr for j in jobs])),
-                     weight_decay=rep(torch.tensor([j.cfg.weight_decay for j in jobs])))
-    mean = _per_member([r.ens.mean for r in runs], e, dev)
-    std = _per_member([r.ens.std for r in runs], e, dev)
+    opt = MaskedAdam(stack.parameters(), len(flat), lr=rep(torch.tensor([j.cfg.lr for j in own])),
+                     weight_decay=rep(torch.tensor([j.cfg.weight_decay for j in own])))
+    mean = _per_member([r.ens.mean for r in runs[k0:k1]], e, dev)
+    std = _per_member([r.ens.std for r in runs[k0:k1]], e, dev)
     sizes = np.array([len(j.train) for j in jobs])
     lossf = torch.nn.BCEWithLogitsLoss(reduction="none")
-    out: list[dict[int, MILEnsemble]] = [{} for _ in jobs]
-    last = max(max(j.epochs()) for j in jobs)
+    out: list[dict[int, MILEnsemble]] = [{} for _ in own]
+    last = max(max(j.epochs()) for j in own)
     stack.train()
     with few_threads(dev):
         for epoch in range(1, last + 1):
@@ -238,28 +365,37 @@ def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
                 gid = order[:, s]
                 active = gid >= 0
                 gid = np.repeat(np.where(active, gid, gid[active][0]), e)
-                act = torch.from_numpy(np.repeat(active, e))
+                act = torch.from_numpy(np.repeat(active, e)[m0:m1])
                 losses = torch.zeros(len(flat), dtype=torch.float64, device=dev)
                 total = torch.zeros((), dtype=torch.float32, device=dev)
                 for grp in length_groups(data.lens[gid]):
-                    sel = None if len(grp) == len(flat) else torch.from_numpy(grp).to(dev)  # all: in order
-                    x, mask = data.take(gid[grp], mean[grp], std[grp])
-                    lg = lossf(stack.forward_padded(x, mask, sel), data.labels[torch.from_numpy(gid[grp]).to(dev)])
+                    n = int(data.lens[gid[grp]].max())
+                    pick = np.flatnonzero((grp >= m0) & (grp < m1))   # this part's members in the group
+                    if len(pick) == 0:
+                        stack.dropout_draws(len(grp), n)
+                        continue
+                    loc = grp[pick] - m0
+                    in_order = len(loc) == len(flat) and bool((loc == np.arange(len(flat))).all())
+                    sel = None if in_order else torch.from_numpy(loc).to(dev)
+                    draw = None if part is None else (len(grp), torch.from_numpy(pick))
+                    x, mask = data.take(gid[grp][pick], mean[loc], std[loc], n=n)
+                    lg = lossf(stack.forward_padded(x, mask, sel, draw),
+                               data.labels[torch.from_numpy(gid[grp][pick]).to(dev)])
                     total = total + lg.sum()
-                    losses[torch.from_numpy(grp).to(dev)] = lg.detach().double()
+                    losses[torch.from_numpy(loc).to(dev)] = lg.detach().double()
                 total.backward()
                 opt.step(act)
                 tot += losses * act.to(dev)
-            per_run = tot.cpu().numpy().reshape(len(jobs), e).mean(1) / sizes
-            for r, t in zip(runs, per_run):
+            per_run = tot.cpu().numpy().reshape(len(own), e).mean(1) / sizes[k0:k1]
+            for r, t in zip(runs[k0:k1], per_run):
                 r.ens.history.append(float(t))
-            want = [k for k, j in enumerate(jobs) if epoch in j.epochs()]
+            want = [k for k, j in enumerate(own) if epoch in j.epochs()]
             if want:
                 snap = stack.unstack(copy.deepcopy(flat))
                 for k in want:
                     models = [m.eval() for m in snap[k * e:(k + 1) * e]]
-                    out[k][epoch] = replace(runs[k].ens, models=models, config=replace(jobs[k].cfg, epochs=epoch),
-                                            history=list(runs[k].ens.history))
+                    out[k][epoch] = replace(runs[k0 + k].ens, models=models, config=replace(own[k].cfg, epochs=epoch),
+                                            history=list(runs[k0 + k].ens.history))
             if progress is not None:
                 progress(1)
     return out

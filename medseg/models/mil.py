@@ -208,6 +208,13 @@ class PoolingMIL(nn.Module):
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
+def dropout_noise(shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """The scaled keep-mask ``nn.functional.dropout`` multiplies by on the CPU, drawn the same way
+    (``bernoulli_(1 - p)`` of a float32 tensor of ``shape``, divided by ``1 - p``): ``h * noise`` equals
+    ``dropout(h, p)`` bit for bit from the same random state."""
+    return torch.empty(shape).bernoulli_(1 - p).div_(1 - p)
+
+
 class _Rows(torch.autograd.Function):
     """``param[rows]`` (``rows`` None: all of ``param``) whose backward *writes* the gradient of those rows
     into ``param.grad`` (``index_copy_``) and hands nothing on to autograd. Within one backward in which every
@@ -292,13 +299,27 @@ class StackedMIL(nn.Module):
             w, b = w[members], b[members]
         return torch.baddbmm(b, h, w)
 
-    def _embed(self, h: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
-        """Each member's embedding layers on its own copy of the instances: ``(E, N, D) -> (E, N, H)``."""
+    def _embed(self, h: torch.Tensor, members: torch.Tensor | None = None,
+               draw: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Each member's embedding layers on its own copy of the instances: ``(E, N, D) -> (E, N, H)``.
+        ``draw = (rows, picked)``: the dropout masks are drawn for ``rows`` members (the random draws of a
+        stack that holds them all) and rows ``picked`` used, so a stack holding part of the members gets
+        the very masks the whole one would (:func:`dropout_draws`)."""
         for j in range(0, len(self.embed), 2):
             h = torch.relu(self._linear(self.embed[j], self.embed[j + 1], h, members))
-            if self.dropout > 0:
+            if self.dropout > 0 and self.training and draw is not None:
+                h = h * dropout_noise((draw[0], *h.shape[1:]), self.dropout)[draw[1]]
+            elif self.dropout > 0:
                 h = nn.functional.dropout(h, self.dropout, self.training)
         return h
+
+    def dropout_draws(self, rows: int, n: int) -> None:
+        """The random draws of a training forward of ``rows`` members on bags padded to ``n`` instances,
+        without the forward: a stack holding none of those members keeps its random stream in step."""
+        if self.dropout > 0 and self.training:
+            width = self.embed[0].shape[2]
+            for _ in range(0, len(self.embed), 2):
+                dropout_noise((rows, n, width), self.dropout)
 
     def _pool(self, h: torch.Tensor, members: torch.Tensor | None = None, **layout) -> torch.Tensor:
         """Bag embeddings of the embedded instances ``h`` (layouts of :func:`pool_bags`)."""
@@ -308,12 +329,13 @@ class StackedMIL(nn.Module):
         scores = attention_scores(h, lin["attn_v"], lin["attn_w"], lin.get("attn_u"))
         return pool_bags(h, "attention", scores=scores, **layout)
 
-    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor, members: torch.Tensor | None = None,
+                       draw: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """One bag per member: ``x`` ``(E, N, D)`` padded instances, ``mask`` ``(E, N)`` True on real
         ones; returns logits ``(E,)`` (member e sees only its own bag). With ``members`` (indices
         ``(M,)``) only those members run, on ``x`` ``(M, N, D)``: groups of members whose bags are
-        short need not be padded to the longest bag of the step."""
-        z = self._pool(self._embed(x, members), members, mask=mask)
+        short need not be padded to the longest bag of the step. ``draw``: see :meth:`_embed`."""
+        z = self._pool(self._embed(x, members, draw), members, mask=mask)
         return self._linear(*self.parts["head"], z.unsqueeze(1), members).reshape(-1)
 
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,

@@ -152,3 +152,52 @@ def test_direct_grads_equal_zeroed_and_accumulated_grads_bitwise(name):
             assert torch.equal(a.grad, b.grad), (step, name_)
     with torch.no_grad():            # evaluation and no-grad passes are the plain ones
         torch.testing.assert_close(direct.eval().forward_padded(x, mask), plain.eval().forward_padded(x, mask))
+
+
+def _weights(res):
+    return {(j, e, i, k): v for j, snaps in enumerate(res) for e, ens in snaps.items()
+            for i, m in enumerate(ens.models) for k, v in m.state_dict().items()}
+
+
+def test_parts_in_worker_processes_equal_parts_one_after_another_and_the_whole_stack(monkeypatch):
+    """A stack split into parts gives the same weights whether the parts run in worker processes or one
+    after another here (the machine's load decides which, never the result), and the weights of the whole
+    stack up to float32 rounding of the batched products: the same initialisation, bag orders and dropout
+    masks (a part replays the whole stack's draws; masks drawn anew would move weights by ~1e-2)."""
+    import medseg.device
+    from medseg.mil.crossval import cv_splits
+    from medseg.mil.folds import Job, fit_jobs
+
+    bags = _bags(np.random.default_rng(5), n=30, d=6)
+    cfg = MILTrainConfig(epochs=3, embed_dim=16, attn_dim=8, dropout=0.25, ensemble=2)
+    (tests, trains, seeds), = cv_splits(bags.labels, 5, 1, 0)
+    jobs = [Job(tr, sd, cfg, (2, 3)) for tr, sd in zip(trains, seeds)]
+    monkeypatch.setattr(medseg.device, "choose_threads", lambda *a, **k: 1)
+    here = _weights(fit_jobs(bags, jobs, parts=2))
+    monkeypatch.setattr(medseg.device, "choose_threads", lambda *a, **k: 2)
+    spawned = _weights(fit_jobs(bags, jobs, parts=2))
+    whole = _weights(fit_jobs(bags, jobs, parts=1))
+    assert here.keys() == spawned.keys() == whole.keys() and len(here) > 0
+    for key in here:
+        assert torch.equal(here[key], spawned[key]), key
+        torch.testing.assert_close(here[key], whole[key], rtol=0, atol=1e-4)
+
+
+def test_a_failed_worker_has_its_part_trained_in_process(monkeypatch, caplog):
+    import logging
+
+    import medseg.device
+    import medseg.mil.folds as folds
+    from medseg.mil.crossval import cv_splits
+
+    bags = _bags(np.random.default_rng(6), n=20, d=4)
+    cfg = MILTrainConfig(epochs=2, embed_dim=8, attn_dim=4, ensemble=1)
+    (_, trains, seeds), = cv_splits(bags.labels, 4, 1, 0)
+    jobs = [folds.Job(tr, sd, cfg) for tr, sd in zip(trains, seeds)]
+    monkeypatch.setattr(medseg.device, "choose_threads", lambda *a, **k: 2)
+    ref = _weights(folds.fit_jobs(bags, jobs, parts=2))
+    monkeypatch.setattr(folds._Worker, "result", lambda self: "exit 1: boom")
+    with caplog.at_level(logging.WARNING, logger="medseg.training.mil"):
+        got = _weights(folds.fit_jobs(bags, jobs, parts=2))
+    assert "worker process failed (exit 1: boom)" in caplog.text
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
