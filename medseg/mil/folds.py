@@ -24,14 +24,14 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from medseg.mil.bags import Bags
 from medseg.mil.fit import MILEnsemble, few_threads, start_run
+from medseg.mil.workers import Job, Worker, decode_task, encode_result, encode_task
 from medseg.models.mil import StackedMIL
 
 log = logging.getLogger("medseg.training.mil")
@@ -121,20 +121,6 @@ class MaskedAdam:
             n = float(t)
             denom = (v.sqrt() / (1 - b2 ** n) ** 0.5).add_(self.eps)
             p.addcdiv_(m, denom, value=-lr / (1 - b1 ** n))
-
-
-@dataclass
-class Job:
-    """One network set to train on the bags ``train`` (indices into the data set) with ``seed`` and
-    ``cfg``; ``marks`` are the epoch counts to snapshot (default ``[cfg.epochs]``)."""
-
-    train: np.ndarray
-    seed: int
-    cfg: Any
-    marks: tuple[int, ...] = ()
-
-    def epochs(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.marks))) if self.marks else (int(self.cfg.epochs),)
 
 
 def structure_key(cfg) -> tuple:
@@ -239,7 +225,7 @@ def _train_split(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
     bounds = np.linspace(0, len(jobs), n_parts + 1).round().astype(int)
     ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
     workers = min(n_parts, choose_threads()) - 1
-    children = [_Worker(bags, jobs, dev, part) for part in ranges[1:1 + workers]]
+    children = [Worker(encode_task(bags, jobs, str(dev), part), part) for part in ranges[1:1 + workers]]
     results: dict[tuple[int, int], list[dict[int, MILEnsemble]]] = {}
     try:
         results[ranges[0]] = _train_stack(bags, data, jobs, dev, progress, ranges[0])
@@ -265,71 +251,14 @@ def _part_count(dev: torch.device, n_jobs: int, parts: int | None) -> int:
     return max(1, min(int(parts), n_jobs, MAX_PARTS))
 
 
-class _Worker:
-    """A process training one part for :func:`_train_split`: ``python -c`` of :func:`worker_main` (no
-    ``multiprocessing``: it would re-run the caller's main script), the job pickled on its standard
-    input, the result on its standard output."""
-
-    def __init__(self, bags: Bags, jobs: list[Job], dev: torch.device, part: tuple[int, int]):
-        import os
-        import pickle
-        import subprocess
-        import sys
-        import tempfile
-        import threading
-        from pathlib import Path
-
-        import medseg
-
-        self.part = part
-        self.err = tempfile.TemporaryFile()
-        home = str(Path(medseg.__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        self.proc = subprocess.Popen([sys.executable, "-c", "from medseg.mil.folds import worker_main; worker_main()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, env=env)
-        payload = pickle.dumps((bags, jobs, str(dev), part))
-        self._feed = threading.Thread(target=self._write, args=(payload,), daemon=True)
-        self._feed.start()
-
-    def _write(self, payload: bytes) -> None:
-        try:
-            with self.proc.stdin:            # type: ignore[union-attr]
-                self.proc.stdin.write(payload)   # type: ignore[union-attr]
-        except OSError:
-            pass          # the worker died: result() reports it
-
-    def result(self) -> Any:
-        """The part's snapshots, or a string saying why there are none."""
-        import pickle
-
-        data = self.proc.stdout.read()   # type: ignore[union-attr]
-        code = self.proc.wait()
-        try:
-            res = pickle.loads(data) if data else None
-        except Exception as exc:  # noqa: BLE001 - a worker that died mid-write
-            res = f"unreadable result ({type(exc).__name__})"
-        if code != 0 or res is None:
-            self.err.seek(0)
-            tail = self.err.read().decode(errors="replace").strip().splitlines()[-1:]
-            return f"exit {code}: {tail[0] if tail else 'no message'}"
-        return res
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.err.close()
-
-
 def worker_main() -> None:
-    """A :class:`_Worker` process: read ``(bags, jobs, device, part)``, train the part, write the result."""
-    import pickle
+    """A worker process of :func:`_train_split` (:class:`medseg.mil.workers.Worker`): read the task on
+    standard input, train its part, write the result on standard output."""
     import sys
 
-    bags, jobs, device, part = pickle.loads(sys.stdin.buffer.read())
+    bags, jobs, device, part = decode_task(sys.stdin.buffer.read())
     dev = torch.device(device)
-    res = _train_stack(bags, PaddedBags(bags, dev), jobs, dev, None, part)
-    sys.stdout.buffer.write(pickle.dumps(res))
+    sys.stdout.buffer.write(encode_result(_train_stack(bags, PaddedBags(bags, dev), jobs, dev, None, part)))
     sys.stdout.buffer.flush()
 
 

@@ -196,7 +196,9 @@ def test_a_failed_worker_has_its_part_trained_in_process(monkeypatch, caplog):
     jobs = [folds.Job(tr, sd, cfg) for tr, sd in zip(trains, seeds)]
     monkeypatch.setattr(medseg.device, "choose_threads", lambda *a, **k: 2)
     ref = _weights(folds.fit_jobs(bags, jobs, parts=2))
-    monkeypatch.setattr(folds._Worker, "result", lambda self: "exit 1: boom")
+    import medseg.mil.workers as workers
+
+    monkeypatch.setattr(workers.Worker, "result", lambda self: "exit 1: boom")
     with caplog.at_level(logging.WARNING, logger="medseg.training.mil"):
         got = _weights(folds.fit_jobs(bags, jobs, parts=2))
     assert "worker process failed (exit 1: boom)" in caplog.text
