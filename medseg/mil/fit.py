@@ -38,6 +38,7 @@ log = logging.getLogger("medseg.training.mil")
 
 __all__ = ["GRID_KEYS", "DEFAULT_GRID", "MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags",
            "stratified_folds", "few_threads", "empty_ensemble", "averaged", "snapshot_marks", "save_mil", "load_mil",
+           "ensemble_tensors", "ensemble_from_tensors",
            "attention_weights", "MILRun", "start_run", "train_runs", "batch_step"]
 
 
@@ -337,18 +338,37 @@ def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> li
     return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
 
 
-def save_mil(ens: MILEnsemble, path: str | Path) -> Path:
-    """Write an ensemble (weights, standardisation, config) to one safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    from medseg.fsutil import atomic_path
-
+def ensemble_tensors(ens: MILEnsemble) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An ensemble as named tensors (weights ``m{i}.{name}``, ``mean``, ``std``) and string metadata
+    (config, in_features, n_models): what :func:`save_mil` writes and :func:`ensemble_from_tensors` reads."""
     tensors = {f"m{i}.{k}": v.detach().cpu().contiguous() for i, m in enumerate(ens.models)
                for k, v in m.state_dict().items()}
     tensors["mean"] = torch.as_tensor(ens.mean, dtype=torch.float64)
     tensors["std"] = torch.as_tensor(ens.std, dtype=torch.float64)
     meta = {"config": json.dumps(asdict(ens.config)), "in_features": str(ens.in_features),
             "n_models": str(len(ens.models))}
+    return tensors, meta
+
+
+def ensemble_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> MILEnsemble:
+    """The ensemble of :func:`ensemble_tensors`' output (networks in eval mode, no loss history)."""
+    cfg = MILTrainConfig.from_dict(json.loads(meta["config"]))
+    d = int(meta["in_features"])
+    models = []
+    for i in range(int(meta["n_models"])):
+        m = create_mil_head(cfg.model, **cfg.model_kwargs(d))
+        m.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
+        models.append(m.eval())
+    return MILEnsemble(models, tensors["mean"].numpy(), tensors["std"].numpy(), cfg, d)
+
+
+def save_mil(ens: MILEnsemble, path: str | Path) -> Path:
+    """Write an ensemble (weights, standardisation, config) to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    from medseg.fsutil import atomic_path
+
+    tensors, meta = ensemble_tensors(ens)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
@@ -364,11 +384,4 @@ def load_mil(path: str | Path) -> MILEnsemble:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # corrupt files raise several types
         raise InputError(f"cannot read MIL model: {exc}", path=path, code="bad_model") from None
-    cfg = MILTrainConfig.from_dict(json.loads(meta["config"]))
-    d = int(meta["in_features"])
-    models = []
-    for i in range(int(meta["n_models"])):
-        m = create_mil_head(cfg.model, **cfg.model_kwargs(d))
-        m.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
-        models.append(m.eval())
-    return MILEnsemble(models, tensors["mean"].numpy(), tensors["std"].numpy(), cfg, d)
+    return ensemble_from_tensors(tensors, meta)

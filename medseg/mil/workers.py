@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from medseg.mil.bags import Bags
-from medseg.mil.fit import MILEnsemble, MILTrainConfig
-from medseg.models.mil import create_mil_head
+from medseg.mil.fit import MILEnsemble, MILTrainConfig, ensemble_from_tensors, ensemble_tensors
 
 
 @dataclass
@@ -78,34 +77,27 @@ def decode_task(data: bytes) -> tuple[Bags, list[Job], str, tuple[int, int]]:
 
 
 def encode_result(result: list[dict[int, MILEnsemble]]) -> bytes:
-    """Per job, its snapshot ensembles by epoch: weights, standardisation, configuration, loss history."""
+    """Per job, its snapshot ensembles by epoch (:func:`~medseg.mil.fit.ensemble_tensors`) and loss history."""
     arrays: dict[str, np.ndarray] = {}
     snaps = []
     for j, by_epoch in enumerate(result):
         for e, ens in by_epoch.items():
-            key = f"{j}|{e}"
-            arrays[f"{key}|mean"], arrays[f"{key}|std"] = np.asarray(ens.mean), np.asarray(ens.std)
-            for i, m in enumerate(ens.models):
-                for name, v in m.state_dict().items():
-                    arrays[f"{key}|m{i}|{name}"] = v.detach().cpu().numpy()
-            snaps.append({"job": j, "epoch": int(e), "config": asdict(ens.config), "in_features": int(ens.in_features),
-                          "history": [float(h) for h in ens.history], "n_models": len(ens.models)})
+            tensors, meta = ensemble_tensors(ens)
+            arrays.update({f"{j}|{e}|{k}": v.numpy() for k, v in tensors.items()})
+            snaps.append({"job": j, "epoch": int(e), "meta": meta, "history": [float(h) for h in ens.history]})
     return _pack(arrays, {"jobs": len(result), "snaps": snaps})
 
 
 def decode_result(data: bytes) -> list[dict[int, MILEnsemble]]:
     arrays, meta = _unpack(data)
+    by_snap: dict[str, dict[str, torch.Tensor]] = {}
+    for name, v in arrays.items():
+        job, epoch, key = name.split("|", 2)
+        by_snap.setdefault(f"{job}|{epoch}", {})[key] = torch.from_numpy(v)
     out: list[dict[int, MILEnsemble]] = [{} for _ in range(meta["jobs"])]
     for s in meta["snaps"]:
-        key, cfg, d = f"{s['job']}|{s['epoch']}", MILTrainConfig.from_dict(s["config"]), s["in_features"]
-        models = []
-        for i in range(s["n_models"]):
-            m = create_mil_head(cfg.model, **cfg.model_kwargs(d))
-            prefix = f"{key}|m{i}|"
-            m.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(prefix)})
-            models.append(m.eval())
-        out[s["job"]][s["epoch"]] = MILEnsemble(models, arrays[f"{key}|mean"], arrays[f"{key}|std"], cfg, d,
-                                                list(s["history"]))
+        ens = ensemble_from_tensors(by_snap[f"{s['job']}|{s['epoch']}"], s["meta"])
+        out[s["job"]][s["epoch"]] = replace(ens, history=list(s["history"]))
     return out
 
 
