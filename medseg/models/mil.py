@@ -215,37 +215,28 @@ def dropout_noise(shape: tuple[int, ...], p: float) -> torch.Tensor:
     return torch.empty(shape).bernoulli_(1 - p).div_(1 - p)
 
 
-class _DirectLinear(torch.autograd.Function):
-    """``baddbmm(b[rows], h, w[rows])`` (``rows`` None: all of ``w`` and ``b``) whose backward *writes* the
-    gradients of those rows into ``w.grad`` and ``b.grad`` and hands autograd only the gradient of ``h``.
-    Within one backward in which every row of ``w`` is used exactly once, ``w.grad`` then holds exactly the
-    gradient that zeroing it and accumulating would (each row's value is its only term; the products and
-    sums are autograd's own), without the zeroing and without the parameter-sized zero tensor that
-    indexing's backward fills for every group of rows; rows in order are written in place (``out=``), with
-    no temporary to copy."""
+class _Rows(torch.autograd.Function):
+    """``param[rows]`` (``rows`` None: all of ``param``) whose backward *writes* the gradient of those rows
+    into ``param.grad`` (``index_copy_``) and hands nothing on to autograd. Within one backward in which every
+    row of ``param`` is used exactly once, ``param.grad`` then holds exactly the gradient that zeroing it
+    and accumulating would (each row's value is its only term), without the zeroing and without the
+    parameter-sized zero tensor that indexing's backward fills for every group of rows."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        wr, br = (w, b) if rows is None else (w[rows], b[rows])
-        ctx.save_for_backward(h, wr)
-        ctx.params, ctx.rows = (w, b), rows
-        return torch.baddbmm(br, h, wr)
+    def forward(ctx, param: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        ctx.param, ctx.rows = param, rows
+        return param.view_as(param) if rows is None else param[rows]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        h, wr = ctx.saved_tensors
-        (w, b), rows = ctx.params, ctx.rows
-        for p in (w, b):
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        gh = grad.bmm(wr.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        param, rows = ctx.param, ctx.rows
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
         if rows is None:
-            torch.bmm(h.transpose(1, 2), grad, out=w.grad)
-            torch.sum(grad, 1, keepdim=True, out=b.grad)
+            param.grad.copy_(grad)
         else:
-            w.grad.index_copy_(0, rows, h.transpose(1, 2).bmm(grad))
-            b.grad.index_copy_(0, rows, grad.sum(1, keepdim=True))
-        return gh, None, None, None
+            param.grad.index_copy_(0, rows, grad)
+        return None, None
 
 
 class StackedMIL(nn.Module):
@@ -263,7 +254,7 @@ class StackedMIL(nn.Module):
         if not members:
             raise ValueError("StackedMIL needs at least one member")
         # With direct_grads, backward writes each parameter's gradient rows straight into ``.grad`` (allocated
-        # by the optimiser) instead of adding them: see _DirectLinear. For training loops that run one backward per
+        # by the optimiser) instead of adding them: see _Rows. For training loops that run one backward per
         # step over every member exactly once (medseg.mil.folds): no zeroing of the gradients, and no
         # parameter-sized zero tensor per group of members.
         self.direct_grads = bool(direct_grads)
@@ -303,8 +294,8 @@ class StackedMIL(nn.Module):
         """Each member's linear layer on its own rows: ``(E, N, D) -> (E, N, H)`` (``members``: only
         those members, in that order, one row block each)."""
         if self.direct_grads and self.training and torch.is_grad_enabled():
-            return _DirectLinear.apply(h, w, b, members)
-        if members is not None:
+            w, b = _Rows.apply(w, members), _Rows.apply(b, members)
+        elif members is not None:
             w, b = w[members], b[members]
         return torch.baddbmm(b, h, w)
 
