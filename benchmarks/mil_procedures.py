@@ -49,11 +49,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mil_select_compare import FILES, SHARED, digit_feature_bags  # noqa: E402
 
+from medseg.config import apply_overrides  # noqa: E402
 from medseg.metrics.classification import binary_metrics  # noqa: E402
 from medseg.mil.bags import Bags, load_bags  # noqa: E402
 from medseg.mil.crossval import cv_splits  # noqa: E402
@@ -153,11 +153,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--last", type=int, default=50, help="last epoch snapshotted (every 5)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="MILTrainConfig fields changed for every run (YAML values, e.g. embed_layers=2)")
+    ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="MILTrainConfig fields changed for every run (YAML values, e.g. embed_layers=2; "
+                         "repeatable, as medseg mil cv's --set)")
     ap.add_argument("--table", nargs="+", type=Path)
     args = ap.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    if args.last < 40:
+        ap.error("--last must be at least 40: every procedure is compared with single@40, the old default")
+    overrides = apply_overrides({}, args.set)
     if args.table:
         table(args.table)
         return 0
