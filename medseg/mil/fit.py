@@ -32,7 +32,8 @@ import torch
 from medseg.config import check_keys
 from medseg.errors import ConfigError, InputError
 from medseg.mil.bags import Bags
-from medseg.models.mil import StackedMIL, create_mil_head
+from medseg.mil.stack import StackedMIL, draw_noise
+from medseg.models.mil import create_mil_head
 
 log = logging.getLogger("medseg.training.mil")
 
@@ -222,13 +223,14 @@ def fit_mil_path(bags: Bags, cfg: MILTrainConfig, epochs: Sequence[int], *, seed
 @dataclass
 class MILRun:
     """One training set on its way to an ensemble: its standardised bags, labels (float32), the
-    generator of its epoch orders and its (initial) member networks."""
+    generators of its epoch orders and of its dropout masks, and its (initial) member networks."""
 
     ens: MILEnsemble
     feats: list[np.ndarray]
     labels: np.ndarray
     rng: np.random.Generator
     members: list[torch.nn.Module]
+    noise: np.random.Generator
 
 
 def start_run(bags: Bags, cfg: MILTrainConfig, seed: int) -> MILRun:
@@ -239,7 +241,7 @@ def start_run(bags: Bags, cfg: MILTrainConfig, seed: int) -> MILRun:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     members = [create_mil_head(cfg.model, **cfg.model_kwargs(ens.in_features)) for _ in range(cfg.ensemble)]
-    return MILRun(ens, feats, np.asarray(bags.labels, np.float32), rng, members)
+    return MILRun(ens, feats, np.asarray(bags.labels, np.float32), rng, members, np.random.default_rng((1, seed)))
 
 
 # A training step: each run's bag indices for this step (empty: the run sits the step out) -> each
@@ -257,7 +259,7 @@ def train_runs(runs: list[MILRun], cfg: MILTrainConfig, marks: Sequence[int], ma
     count in ``marks`` (sorted, >= 1)."""
     dev = torch.device(device)
     flat = [m for r in runs for m in r.members]
-    stack = StackedMIL(flat).to(dev)
+    stack = StackedMIL(flat, share=cfg.ensemble).to(dev)
     step = make_step(stack, runs, cfg, dev)
     out: list[dict[int, MILEnsemble]] = [{} for _ in runs]
     sizes = [len(r.feats) for r in runs]
@@ -291,7 +293,10 @@ def batch_step(stack: StackedMIL, runs: list[MILRun], cfg: MILTrainConfig, dev: 
     def step(sels: list[np.ndarray]) -> np.ndarray:
         (sel,) = sels
         x, idx = single[sel[0]] if single else _stack([run.feats[i] for i in sel])
-        logits = stack(x.to(dev), idx.to(dev), len(sel))  # (E, b)
+        layers, width = stack.noise_shape
+        noise = [torch.from_numpy(a).to(dev) for a in draw_noise(run.noise, layers, cfg.ensemble, len(x), width,
+                                                                   cfg.dropout)]
+        logits = stack(x.to(dev), idx.to(dev), len(sel), noise=noise)  # (E, b)
         loss = lossf(logits, y[sel].to(dev).expand_as(logits)).mean(1).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,7 +9,8 @@ learning", ICML 2018: instance embeddings ``h_k``, weights ``a_k = softmax_k(w^T
 (gated: ``w^T (tanh(V h_k) * sigmoid(U h_k))``), bag embedding ``z = sum_k a_k h_k`` and a
 linear classifier on ``z``. ``forward`` returns bag logits; :meth:`AttentionMIL.attention`
 returns the per-instance weights used for heatmaps. The scores and the pooling are written once
-(:func:`attention_scores`, :func:`pool_bags`) and used by every head, the stacked one included.
+(:func:`attention_scores`, :func:`pool_bags`) and used by every head, the stacked one
+(:class:`medseg.mil.stack.StackedMIL`) included.
 
 >>> import torch
 >>> net = AttentionMIL(in_features=4, gated=True)
@@ -25,7 +26,7 @@ from torch import nn
 
 from medseg.registry import Registry
 
-__all__ = ["AttentionMIL", "PoolingMIL", "StackedMIL", "attention_scores", "pool_bags", "segment_softmax",
+__all__ = ["AttentionMIL", "PoolingMIL", "attention_scores", "pool_bags", "segment_softmax",
            "segment_sum", "segment_max", "MIL_HEADS", "create_mil_head", "mil_head_names", "MIL_MODELS"]
 
 # MIL heads: (N, D) instances (+ bag index) -> bag logits; built by name from MILTrainConfig.model.
@@ -80,7 +81,7 @@ def pool_bags(h: torch.Tensor, how: str, *, scores: torch.Tensor | None = None,
               mask: torch.Tensor | None = None) -> torch.Tensor:
     """Pool instance embeddings ``h`` ``(..., N, E)`` into bag embeddings: ``how`` is ``"attention"``
     (softmax of ``scores`` ``(..., N)`` within the bag, weighted sum of ``h``), ``"mean"`` or
-    ``"max"``. Leading axes (``...``) are independent (the members of :class:`StackedMIL`).
+    ``"max"``. Leading axes (``...``) are independent (the members of :class:`medseg.mil.stack.StackedMIL`).
 
     Three layouts of the instances:
 
@@ -206,145 +207,6 @@ class PoolingMIL(nn.Module):
         idx, n = _index(x, bag_index, n_bags)
         out = self.head(pool_bags(self.embed(x), self.pool, bag_index=idx, n_bags=n))
         return out.squeeze(-1) if out.shape[-1] == 1 else out
-
-
-def dropout_noise(shape: tuple[int, ...], p: float) -> torch.Tensor:
-    """The scaled keep-mask ``nn.functional.dropout`` multiplies by on the CPU, drawn the same way
-    (``bernoulli_(1 - p)`` of a float32 tensor of ``shape``, divided by ``1 - p``): ``h * noise`` equals
-    ``dropout(h, p)`` bit for bit from the same random state."""
-    return torch.empty(shape).bernoulli_(1 - p).div_(1 - p)
-
-
-class _Rows(torch.autograd.Function):
-    """``param[rows]`` (``rows`` None: all of ``param``) whose backward *writes* the gradient of those rows
-    into ``param.grad`` (``index_copy_``) and hands nothing on to autograd. Within one backward in which every
-    row of ``param`` is used exactly once, ``param.grad`` then holds exactly the gradient that zeroing it
-    and accumulating would (each row's value is its only term), without the zeroing and without the
-    parameter-sized zero tensor that indexing's backward fills for every group of rows."""
-
-    @staticmethod
-    def forward(ctx, param: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        ctx.param, ctx.rows = param, rows
-        return param.view_as(param) if rows is None else param[rows]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        param, rows = ctx.param, ctx.rows
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        if rows is None:
-            param.grad.copy_(grad)
-        else:
-            param.grad.index_copy_(0, rows, grad)
-        return None, None
-
-
-class StackedMIL(nn.Module):
-    """E identically shaped MIL networks evaluated in one pass (for training seed ensembles fast).
-
-    Built from a list of :class:`AttentionMIL` or :class:`PoolingMIL` of the same configuration;
-    each member keeps its own parameters (batched matrix products over a leading member axis), so
-    training the stack with an element-wise optimiser such as Adam equals training the members
-    one by one on the same bag order. :meth:`unstack` writes the trained weights back.
-    ``forward`` returns logits ``(E, B)``.
-    """
-
-    def __init__(self, members: list[nn.Module], *, direct_grads: bool = False):
-        super().__init__()
-        if not members:
-            raise ValueError("StackedMIL needs at least one member")
-        # With direct_grads, backward writes each parameter's gradient rows straight into ``.grad`` (allocated
-        # by the optimiser) instead of adding them: see _Rows. For training loops that run one backward per
-        # step over every member exactly once (medseg.mil.folds): no zeroing of the gradients, and no
-        # parameter-sized zero tensor per group of members.
-        self.direct_grads = bool(direct_grads)
-        m0 = members[0]
-        self.kind = ("gated" if m0.gated else "attention") if isinstance(m0, AttentionMIL) else m0.pool
-        self.dropout = next((m.p for m in m0.embed if isinstance(m, nn.Dropout)), 0.0)
-        self.embed = nn.ParameterList()
-        for layer in [m for m in m0.embed if isinstance(m, nn.Linear)]:
-            pos = list(m0.embed).index(layer)
-            self.embed.extend(self._stack([mm.embed[pos] for mm in members]))
-        names = ["attn_v", "attn_w"] + (["attn_u"] if self.kind == "gated" else [])
-        names = names if self.kind in ("attention", "gated") else []
-        self.parts = nn.ModuleDict({n: nn.ParameterList(self._stack([getattr(mm, n) for mm in members]))
-                                    for n in names + ["head"]})
-
-    @staticmethod
-    def _stack(layers: list[nn.Linear]) -> list[nn.Parameter]:
-        w = torch.stack([lin.weight.detach().t() for lin in layers]).clone()
-        b = torch.stack([lin.bias.detach().unsqueeze(0) for lin in layers]).clone()
-        return [nn.Parameter(w), nn.Parameter(b)]
-
-    def unstack(self, members: list[nn.Module]) -> list[nn.Module]:
-        """Copy the stacked weights back into ``members`` (same order as built); returns them."""
-        with torch.no_grad():
-            for e, mm in enumerate(members):
-                lins = [m for m in mm.embed if isinstance(m, nn.Linear)]
-                for j, lin in enumerate(lins):
-                    lin.weight.copy_(self.embed[2 * j][e].t())
-                    lin.bias.copy_(self.embed[2 * j + 1][e, 0])
-                for n, (w, b) in self.parts.items():
-                    getattr(mm, n).weight.copy_(w[e].t())
-                    getattr(mm, n).bias.copy_(b[e, 0])
-        return members
-
-    def _linear(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
-                members: torch.Tensor | None = None) -> torch.Tensor:
-        """Each member's linear layer on its own rows: ``(E, N, D) -> (E, N, H)`` (``members``: only
-        those members, in that order, one row block each)."""
-        if self.direct_grads and self.training and torch.is_grad_enabled():
-            w, b = _Rows.apply(w, members), _Rows.apply(b, members)
-        elif members is not None:
-            w, b = w[members], b[members]
-        return torch.baddbmm(b, h, w)
-
-    def _embed(self, h: torch.Tensor, members: torch.Tensor | None = None,
-               draw: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """Each member's embedding layers on its own copy of the instances: ``(E, N, D) -> (E, N, H)``.
-        ``draw = (rows, picked)``: the dropout masks are drawn for ``rows`` members (the random draws of a
-        stack that holds them all) and rows ``picked`` used, so a stack holding part of the members gets
-        the very masks the whole one would (:func:`dropout_draws`)."""
-        for j in range(0, len(self.embed), 2):
-            h = torch.relu(self._linear(self.embed[j], self.embed[j + 1], h, members))
-            if self.dropout > 0 and self.training and draw is not None:
-                h = h * dropout_noise((draw[0], *h.shape[1:]), self.dropout)[draw[1]]
-            elif self.dropout > 0:
-                h = nn.functional.dropout(h, self.dropout, self.training)
-        return h
-
-    def dropout_draws(self, rows: int, n: int) -> None:
-        """The random draws of a training forward of ``rows`` members on bags padded to ``n`` instances,
-        without the forward: a stack holding none of those members keeps its random stream in step."""
-        if self.dropout > 0 and self.training:
-            width = self.embed[0].shape[2]
-            for _ in range(0, len(self.embed), 2):
-                dropout_noise((rows, n, width), self.dropout)
-
-    def _pool(self, h: torch.Tensor, members: torch.Tensor | None = None, **layout) -> torch.Tensor:
-        """Bag embeddings of the embedded instances ``h`` (layouts of :func:`pool_bags`)."""
-        if self.kind not in ("attention", "gated"):
-            return pool_bags(h, self.kind, **layout)
-        lin = {name: (lambda a, name=name: self._linear(*self.parts[name], a, members)) for name in self.parts}
-        scores = attention_scores(h, lin["attn_v"], lin["attn_w"], lin.get("attn_u"))
-        return pool_bags(h, "attention", scores=scores, **layout)
-
-    def forward_padded(self, x: torch.Tensor, mask: torch.Tensor, members: torch.Tensor | None = None,
-                       draw: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """One bag per member: ``x`` ``(E, N, D)`` padded instances, ``mask`` ``(E, N)`` True on real
-        ones; returns logits ``(E,)`` (member e sees only its own bag). With ``members`` (indices
-        ``(M,)``) only those members run, on ``x`` ``(M, N, D)``: groups of members whose bags are
-        short need not be padded to the longest bag of the step. ``draw``: see :meth:`_embed`."""
-        z = self._pool(self._embed(x, members, draw), members, mask=mask)
-        return self._linear(*self.parts["head"], z.unsqueeze(1), members).reshape(-1)
-
-    def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
-                n_bags: int | None = None) -> torch.Tensor:
-        idx, n = _index(x, bag_index, n_bags)
-        e = self.embed[0].shape[0] if len(self.embed) else self.parts["head"][0].shape[0]
-        h = self._embed(x.unsqueeze(0).expand(e, *x.shape))
-        z = self._pool(h, bag_index=None if n == 1 else idx, n_bags=n)  # one bag (the training default): fewer ops
-        return self._linear(*self.parts["head"], z).squeeze(-1)
 
 
 @MIL_HEADS.register("attention_mil")

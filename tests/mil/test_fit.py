@@ -12,7 +12,8 @@ import torch
 
 from medseg.metrics import classification as M
 from medseg.mil.bags import load_bags
-from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head, segment_softmax
+from medseg.mil.stack import StackedMIL
+from medseg.models.mil import MIL_MODELS, create_mil_head, segment_softmax
 from tests.paths import shared_path
 
 
@@ -86,6 +87,10 @@ def test_head_outputs_pinned():
             [0.3548051714897156, 0.3429480195045471, -0.25661346316337585, -0.2947503626346588], **close)
         assert st.forward_padded(torch.stack([x, x]), mask).tolist() == pytest.approx(
             [0.34768810868263245, -0.25661346316337585], **close)
+        shared = StackedMIL(ms, share=2)   # one job of both members: its first layer as one product
+        assert shared(x, idx, 2).reshape(-1).tolist() == pytest.approx(st(x, idx, 2).reshape(-1).tolist(), **close)
+        assert shared.forward_padded(x[None, :2], mask[1:, :2]).tolist() == pytest.approx(
+            [0.3548051714897156, -0.25661346316337585], **close)
         for name, want in (("mean_mil", [0.13365688920021057, 0.1586368978023529]),
                            ("max_mil", [0.0857052281498909, 0.11269360035657883])):
             torch.manual_seed(0)
@@ -93,10 +98,11 @@ def test_head_outputs_pinned():
 
 
 @pytest.mark.parametrize("name", MIL_MODELS)
-def test_stacked_equals_members(name):
+@pytest.mark.parametrize("share", [1, 3])
+def test_stacked_equals_members(name, share):
     torch.manual_seed(1)
     members = [create_mil_head(name, in_features=6, embed_dim=8, embed_layers=2) for _ in range(3)]
-    st = StackedMIL(members)
+    st = StackedMIL(members, share=share)
     x, idx, _ = _bags()
     ref = torch.stack([m(x, idx, 3) for m in members])
     torch.testing.assert_close(st(x, idx, 3), ref)

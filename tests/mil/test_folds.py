@@ -11,8 +11,8 @@ import torch
 from medseg.mil.bags import Bags
 from medseg.mil.crossval import cross_validate
 from medseg.mil.fit import MILTrainConfig
-from medseg.mil.folds import MaskedAdam
-from medseg.models.mil import MIL_MODELS, StackedMIL, create_mil_head
+from medseg.mil.stack import JobAdam, StackedMIL, draw_noise
+from medseg.models.mil import MIL_MODELS, create_mil_head
 
 
 @pytest.mark.parametrize("name", MIL_MODELS)
@@ -29,26 +29,44 @@ def test_forward_padded_equals_each_member_on_its_bag(name):
         mask[i, :len(b)] = True
     ref = torch.stack([m.eval()(b) for m, b in zip(members, bags)]).reshape(-1)
     torch.testing.assert_close(st.forward_padded(x, mask), ref)
+    # jobs of 3 members sharing a bag (a seed ensemble): every member on its job's bag
+    jobs = StackedMIL(members * 2, share=3).eval()
+    ref = torch.stack([m(b) for b in bags[:2] for m in members]).reshape(-1)
+    torch.testing.assert_close(jobs.forward_padded(x[:2], mask[:2]), ref)
+    torch.testing.assert_close(jobs.forward_padded(x[1:2], mask[1:2], torch.tensor([1])), ref[3:])
 
 
-def test_masked_adam_equals_torch_adam_per_member():
+def test_draw_noise_is_inverted_dropout_from_its_stream():
+    a = draw_noise(np.random.default_rng(4), 2, 3, 50, 40, 0.25)
+    b = draw_noise(np.random.default_rng(4), 2, 3, 50, 40, 0.25)
+    assert a.shape == (2, 3, 50, 40) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert set(np.unique(a).tolist()) == {0.0, np.float32(1 / 0.75)}
+    assert abs((a == 0).mean() - 0.25) < 0.02          # 12,000 draws: sd of the rate 0.004
+    assert draw_noise(np.random.default_rng(4), 0, 3, 5, 4, 0.25).shape == (0, 3, 5, 4)
+
+
+def test_job_adam_equals_torch_adam_per_member():
+    """Two jobs of 2 members and 1 (rows per job: a merged first layer has 1, the others one per member):
+    each member's slice follows torch's Adam on that member alone over the steps its job took."""
     torch.manual_seed(0)
-    w0 = torch.randn(3, 4, 2)
-    grads = [torch.randn(3, 4, 2) for _ in range(6)]
+    w0, b0 = torch.randn(3, 4, 2), torch.randn(6, 1, 2)     # 3 jobs: rows 1 and 2 per job
+    grads = [(torch.randn(3, 4, 2), torch.randn(6, 1, 2)) for _ in range(6)]
     active = [[1, 1, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 0]]
-    p = torch.nn.Parameter(w0.clone())
-    opt = MaskedAdam([p], 3, lr=0.01, weight_decay=0.1)
-    for g, a in zip(grads, active):
-        p.grad = g.clone()
-        opt.step(torch.tensor(a, dtype=torch.bool))
-    for e in range(3):  # reference: torch's Adam on member e alone, over its active steps only
-        q = torch.nn.Parameter(w0[e].clone())
-        ref = torch.optim.Adam([q], lr=0.01, weight_decay=0.1)
-        for g, a in zip(grads, active):
-            if a[e]:
-                q.grad = g[e].clone()
+    w, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())
+    lrs, wds = [0.01, 0.01, 0.02], [0.1, 0.1, 0.0]
+    opt = JobAdam([w, b], 3, lr=lrs, weight_decay=wds)
+    for (gw, gb), a in zip(grads, active):
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step(np.array(a, bool))
+    for job in range(3):  # reference: torch's Adam on the job's rows alone, over its active steps only
+        q = [torch.nn.Parameter(w0[job].clone()), torch.nn.Parameter(b0[2 * job:2 * job + 2].clone())]
+        ref = torch.optim.Adam(q, lr=lrs[job], weight_decay=wds[job])
+        for (gw, gb), a in zip(grads, active):
+            if a[job]:
+                q[0].grad, q[1].grad = gw[job].clone(), gb[2 * job:2 * job + 2].clone()
                 ref.step()
-        torch.testing.assert_close(p.detach()[e], q.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(w.detach()[job], q[0].detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.detach()[2 * job:2 * job + 2], q[1].detach(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model,average", [("attention_mil", []), ("gated_attention_mil", []),
@@ -82,16 +100,18 @@ def _bags(rng, n=23, d=4):
     return Bags(feats, np.array(labels), [str(i) for i in range(n)])
 
 
-@pytest.mark.parametrize("model", ["attention_mil", "gated_attention_mil"])
-def test_batched_jobs_give_the_weights_of_separate_fits(rng, model):
+@pytest.mark.parametrize("model,dropout", [("attention_mil", 0.0), ("gated_attention_mil", 0.0),
+                                           ("gated_attention_mil", 0.25)])
+def test_batched_jobs_give_the_weights_of_separate_fits(rng, model, dropout):
     """Jobs of different training sets (18-20 bags: masked steps), seeds, learning rates, weight decays
-    and epoch counts trained as one stack end with the weights of fit_mil on each alone (dropout 0;
-    tolerance 1e-4 absolute: float32 summation order in the batched products)."""
+    and epoch counts trained as one stack end with the weights of fit_mil on each alone (with dropout too:
+    each job draws its masks from its own stream; tolerance 1e-4 absolute: float32 summation order in the
+    batched products)."""
     from medseg.mil.fit import fit_mil, predict_bags
     from medseg.mil.folds import Job, fit_jobs, predict_jobs
 
     bags = _bags(rng)
-    base = MILTrainConfig(model=model, dropout=0.0, embed_dim=8, attn_dim=6, epochs=3)
+    base = MILTrainConfig(model=model, dropout=dropout, embed_dim=8, attn_dim=6, epochs=3)
     jobs = [Job(np.arange(0, 20), 1, base, (2, 3)), Job(np.arange(3, 21), 2, replace(base, lr=2e-3)),
             Job(np.arange(4, 23), 3, replace(base, weight_decay=0.1, epochs=2)),
             Job(np.arange(0, 19), 4, replace(base, ensemble=1, epochs=4))]
@@ -114,13 +134,17 @@ def test_batched_jobs_give_the_weights_of_separate_fits(rng, model):
 def test_length_groups_partition_and_cut():
     from medseg.mil.folds import length_groups
 
-    # sorted lengths 2 3 4 4 5 5 6 7 | 900 1000: padding all to 1000 costs 10,000; cut after the 8 short
-    # ones: 8 x 7 + 2 x 1000 = 2,056 (< 0.7 x 10,000); the short part is not cut again (gain too small)
+    # sorted lengths 2 3 4 4 5 5 6 7 | 900 1000, a job costing 32 rows + its padded length: all padded to 1000
+    # cost 10 x 1032 = 10,320; cut after the 8 short ones: 8 x 39 + 2 x 1032 = 2,376 (< 0.7 x 10,320); the
+    # short part is not cut again (gain too small)
     lens = np.array([3, 1000, 5, 4, 900, 2, 6, 7, 5, 4])
     groups = length_groups(lens)
     assert [sorted(lens[g].tolist()) for g in groups] == [[2, 3, 4, 4, 5, 5, 6, 7], [900, 1000]]
     assert sorted(np.concatenate(groups).tolist()) == list(range(10))
-    # equal lengths, or no gain: one group in member order
+    # equal lengths, or no gain: one group in job order; 13 rows against 6 do not pay for a split (FOX:
+    # all 10 x 45 = 450 against 9 x 38 + 45 = 387, not below 0.7 x 450), without the fixed cost they would
+    assert len(length_groups(np.array([6] * 9 + [13]))) == 1
+    assert len(length_groups(np.array([6] * 9 + [13]), fixed=0)) == 2
     for lens in (np.array([5, 5, 5]), np.array([4, 5, 6])):
         (g,) = length_groups(lens)
         assert g.tolist() == list(range(len(lens)))
@@ -162,8 +186,8 @@ def _weights(res):
 def test_parts_in_worker_processes_equal_parts_one_after_another_and_the_whole_stack(monkeypatch):
     """A stack split into parts gives the same weights whether the parts run in worker processes or one
     after another here (the machine's load decides which, never the result), and the weights of the whole
-    stack up to float32 rounding of the batched products: the same initialisation, bag orders and dropout
-    masks (a part replays the whole stack's draws; masks drawn anew would move weights by ~1e-2)."""
+    stack up to float32 rounding of the batched products: every job draws its initialisation, bag orders
+    and dropout masks from its own seed (masks drawn otherwise would move weights by ~1e-2)."""
     import medseg.device
     from medseg.mil.crossval import cv_splits
     from medseg.mil.folds import Job, fit_jobs
