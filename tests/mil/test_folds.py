@@ -150,14 +150,18 @@ def test_length_groups_partition_and_cut():
         assert g.tolist() == list(range(len(lens)))
 
 
-@pytest.mark.parametrize("name", ["attention_mil", "gated_attention_mil"])
-def test_direct_grads_equal_zeroed_and_accumulated_grads_bitwise(name):
-    """A stack with direct_grads writes each member's gradient rows once per backward: after two steps of
-    groups of members (a partition, as length_groups makes) the gradients equal, bit for bit, those of a
-    plain stack whose gradients are zeroed before each step and accumulated over the groups."""
+@pytest.mark.parametrize("name,share,layers", [("attention_mil", 1, 1), ("gated_attention_mil", 1, 1),
+                                               ("gated_attention_mil", 2, 2)])
+def test_direct_grads_equal_zeroed_and_accumulated_grads_bitwise(name, share, layers):
+    """A stack with direct_grads writes each job's gradient rows once per backward: after two steps of
+    groups of jobs (a partition, as length_groups makes) the gradients equal, bit for bit, those of a
+    plain stack whose gradients are zeroed before each step and accumulated over the groups (5 jobs of
+    ``share`` members; with 2 layers, the second is indexed by member, the first by job)."""
     torch.manual_seed(1)
-    members = [create_mil_head(name, in_features=6, embed_dim=8, attn_dim=5) for _ in range(5)]
-    plain, direct = StackedMIL(members).train(), StackedMIL(members, direct_grads=True).train()
+    members = [create_mil_head(name, in_features=6, embed_dim=8, attn_dim=5, embed_layers=layers)
+               for _ in range(5 * share)]
+    plain = StackedMIL(members, share=share).train()
+    direct = StackedMIL(members, share=share, direct_grads=True).train()
     for p in direct.parameters():
         p.grad = torch.full_like(p, 7.0)             # stale values: must be overwritten, not added to
     for step, groups in enumerate([[[0, 2, 4], [1, 3]], [[3], [0, 1, 2, 4]], [[0, 1, 2, 3, 4]]]):
