@@ -290,10 +290,11 @@ def batch_step(stack: StackedMIL, runs: list[MILRun], cfg: MILTrainConfig, dev: 
     single = [(torch.from_numpy(f).to(dev), torch.zeros(len(f), dtype=torch.long, device=dev))
               for f in run.feats] if cfg.batch_bags == 1 else []
 
+    layers, width = stack.noise_shape
+
     def step(sels: list[np.ndarray]) -> np.ndarray:
         (sel,) = sels
         x, idx = single[sel[0]] if single else _stack([run.feats[i] for i in sel])
-        layers, width = stack.noise_shape
         noise = [torch.from_numpy(a).to(dev) for a in draw_noise(run.noise, layers, cfg.ensemble, len(x), width,
                                                                    cfg.dropout)]
         logits = stack(x.to(dev), idx.to(dev), len(sel), noise=noise)  # (E, b)

@@ -12,13 +12,13 @@ float32 rounding of the products. Each job draws its dropout masks from its own 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from medseg.models.mil import AttentionMIL, _index, attention_scores, pool_bags
+from medseg.models.mil import AttentionMIL, attention_scores, bag_layout, pool_bags
 
 __all__ = ["StackedMIL", "JobAdam", "draw_noise"]
 
@@ -57,24 +57,24 @@ class _DirectAffine(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         h, ws = ctx.saved_tensors
-        rows = ctx.rows
-        for p in ctx.params:
+        w, b = ctx.params
+        for p in (w, b):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        w, b = ctx.params
-        if rows is None:
-            if ws.shape[2] == 1:
+        one = ws.shape[2] == 1
+        if ctx.rows is None:   # all rows: written straight into .grad, no temporary
+            if one:
                 torch.sum(h * g, 1, keepdim=True, out=w.grad.transpose(1, 2))
             else:
                 torch.bmm(h.transpose(1, 2), g, out=w.grad)
             torch.sum(g, 1, keepdim=True, out=b.grad)
         else:
-            gw = (h * g).sum(1, keepdim=True).transpose(1, 2) if ws.shape[2] == 1 else torch.bmm(h.transpose(1, 2), g)
-            w.grad.index_copy_(0, rows, gw)
-            b.grad.index_copy_(0, rows, g.sum(1, keepdim=True))
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        gh = g * ws.transpose(1, 2) if ws.shape[2] == 1 else torch.bmm(g, ws.transpose(1, 2))
+            w.grad.index_copy_(0, ctx.rows, (h * g).sum(1, keepdim=True).transpose(1, 2) if one
+                               else torch.bmm(h.transpose(1, 2), g))
+            b.grad.index_copy_(0, ctx.rows, g.sum(1, keepdim=True))
+        gh = None
+        if ctx.needs_input_grad[0]:
+            gh = g * ws.transpose(1, 2) if one else torch.bmm(g, ws.transpose(1, 2))
         return gh, None, None, None
 
 
@@ -106,8 +106,7 @@ class StackedMIL(nn.Module):
 
     def _part(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked weight and bias of the layer ``name`` of the members."""
-        pair = self.parts[name]
-        assert isinstance(pair, nn.ParameterList)
+        pair = cast(nn.ParameterList, self.parts[name])
         return pair[0], pair[1]
 
     @staticmethod
@@ -162,9 +161,9 @@ class StackedMIL(nn.Module):
     def _embed(self, x: torch.Tensor, jobs: torch.Tensor | None, noise: list[torch.Tensor] | None) -> torch.Tensor:
         """Job instances ``(J, N, D)`` -> each member's embedding ``(J * share, N, H)``; ``noise``: the
         dropout masks per layer ``(J * share, N, H)`` (None: drawn by torch)."""
-        members = None if jobs is None else self.members_of(jobs)
         if not len(self.embed):
             return x.repeat_interleave(self.share, 0)
+        members = None if jobs is None else self.members_of(jobs)
         h = x
         for k in range(0, len(self.embed), 2):
             h = torch.relu(self._linear(self.embed[k], self.embed[k + 1], h, jobs if k == 0 else members))
@@ -202,7 +201,7 @@ class StackedMIL(nn.Module):
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None, n_bags: int | None = None,
                 noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Instances ``(N, D)`` seen by every member -> logits ``(E, B)``."""
-        idx, n = _index(x, bag_index, n_bags)
+        idx, n = bag_layout(x, bag_index, n_bags)
         h = self._embed(x.unsqueeze(0).expand(self.n_jobs, *x.shape), None, noise)
         z = self._pool(h, bag_index=None if n == 1 else idx, n_bags=n)  # one bag (the training default): fewer ops
         return self._linear(*self._part("head"), z, None).squeeze(-1)
@@ -228,8 +227,7 @@ class JobAdam:
         self.betas, self.eps = betas, eps
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
-        self.count = np.zeros(n_jobs, np.int64)
-        self.t = torch.zeros(n_jobs, device=self.params[0].device)  # float32, as torch's fused Adam keeps it
+        self.count = np.zeros(n_jobs, np.int64)   # steps taken per job
         self.fused = hasattr(torch, "_fused_adam_") and self.params[0].device.type in ("cpu", "cuda")
 
     def _runs(self, active: np.ndarray) -> list[tuple[int, int]]:
@@ -248,15 +246,14 @@ class JobAdam:
         if any(p.grad is None for p in self.params):
             raise RuntimeError("JobAdam.step without gradients")
         self.count[active] += 1
-        self.t[torch.from_numpy(np.flatnonzero(active)).to(self.t.device)] += 1
         for a, b in self._runs(active):
             cut = [slice(a * r, b * r) for r in self.rows]
             ps = [p[c] for p, c in zip(self.params, cut)]
             gs = [p.grad[c] for p, c in zip(self.params, cut)]
             ms = [m[c] for m, c in zip(self.m, cut)]
             vs = [v[c] for v, c in zip(self.v, cut)]
-            ts = [self.t[a]] * len(ps)
-            if self.fused:
+            if self.fused:   # the step count as torch's fused Adam keeps it: a float32 tensor
+                ts = [torch.tensor(float(self.count[a]), device=ps[0].device)] * len(ps)
                 torch._fused_adam_(ps, gs, ms, vs, [], ts, lr=self.lr[a], beta1=self.betas[0], beta2=self.betas[1],
                                    weight_decay=self.wd[a], eps=self.eps, amsgrad=False, maximize=False)
             else:

@@ -26,14 +26,15 @@ from torch import nn
 
 from medseg.registry import Registry
 
-__all__ = ["AttentionMIL", "PoolingMIL", "attention_scores", "pool_bags", "segment_softmax",
+__all__ = ["AttentionMIL", "PoolingMIL", "attention_scores", "bag_layout", "pool_bags", "segment_softmax",
            "segment_sum", "segment_max", "MIL_HEADS", "create_mil_head", "mil_head_names", "MIL_MODELS"]
 
 # MIL heads: (N, D) instances (+ bag index) -> bag logits; built by name from MILTrainConfig.model.
 MIL_HEADS = Registry("MIL head")
 
 
-def _index(x: torch.Tensor, bag_index: torch.Tensor | None, n_bags: int | None) -> tuple[torch.Tensor, int]:
+def bag_layout(x: torch.Tensor, bag_index: torch.Tensor | None, n_bags: int | None) -> tuple[torch.Tensor, int]:
+    """The bag index of each instance ``(N,)`` and the bag count (no ``bag_index``: one bag)."""
     if bag_index is None:
         return torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 1
     if n_bags is None:
@@ -160,13 +161,13 @@ class AttentionMIL(nn.Module):
     def attention(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                   n_bags: int | None = None) -> torch.Tensor:
         """Attention weights ``(N,)``: within each bag they are >= 0 and sum to 1."""
-        idx, n = _index(x, bag_index, n_bags)
+        idx, n = bag_layout(x, bag_index, n_bags)
         return segment_softmax(self._scores(self.embed(x)), idx, n)
 
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                 n_bags: int | None = None) -> torch.Tensor:
         """Bag logits ``(B,)`` (or ``(B, n_classes)`` when ``n_classes > 1``) for instances ``(N, D)``."""
-        idx, n = _index(x, bag_index, n_bags)
+        idx, n = bag_layout(x, bag_index, n_bags)
         h = self.embed(x)
         out = self.head(pool_bags(h, "attention", scores=self._scores(h), bag_index=idx, n_bags=n))
         return out.squeeze(-1) if out.shape[-1] == 1 else out
@@ -194,7 +195,7 @@ class PoolingMIL(nn.Module):
 
     def attention(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                   n_bags: int | None = None) -> torch.Tensor:
-        idx, n = _index(x, bag_index, n_bags)
+        idx, n = bag_layout(x, bag_index, n_bags)
         h = self.embed(x)
         if self.pool == "mean":
             counts = segment_sum(torch.ones_like(h[:, 0]), idx, n)
@@ -204,7 +205,7 @@ class PoolingMIL(nn.Module):
 
     def forward(self, x: torch.Tensor, bag_index: torch.Tensor | None = None,
                 n_bags: int | None = None) -> torch.Tensor:
-        idx, n = _index(x, bag_index, n_bags)
+        idx, n = bag_layout(x, bag_index, n_bags)
         out = self.head(pool_bags(self.embed(x), self.pool, bag_index=idx, n_bags=n))
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
