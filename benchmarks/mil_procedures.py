@@ -28,6 +28,16 @@ FOX's 10-fold x 5 protocol through ``medseg mil cv`` with it takes <= 2 minutes 
 Of the candidates that qualify, the higher mean accuracy becomes the default (within 0.002 of each other:
 B, the one with fewer parameters); if none qualifies, the default stays.
 
+Fourth question (2026-12-04, session 10), fixed before any result: the default trains 3 networks for 40
+epochs, 120 network-epochs; a step's time grows with the networks it updates, so the protocol's time grows
+with the network-epochs. Is a procedure as good to be had for fewer, or a better one for as many?
+Candidates ``ens{k}@{T}``: k networks of the seed ensemble (3, 4 or 5) after T epochs (20, 25, 30, 35 or 40),
+k * T <= 120; all scored from one run per data set (``--members 5 --last 40``; a k-network candidate uses
+members 0..k-1), 10-fold x 1, seed 0, 2 parts, the six non-goal data sets. Among the candidates whose mean
+AUC there is not below ``ens3@40``'s (the default, from the same run), the one with the best mean accuracy is
+found; of the candidates within 0.002 accuracy of it, the cheapest (fewest network-epochs; equal cost: fewer
+networks) becomes the default. The goal benchmarks are reported after the decision, not used for it.
+
     PYTHONPATH=. python benchmarks/mil_procedures.py --out out/mil_proc/dev.json \\
         --data birds protein corel digits digits:1 digits:2 --repeats 1
     PYTHONPATH=. python benchmarks/mil_procedures.py --out out/mil_proc/goal.json \\
@@ -37,6 +47,9 @@ B, the one with fewer parameters); if none qualifies, the default stays.
         --data birds protein corel digits digits:1 digits:2 --set embed_layers=2
     PYTHONPATH=. python benchmarks/mil_procedures.py --out out/mil_proc/dev_l2a64.json --members 3 --last 40 \
         --data birds protein corel digits digits:1 digits:2 --set embed_layers=2 attn_dim=64
+    PYTHONPATH=. python benchmarks/mil_procedures.py --out out/mil_proc/dev_epochs.json --members 5 --last 40 \
+        --data birds protein corel digits digits:1 digits:2
+    PYTHONPATH=. python benchmarks/mil_procedures.py --decide-cost out/mil_proc/dev_epochs.json
 """
 
 from __future__ import annotations
@@ -78,6 +91,9 @@ PROCEDURES = {
     "ens5-snap10-40": (5, [10, 20, 30, 40]),
     "ens5-snap20-50": (5, [20, 30, 40, 50]),
 }
+# fourth question: k networks after T epochs, at most the default's 120 network-epochs
+PROCEDURES.update({f"ens{k}@{t}": (k, [t]) for k in (3, 4, 5) for t in range(20, 41, 5)
+                   if k * t <= 120 and f"ens{k}@{t}" not in PROCEDURES})
 
 
 def load(name: str) -> Bags:
@@ -143,6 +159,23 @@ def table(paths: list[Path]) -> None:
             print(f"  {p}: {a:.4f} ({u:.4f})")
 
 
+def decide_cost(rows: list[dict]) -> str:
+    """The fourth question's rule (module docstring) applied to the non-goal rows of one run."""
+    dev = [r for r in rows if r["data"] not in GOALS]
+    cands = [p for p in PROCEDURES if p.startswith("ens") and "@" in p and all(p in r["procedures"] for r in dev)]
+    mean = {p: (np.mean([r["procedures"][p]["accuracy"] for r in dev]),
+                np.mean([r["procedures"][p]["auc"] for r in dev])) for p in cands}
+    ok = [p for p in cands if mean[p][1] >= mean["ens3@40"][1]]
+    best = max(mean[p][0] for p in ok)
+    cost = {p: (PROCEDURES[p][0] * PROCEDURES[p][1][0], PROCEDURES[p][0]) for p in ok}
+    near = sorted((p for p in ok if mean[p][0] >= best - 0.002), key=lambda p: cost[p])
+    for p in sorted(cands, key=lambda p: (PROCEDURES[p][0], PROCEDURES[p][1][0])):
+        print(f"  {p}: accuracy {mean[p][0]:.4f}, AUC {mean[p][1]:.4f}, {PROCEDURES[p][0] * PROCEDURES[p][1][0]} "
+              f"network-epochs{'' if p in ok else ' (AUC below ens3@40)'}")
+    print(f"best accuracy {best:.4f}; within 0.002: {', '.join(near)}; decision: {near[0]}")
+    return near[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path)
@@ -157,12 +190,16 @@ def main() -> int:
                     help="MILTrainConfig fields changed for every run (YAML values, e.g. embed_layers=2; "
                          "repeatable, as medseg mil cv's --set)")
     ap.add_argument("--table", nargs="+", type=Path)
+    ap.add_argument("--decide-cost", type=Path, help="apply the fourth question's rule to this run's results")
     args = ap.parse_args()
     if args.last < 40:
         ap.error("--last must be at least 40: every procedure is compared with single@40, the old default")
     overrides = apply_overrides({}, args.set)
     if args.table:
         table(args.table)
+        return 0
+    if args.decide_cost:
+        decide_cost(list(json.loads(args.decide_cost.read_text()).values()))
         return 0
     res = json.loads(args.out.read_text()) if args.out.is_file() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
