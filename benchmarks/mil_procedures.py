@@ -162,7 +162,8 @@ def table(paths: list[Path]) -> None:
 def decide_cost(rows: list[dict]) -> str:
     """The fourth question's rule (module docstring) applied to the non-goal rows of one run."""
     dev = [r for r in rows if r["data"] not in GOALS]
-    cands = [p for p in PROCEDURES if p.startswith("ens") and "@" in p and all(p in r["procedures"] for r in dev)]
+    cands = [p for p in PROCEDURES if p.startswith("ens") and "@" in p and all(p in r["procedures"] for r in dev)
+             and PROCEDURES[p][0] * PROCEDURES[p][1][0] <= 120]
     mean = {p: (np.mean([r["procedures"][p]["accuracy"] for r in dev]),
                 np.mean([r["procedures"][p]["auc"] for r in dev])) for p in cands}
     ok = [p for p in cands if mean[p][1] >= mean["ens3@40"][1]]
