@@ -29,7 +29,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                     help="aggregator: attention_mil, gated_attention_mil, mean_mil or max_mil (default: the "
                     "config's, else gated_attention_mil)")
     cv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a training key, e.g. --set epochs=20")
+                    help="override a training key, e.g. --set epochs=40 or --set ensemble=1")
     cv.add_argument("--select-epochs", type=int, nargs="+", default=None, metavar="E",
                     help="choose the epoch count among these by an inner CV inside each training fold "
                     "(default: a fixed 20 epochs)")
