@@ -261,3 +261,18 @@ def test_average_epochs_is_the_mean_of_the_run_snapshots(tmp_path, rng):
                 {"average_epochs": [10], "select_epochs": [10, 20]}):
         with pytest.raises(ConfigError, match="average_epochs"):
             MILTrainConfig.from_dict(bad)
+
+
+def test_shipped_mil_yaml_is_the_built_in_default():
+    """configs/wsi/mil.yaml says it holds MILTrainConfig's values: a default changed in one place only would
+    make `--config configs/wsi/mil.yaml` and the built-in default two different procedures."""
+    from pathlib import Path
+
+    import yaml
+
+    from medseg.mil.fit import MILTrainConfig
+
+    text = (Path(__file__).resolve().parents[2] / "configs" / "wsi" / "mil.yaml").read_text()
+    shipped = MILTrainConfig.from_dict(yaml.safe_load(text)["mil"])
+    assert shipped == MILTrainConfig()
+    assert (shipped.epochs, shipped.ensemble, shipped.embed_layers, shipped.attn_dim) == (20, 3, 2, 64)
