@@ -105,8 +105,20 @@ PROCEDURES = {
     "ens5-snap20-50": (5, [20, 30, 40, 50]),
 }
 # fourth question: k networks after T epochs, at most the default's 120 network-epochs
-PROCEDURES.update({f"ens{k}@{t}": (k, [t]) for k in (3, 4, 5) for t in range(20, 41, 5)
-                   if k * t <= 120 and f"ens{k}@{t}" not in PROCEDURES})
+PROCEDURES.update({f"ens{k}@{t}": (k, [t]) for k in (3, 4, 5) for t in range(20, 41, 5) if k * t <= 120})
+
+
+def network_epochs(proc: str) -> int:
+    """Training cost of a procedure: its networks times the last epoch it uses."""
+    k, eps = PROCEDURES[proc]
+    return k * max(eps)
+
+
+def dev_means(rows: list[dict], procs: list[str]) -> dict[str, tuple[float, float]]:
+    """Mean accuracy and AUC of each procedure over the non-goal rows."""
+    dev = [r for r in rows if r["data"] not in GOALS]
+    return {p: (float(np.mean([r["procedures"][p]["accuracy"] for r in dev])),
+                float(np.mean([r["procedures"][p]["auc"] for r in dev]))) for p in procs}
 
 
 def load(name: str) -> Bags:
@@ -163,28 +175,22 @@ def table(paths: list[Path]) -> None:
         model = r["model"] + "".join(f", {k}={v}" for k, v in r.get("overrides", {}).items())
         print(f"| {r['data']} | {model} | {r['train_seconds']:.0f} | " + " | ".join(cells)
               + f" | {'' if ilse is None else ilse} |")
-    dev = [r for r in rows if r["data"] not in GOALS]
-    if dev:
+    if any(r["data"] not in GOALS for r in rows):
         print("\nmean over the non-goal rows, accuracy (AUC):")
-        for p in procs:
-            a = np.mean([r["procedures"][p]["accuracy"] for r in dev])
-            u = np.mean([r["procedures"][p]["auc"] for r in dev])
+        for p, (a, u) in dev_means(rows, procs).items():
             print(f"  {p}: {a:.4f} ({u:.4f})")
 
 
 def decide_cost(rows: list[dict]) -> str:
     """The fourth question's rule (module docstring) applied to the non-goal rows of one run."""
-    dev = [r for r in rows if r["data"] not in GOALS]
-    cands = [p for p in PROCEDURES if p.startswith("ens") and "@" in p and all(p in r["procedures"] for r in dev)
-             and PROCEDURES[p][0] * PROCEDURES[p][1][0] <= 120]
-    mean = {p: (np.mean([r["procedures"][p]["accuracy"] for r in dev]),
-                np.mean([r["procedures"][p]["auc"] for r in dev])) for p in cands}
+    cands = [p for p in PROCEDURES if p.startswith("ens") and "@" in p and network_epochs(p) <= 120
+             and all(p in r["procedures"] for r in rows if r["data"] not in GOALS)]
+    mean = dev_means(rows, cands)
     ok = [p for p in cands if mean[p][1] >= mean["ens3@40"][1]]
     best = max(mean[p][0] for p in ok)
-    cost = {p: (PROCEDURES[p][0] * PROCEDURES[p][1][0], PROCEDURES[p][0]) for p in ok}
-    near = sorted((p for p in ok if mean[p][0] >= best - 0.002), key=lambda p: cost[p])
-    for p in sorted(cands, key=lambda p: (PROCEDURES[p][0], PROCEDURES[p][1][0])):
-        print(f"  {p}: accuracy {mean[p][0]:.4f}, AUC {mean[p][1]:.4f}, {PROCEDURES[p][0] * PROCEDURES[p][1][0]} "
+    near = sorted((p for p in ok if mean[p][0] >= best - 0.002), key=lambda p: (network_epochs(p), PROCEDURES[p][0]))
+    for p in sorted(cands, key=lambda p: (PROCEDURES[p][0], network_epochs(p))):
+        print(f"  {p}: accuracy {mean[p][0]:.4f}, AUC {mean[p][1]:.4f}, {network_epochs(p)} "
               f"network-epochs{'' if p in ok else ' (AUC below ens3@40)'}")
     print(f"best accuracy {best:.4f}; within 0.002: {', '.join(near)}; decision: {near[0]}")
     return near[0]

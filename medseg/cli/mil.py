@@ -32,7 +32,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                     help="override a training key, e.g. --set epochs=40 or --set ensemble=1")
     cv.add_argument("--select-epochs", type=int, nargs="+", default=None, metavar="E",
                     help="choose the epoch count among these by an inner CV inside each training fold "
-                    "(default: a fixed 20 epochs)")
+                    "(default: off, the config's fixed epochs)")
     cv.add_argument("--select-grid", choices=["default", "off"], default=None,
                     help="choose model, weight decay and epochs (the default grid) by inner CV inside each "
                          "training fold, one-standard-error rule; YAML 'select_grid' sets other grids "

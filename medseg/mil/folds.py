@@ -120,6 +120,14 @@ def length_groups(lens: np.ndarray, *, depth: int = 2, gain: float = 0.7, fixed:
     return [low[g] for g in length_groups(lens[low], depth=depth - 1, gain=gain, fixed=fixed)] + [order[best + 1:]]
 
 
+def _standardisers(ensembles: list[MILEnsemble], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each job's feature mean and std as float64 ``(jobs, 1, D)`` (for :meth:`PaddedBags.take`)."""
+    def per_job(rows: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(rows)).unsqueeze(1).to(dev)
+
+    return per_job([e.mean for e in ensembles]), per_job([e.std for e in ensembles])
+
+
 def _train_split(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.device,
                  progress: Callable[[int], None] | None, parts: int | None) -> list[dict[int, MILEnsemble]]:
     """:func:`_train_stack` of ``jobs`` split into ``parts`` stacks of whole jobs (None: one per core this
@@ -188,8 +196,7 @@ def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
     stack = StackedMIL(flat, share=e, direct_grads=True).to(dev)   # every member runs once a step
     opt = JobAdam(stack.parameters(), n_jobs, lr=[j.cfg.lr for j in own],
                   weight_decay=[j.cfg.weight_decay for j in own])
-    mean = torch.from_numpy(np.stack([r.ens.mean for r in runs])).unsqueeze(1).to(dev)   # (J, 1, D) float64
-    std = torch.from_numpy(np.stack([r.ens.std for r in runs])).unsqueeze(1).to(dev)
+    mean, std = _standardisers([r.ens for r in runs], dev)
     sizes = np.array([len(j.train) for j in own])
     layers, width = stack.noise_shape
     p_drop = own[0].cfg.dropout
@@ -257,8 +264,7 @@ def predict_jobs(bags: Bags, ensembles: list[MILEnsemble], tests: list[np.ndarra
     for idx in groups.values():
         e = len(ensembles[idx[0]].models)
         stack = StackedMIL([m for k in idx for m in ensembles[k].models], share=e).to(dev).eval()
-        mean = torch.from_numpy(np.stack([ensembles[k].mean for k in idx])).unsqueeze(1).to(dev)
-        std = torch.from_numpy(np.stack([ensembles[k].std for k in idx])).unsqueeze(1).to(dev)
+        mean, std = _standardisers([ensembles[k] for k in idx], dev)
         n = max(len(tests[k]) for k in idx)
         with few_threads(dev):
             for s in range(n):
