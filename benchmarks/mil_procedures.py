@@ -47,6 +47,9 @@ above the default's from the same code and settings, its mean AUC is not below, 
 through ``medseg mil cv`` with it takes <= 2 minutes on the quiet 2-core machine; otherwise one layer stays.
 (Decided: A, the default since: 0.9543 / AUC 0.9478 against 0.9474 / 0.9401, FOX 70.5 s.)
 
+Sixth question (2026-12-04, session 11): bagging, an ensemble of networks each trained on part of the training
+bags; its rule and runs are in ``benchmarks/mil_bagging.py`` (the candidate trains through ``medseg mil cv``).
+
     PYTHONPATH=. python benchmarks/mil_procedures.py --out out/mil_proc/dev.json \\
         --data birds protein corel digits digits:1 digits:2 --repeats 1
     PYTHONPATH=. python benchmarks/mil_procedures.py --out out/mil_proc/goal.json \\
