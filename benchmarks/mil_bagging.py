@@ -60,6 +60,7 @@ def main() -> int:
     ap.add_argument("--data", nargs="+", default=DEV)
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     ap.add_argument("--decide", action="store_true")
     args = ap.parse_args()
     res = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -68,7 +69,8 @@ def main() -> int:
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.data:
-        for cand, overrides in CANDIDATES.items():
+        for cand in args.candidates:
+            overrides = CANDIDATES[cand]
             key = f"{name}/{cand}"
             if key in res:
                 continue

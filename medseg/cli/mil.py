@@ -37,6 +37,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                     help="choose model, weight decay and epochs (the default grid) by inner CV inside each "
                          "training fold, one-standard-error rule; YAML 'select_grid' sets other grids "
                          "(default: the config's, else off)")
+    cv.add_argument("--bagging", action="store_true",
+                    help="average the networks trained on each inner fold's training part instead of one refit on "
+                         "all the training bags (inner_folds x ensemble networks per fold; YAML 'bagging')")
     cv.add_argument("--inner-folds", type=int, default=None, help="folds of that inner CV (default 3)")
     cv.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
 
@@ -58,6 +61,8 @@ def _load_cfg(args: argparse.Namespace):
         raw["select_grid"] = "default" if args.select_grid == "default" else {}
     if args.inner_folds is not None:
         raw["inner_folds"] = args.inner_folds
+    if args.bagging:
+        raw["bagging"] = True
     return MILTrainConfig.from_dict(raw)
 
 
@@ -113,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"configurations chosen by inner {cfg.inner_folds}-fold CV (count of outer folds):")
         for c, n in summary["configs_chosen"].items():
             print(f"  {n:3d}  {c}")
+    if cfg.bagging:
+        err = [p["inner_error"] for p in summary["per_fold"] if isinstance(p.get("inner_error"), float)]
+        print(f"bagging: {cfg.inner_folds} x {cfg.ensemble} networks per training fold"
+              + (f", inner out-of-fold error {sum(err) / len(err):.3f}" if err else ""))
     if cfg.select_epochs:
         print(f"epochs chosen by inner {cfg.inner_folds}-fold CV (count of outer folds): {summary['epochs_chosen']}")
     if "instance_auc_mean" in summary:

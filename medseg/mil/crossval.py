@@ -67,8 +67,9 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
         if not parallel_folds:
             log.info("bags too long to train %d folds side by side; training them one by one", folds * repeats)
     parallel = parallel_folds and cfg.batch_bags == 1 and not cfg.select_epochs
-    if cfg.select_grid and not parallel:
-        raise ConfigError("mil: select_grid trains side by side (batch_bags 1, parallel folds, no select_epochs)")
+    if (cfg.select_grid or cfg.bagging) and not parallel:
+        raise ConfigError("mil: select_grid and bagging train side by side (batch_bags 1, parallel folds, "
+                          "no select_epochs)")
     head = {"n_bags": len(bags), "n_positive": int(bags.labels.sum()), "folds": folds, "seed": seed,
             "config": asdict(cfg), "parallel_folds": parallel}
     splits = cv_splits(bags.labels, folds, repeats, seed)
@@ -77,9 +78,10 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
         y == 1 and np.min(inst) == 0 for y, inst in zip(bags.labels, bags.instance_labels))
     done = [0]
     total = cfg.epochs if parallel else repeats * folds
-    if cfg.select_grid:  # epochs of the inner stacks, then about as many for the refits
+    if cfg.select_grid or cfg.bagging:  # epochs of the inner stacks, then about as many for the refits (if any)
         marks = cfg.select_grid.get("epochs", [cfg.epochs])
-        total = 2 * max(marks) * len({structure_key(replace(cfg, **p)) for p in grid_points(cfg.select_grid)})
+        stacks = len({structure_key(replace(cfg, **p)) for p in grid_points(cfg.select_grid)})
+        total = (1 if cfg.bagging else 2) * max(marks) * stacks
 
     def tick(n: int) -> None:
         done[0] += n
@@ -89,7 +91,7 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
     if parallel:
         all_trains = [tr for _, trains, _ in splits for tr in trains]
         all_seeds = [sd for _, _, seeds in splits for sd in seeds]
-        if cfg.select_grid:  # chosen on each outer training set's bags only
+        if cfg.select_grid or cfg.bagging:  # chosen / bagged on each outer training set's bags only
             picked = select_and_fit(bags, all_trains, all_seeds, cfg, cfg.select_grid, device=device, progress=tick)
             fitted, infos = [p[0] for p in picked], [p[1] for p in picked]
         else:

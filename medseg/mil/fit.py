@@ -68,6 +68,8 @@ class MILTrainConfig:
     # the default: a fixed 40 beat the inner-CV choice on the development data sets, docs/benchmarks.md).
     select_epochs: list[int] = field(default_factory=list)
     inner_folds: int = 3  # folds of that inner CV (inside the training bags only)
+    # Bagging: average the networks of the inner folds' training parts instead of a refit (medseg.mil.grid)
+    bagging: bool = False
     # Grid of model selection by inner CV inside each training set, one-standard-error rule
     # (medseg.mil.grid; {} = off, "default" = DEFAULT_GRID): key -> list of values (GRID_KEYS).
     select_grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -97,8 +99,6 @@ class MILTrainConfig:
                               f"(known: {', '.join(GRID_KEYS)})")
         if grid and cfg.select_epochs:
             raise ConfigError("mil: select_grid and select_epochs exclude each other (put epochs in the grid)")
-        if grid and cfg.inner_folds < 2:
-            raise ConfigError("mil: inner_folds must be >= 2 when select_grid is set")
         if cfg.epochs < 1 or cfg.ensemble < 1 or cfg.batch_bags < 1:
             raise ConfigError("mil: epochs, ensemble and batch_bags must be >= 1")
         avg = cfg.average_epochs
@@ -106,14 +106,19 @@ class MILTrainConfig:
                                                 and 1 <= e <= cfg.epochs for e in avg):
             raise ConfigError(f"mil: average_epochs must be a list of epoch counts in 1..epochs ({cfg.epochs}), "
                               f"got {avg!r}")
-        if avg and (grid or cfg.select_epochs):
-            raise ConfigError("mil: average_epochs does not combine with select_grid / select_epochs")
+        if cfg.bagging not in (True, False):
+            raise ConfigError(f"mil: bagging must be true or false, got {cfg.bagging!r}")
+        if cfg.bagging and (cfg.select_epochs or cfg.embed_layers < 1 or cfg.batch_bags != 1):
+            raise ConfigError("mil: bagging needs embed_layers >= 1 and batch_bags 1, and does not combine with "
+                              "select_epochs (put epochs in select_grid)")
+        if avg and (grid or cfg.select_epochs or cfg.bagging):
+            raise ConfigError("mil: average_epochs does not combine with select_grid / select_epochs / bagging")
         sel = cfg.select_epochs
         if not isinstance(sel, list) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
                                                  for e in sel):
             raise ConfigError(f"mil: select_epochs must be a list of epoch counts >= 1, got {sel!r}")
-        if sel and cfg.inner_folds < 2:
-            raise ConfigError("mil: inner_folds must be >= 2 when select_epochs is set")
+        if (sel or grid or cfg.bagging) and cfg.inner_folds < 2:
+            raise ConfigError("mil: inner_folds must be >= 2 with select_grid, select_epochs or bagging")
         return cfg
 
     def model_kwargs(self, in_features: int) -> dict[str, Any]:

@@ -69,8 +69,9 @@ def fit_mil_selected(bags: Bags, cfg: MILTrainConfig, *, seed: int = 0,
     """Train on ``bags``; with ``cfg.select_epochs`` the epoch count is first chosen by inner CV on
     these bags. Returns the ensemble and what was chosen (``{"epochs": e, "inner": scores}``).
     Too few bags of a class for the inner folds: a warning, and ``cfg.epochs`` is used.
-    With ``cfg.select_grid`` the whole configuration is chosen (:func:`medseg.mil.grid.select_and_fit`)."""
-    if cfg.select_grid:
+    With ``cfg.select_grid`` the whole configuration is chosen, with ``cfg.bagging`` the inner networks
+    averaged (:func:`medseg.mil.grid.select_and_fit`)."""
+    if cfg.select_grid or cfg.bagging:
         from medseg.mil.grid import select_and_fit
 
         try:
