@@ -73,12 +73,12 @@ def _progress_printer(every_s: float = 5.0):
 
     last = [-every_s]
 
-    def show(done: int, total: int, elapsed: float) -> None:
+    def show(done: float, total: int, elapsed: float) -> None:
         if elapsed - last[0] < every_s and done < total:
             return
         last[0] = elapsed
         left = elapsed / max(done, 1) * (total - done)
-        print(f"progress {done}/{total} ({100 * done / max(total, 1):.0f}%), {elapsed:.0f} s, "
+        print(f"progress {done:.0f}/{total} ({100 * done / max(total, 1):.0f}%), {elapsed:.0f} s, "
               f"about {left:.0f} s left", file=sys.stderr, flush=True)
 
     return show

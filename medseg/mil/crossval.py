@@ -30,7 +30,7 @@ from medseg.mil.select import fit_mil_selected
 log = logging.getLogger("medseg.training.mil")
 
 
-Progress = Callable[[int, int, float], None]  # (units done, units in all, seconds so far)
+Progress = Callable[[float, int, float], None]  # (units done, units in all, seconds so far)
 
 
 def cv_splits(labels: np.ndarray, folds: int, repeats: int, seed: int
@@ -76,15 +76,15 @@ def cross_validate(bags: Bags, cfg: MILTrainConfig, *, folds: int = 10, repeats:
     # instance labels that say more than the bag label (.mat files often repeat the bag label)
     informative = bags.instance_labels is not None and any(
         y == 1 and np.min(inst) == 0 for y, inst in zip(bags.labels, bags.instance_labels))
-    done = [0]
+    done = [0.0]
     total = cfg.epochs if parallel else repeats * folds
     if cfg.select_grid or cfg.bagging:  # epochs of the inner stacks, then about as many for the refits (if any)
         marks = cfg.select_grid.get("epochs", [cfg.epochs])
         stacks = len({structure_key(replace(cfg, **p)) for p in grid_points(cfg.select_grid)})
         total = (1 if cfg.bagging else 2) * max(marks) * stacks
 
-    def tick(n: int) -> None:
-        done[0] += n
+    def tick(n: float) -> None:   # shares of an epoch add up to whole ones (rounded to 1e-9)
+        done[0] = round(done[0] + n, 9)
         if progress is not None:
             progress(done[0], total, time.perf_counter() - t0)
 

@@ -78,13 +78,14 @@ def stack_bytes(bags: Bags, members: int) -> int:
 
 
 def fit_jobs(bags: Bags, jobs: list[Job], *, device: torch.device | str = "cpu",
-             progress: Callable[[int], None] | None = None,
+             progress: Callable[[float], None] | None = None,
              parts: int | None = None) -> list[dict[int, MILEnsemble]]:
     """Train every job; jobs of one :func:`structure_key` train side by side as one stacked network,
     split into ``parts`` stacks that run in parallel processes on the CPU (:func:`_train_split`; None:
     one per core this process may use).
     Returns per job its snapshot ensembles by epoch count. ``progress(epochs)`` is called after each
-    epoch of each stack (its argument: 1)."""
+    epoch trained here, with the share of a stack's epoch done by then (1 for a stack in one part; the
+    parts of a split stack add up to 1 per epoch: :func:`_train_split`)."""
     dev = torch.device(device)
     data = PaddedBags(bags, dev)
     out: list[dict[int, MILEnsemble]] = [{} for _ in jobs]
@@ -129,14 +130,15 @@ def _standardisers(ensembles: list[MILEnsemble], dev: torch.device) -> tuple[tor
 
 
 def _train_split(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.device,
-                 progress: Callable[[int], None] | None, parts: int | None) -> list[dict[int, MILEnsemble]]:
+                 progress: Callable[[float], None] | None, parts: int | None) -> list[dict[int, MILEnsemble]]:
     """:func:`_train_stack` of ``jobs`` split into ``parts`` stacks of whole jobs (None: one per core this
     process may use, :func:`medseg.device.available_cpus`, on the CPU; 1 on CUDA). A job draws everything
     random from its own seed, so a part trains its jobs as the whole stack would, up to float32 rounding of
     the batched products over fewer jobs (~1e-6 a step). The parts run in as many processes as the cores
     other processes leave free (:func:`medseg.device.choose_threads`), the rest one after another here:
     the result never depends on the machine's load (tests/mil/test_folds.py). A worker that fails has its
-    part trained here."""
+    part trained here. Progress: an epoch of the first part counts for itself and the parts the workers
+    train meanwhile (they keep about its pace), an epoch of a part trained here afterwards for itself."""
     n_parts = _part_count(dev, len(jobs), parts)
     if n_parts <= 1:
         return _train_stack(bags, data, jobs, dev, progress)
@@ -147,10 +149,14 @@ def _train_split(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.devic
     workers = min(n_parts, choose_threads()) - 1
     children = [Worker(encode_task(bags, jobs, str(dev), part), part) for part in ranges[1:1 + workers]]
     results: dict[tuple[int, int], list[dict[int, MILEnsemble]]] = {}
+
+    def share(parts_per_epoch: int) -> Callable[[float], None] | None:
+        return None if progress is None else (lambda n: progress(n * parts_per_epoch / n_parts))
+
     try:
-        results[ranges[0]] = _train_stack(bags, data, jobs, dev, progress, ranges[0])
+        results[ranges[0]] = _train_stack(bags, data, jobs, dev, share(1 + len(children)), ranges[0])
         for part in ranges[1 + workers:]:
-            results[part] = _train_stack(bags, data, jobs, dev, None, part)
+            results[part] = _train_stack(bags, data, jobs, dev, share(1), part)
         for child in children:
             res = child.result()
             if not isinstance(res, list):
@@ -183,7 +189,7 @@ def worker_main() -> None:
 
 
 def _train_stack(bags: Bags, data: PaddedBags, jobs: list[Job], dev: torch.device,
-                 progress: Callable[[int], None] | None,
+                 progress: Callable[[float], None] | None,
                  part: tuple[int, int] | None = None) -> list[dict[int, MILEnsemble]]:
     """Train the networks of ``jobs[part[0]:part[1]]`` (default: all) as one stack; returns their snapshots.
     Each job draws its initialisation, bag orders and dropout masks from its own seed, so what it learns

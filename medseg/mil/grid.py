@@ -100,7 +100,7 @@ def _inner_jobs(bags: Bags, train: np.ndarray, seed: int, cfgs: list[MILTrainCon
 
 def select_and_fit(bags: Bags, trains: list[np.ndarray], seeds: list[int], cfg: MILTrainConfig,
                    grid: dict[str, list[Any]], *, device: torch.device | str = "cpu",
-                   progress: Callable[[int], None] | None = None) -> list[tuple[MILEnsemble, dict[str, Any]]]:
+                   progress: Callable[[float], None] | None = None) -> list[tuple[MILEnsemble, dict[str, Any]]]:
     """For each training set ``trains[i]`` (indices into ``bags``) choose a configuration from
     ``grid`` by inner CV on those bags only and train it on them with ``seeds[i]`` (``cfg.bagging``: average
     its inner networks instead; ``grid`` may then be empty). Returns per training set the ensemble and

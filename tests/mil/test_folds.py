@@ -231,3 +231,26 @@ def test_a_failed_worker_has_its_part_trained_in_process(monkeypatch, caplog):
         got = _weights(folds.fit_jobs(bags, jobs, parts=2))
     assert "worker process failed (exit 1: boom)" in caplog.text
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_progress_of_a_split_stack_adds_up_to_its_epochs(monkeypatch):
+    """Two parts, 3 epochs: trained one after another here, each part's epoch is half a stack epoch (6 ticks
+    of 0.5); with a worker process training the second part meanwhile, the first part's epochs count for
+    both (3 ticks of 1). Either way the ticks add up to the 3 epochs, so the time left is not reported as
+    0 while a part is still to train."""
+    import medseg.device
+    from medseg.mil.crossval import cv_splits
+    from medseg.mil.folds import Job, fit_jobs
+
+    bags = _bags(np.random.default_rng(7), n=20, d=4)
+    cfg = MILTrainConfig(epochs=3, embed_dim=8, attn_dim=4, ensemble=1)
+    (_, trains, seeds), = cv_splits(bags.labels, 4, 1, 0)
+    jobs = [Job(tr, sd, cfg) for tr, sd in zip(trains, seeds)]
+    for threads, want in ((1, [0.5] * 6), (2, [1.0] * 3)):
+        ticks: list[float] = []
+        monkeypatch.setattr(medseg.device, "choose_threads", lambda *a, t=threads, **k: t)
+        fit_jobs(bags, jobs, parts=2, progress=ticks.append)
+        assert ticks == want, threads
+    ticks = []
+    fit_jobs(bags, jobs, parts=1, progress=ticks.append)
+    assert ticks == [1, 1, 1]
