@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg import config as cfgmod
     from medseg.cli.common import check_input, check_output_dir
     from medseg.device import resolve_device
+    from medseg.errors import InputError
     from medseg.fsutil import atomic_write_text
     from medseg.mil.bags import load_bags
     from medseg.mil.crossval import cross_validate
@@ -97,15 +98,21 @@ def run(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
     dev = resolve_device(args.device)
     bags = load_bags(args.data)
-    args.output.mkdir(parents=True, exist_ok=True)
 
     def partial(s: dict) -> None:  # repeats done so far, in case the run is stopped
+        args.output.mkdir(parents=True, exist_ok=True)   # made once there is something to write
         atomic_write_text(args.output / "summary.partial.json", json.dumps({**s, "data": str(args.data)}, indent=1))
 
-    summary = cross_validate(bags, cfg, folds=args.folds, repeats=args.repeats, seed=args.seed, device=dev,
-                             on_repeat=partial,
-                             progress=_progress_printer() if getattr(args, "verbosity", 0) >= 0 else None)
+    try:
+        summary = cross_validate(bags, cfg, folds=args.folds, repeats=args.repeats, seed=args.seed, device=dev,
+                                 on_repeat=partial,
+                                 progress=_progress_printer() if getattr(args, "verbosity", 0) >= 0 else None)
+    except InputError as exc:   # too few bags for the folds: name the data file
+        if exc.path is not None:
+            raise
+        raise InputError(exc.problem, path=args.data, code=exc.code) from None
     summary["data"] = str(args.data)
+    args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output / "summary.json", json.dumps(summary, indent=1))
     cfgmod.save_yaml({"mil": summary["config"]}, args.output / "config.resolved.yaml")
     lo, hi = summary["accuracy_ci95"]

@@ -117,3 +117,15 @@ def test_cli_bagging(tmp_path, rng, capsys):
     assert s["config"]["bagging"] is True and s["config"]["inner_folds"] == 2
     err = np.mean([p["inner_error"] for p in s["per_fold"]])
     assert f"bagging: 2 x 1 networks per training fold, inner out-of-fold error {err:.3f}" in capsys.readouterr().out
+
+
+def test_cli_too_few_bags_for_the_inner_folds_names_the_file_and_writes_nothing(tmp_path, rng, capsys, caplog):
+    from medseg.cli.main import main
+
+    rows = [r for r in _toy_bags(rng, 12) if r[1] not in (1, 3, 5, 7)]   # 2 positive bags left of 6
+    _write_csv(tmp_path / "few.csv", rows)
+    rc = main(["mil", "cv", "--data", str(tmp_path / "few.csv"), "--folds", "2", "--out", str(tmp_path / "cv"),
+               "--bagging", "--inner-folds", "3", "--set", "epochs=1"])
+    err = capsys.readouterr().err + caplog.text
+    assert rc != 0 and str(tmp_path / "few.csv") in err and "inner 3-fold split" in err
+    assert not (tmp_path / "cv").exists()
