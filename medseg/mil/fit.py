@@ -39,13 +39,13 @@ log = logging.getLogger("medseg.training.mil")
 
 __all__ = ["GRID_KEYS", "DEFAULT_GRID", "MILTrainConfig", "MILEnsemble", "fit_mil", "fit_mil_path", "predict_bags",
            "stratified_folds", "few_threads", "empty_ensemble", "averaged", "snapshot_marks", "save_mil", "load_mil",
-           "ensemble_tensors", "ensemble_from_tensors",
-           "attention_weights", "MILRun", "start_run", "train_runs", "batch_step"]
+           "ensemble_tensors", "ensemble_from_tensors", "attention_weights", "MILRun", "start_run", "train_runs",
+           "batch_step"]
 
 
 # Model selection inside each training set (medseg.mil.grid): the keys a grid may vary, and the grid
 # `select_grid: default` stands for. Kept small: every point costs inner_folds networks per training set.
-GRID_KEYS = ("model", "embed_dim", "dropout", "weight_decay", "lr", "epochs")
+GRID_KEYS = ("model", "embed_dim", "embed_layers", "attn_dim", "dropout", "weight_decay", "lr", "epochs")
 DEFAULT_GRID: dict[str, list[Any]] = {"model": ["attention_mil", "gated_attention_mil"],
                                       "weight_decay": [1e-3, 1e-2], "epochs": [10, 20, 40]}
 
@@ -64,8 +64,7 @@ class MILTrainConfig:
     lr: float = 5e-4
     weight_decay: float = 1e-3
     epochs: int = 20   # 40 until 2026-12-04; 3 networks x 20 epochs chosen outside the benchmark goals
-    # Epoch count chosen among these by an inner CV inside the training bags ([] = train `epochs`,
-    # the default: a fixed 40 beat the inner-CV choice on the development data sets, docs/benchmarks.md).
+    # Epoch counts an inner CV inside the training bags chooses among ([] = the fixed `epochs`, the default)
     select_epochs: list[int] = field(default_factory=list)
     inner_folds: int = 3  # folds of that inner CV (inside the training bags only)
     # Bagging: average the networks of the inner folds' training parts instead of a refit (medseg.mil.grid)
@@ -108,7 +107,8 @@ class MILTrainConfig:
                               f"got {avg!r}")
         if cfg.bagging not in (True, False):
             raise ConfigError(f"mil: bagging must be true or false, got {cfg.bagging!r}")
-        if cfg.bagging and (cfg.select_epochs or cfg.embed_layers < 1 or cfg.batch_bags != 1):
+        if cfg.bagging and (cfg.select_epochs or min([cfg.embed_layers, *grid.get("embed_layers", [])]) < 1 or
+                            cfg.batch_bags != 1):
             raise ConfigError("mil: bagging needs embed_layers >= 1 and batch_bags 1, and does not combine with "
                               "select_epochs (put epochs in select_grid)")
         if avg and (grid or cfg.select_epochs or cfg.bagging):

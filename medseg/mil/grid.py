@@ -7,9 +7,9 @@ training part (snapshots at each ``epochs`` value of the grid) and predicts the 
 part, so every training bag gets one out-of-fold probability per candidate. A candidate's score
 is its out-of-fold error rate ``err`` with standard error ``sqrt(err (1 - err) / n)``; among the
 candidates whose error is at most the best error plus the best candidate's standard error, the
-simplest is chosen (:func:`complexity`: fewer hidden units, attention before gated attention,
-fewer epochs, smaller learning rate, larger weight decay, more dropout). The chosen configuration
-is then trained on all the training bags or, with ``bagging``, its inner networks (each trained on the
+simplest is chosen (:func:`complexity`: fewer hidden units, fewer layers, a narrower attention, attention
+before gated attention, fewer epochs, smaller learning rate, larger weight decay, more dropout). The chosen
+configuration is then trained on all the training bags or, with ``bagging``, its inner networks (each trained on the
 training bags less one inner fold) are averaged instead (:func:`bagged`; with no grid, bagging alone:
 one candidate). All inner networks of all training sets, and then all refits, train side by side
 (:func:`medseg.mil.folds.fit_jobs`). Test bags are never passed in.
@@ -50,9 +50,10 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def complexity(cfg: MILTrainConfig) -> tuple:
-    """Sort key, simpler first: hidden units, gated after plain attention, epochs, learning rate,
-    then larger weight decay and dropout first."""
-    return (cfg.embed_dim, "gated" in cfg.model, cfg.epochs, cfg.lr, -cfg.weight_decay, -cfg.dropout)
+    """Sort key, simpler first: hidden units, embedding layers, attention width, gated after plain attention,
+    epochs, learning rate, then larger weight decay and dropout first."""
+    return (cfg.embed_dim, cfg.embed_layers, cfg.attn_dim, "gated" in cfg.model, cfg.epochs, cfg.lr,
+            -cfg.weight_decay, -cfg.dropout)
 
 
 def pick_one_se(scores: Mapping[Any, tuple[float, float]], key: Callable[[Any], Any]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from medseg.errors import ConfigError
 from medseg.mil import grid as mil_grid
@@ -129,3 +130,21 @@ def test_cli_too_few_bags_for_the_inner_folds_names_the_file_and_writes_nothing(
     err = capsys.readouterr().err + caplog.text
     assert rc != 0 and str(tmp_path / "few.csv") in err and "inner 3-fold split" in err
     assert not (tmp_path / "cv").exists()
+
+
+def test_a_grid_over_the_network_bags_each_training_sets_choice(toy):
+    """embed_layers / attn_dim in the grid: the candidates train as separate stacks; the one-SE rule prefers
+    fewer layers, then a narrower attention; each training set keeps the inner networks of its choice."""
+    c = MILTrainConfig
+    order = sorted([c(embed_layers=2, attn_dim=64), c(embed_layers=1, attn_dim=128), c(embed_layers=1, attn_dim=64)],
+                   key=mil_grid.complexity)
+    assert [(x.embed_layers, x.attn_dim) for x in order] == [(1, 64), (1, 128), (2, 64)]
+    grid = {"embed_layers": [1, 2]}
+    cfg = MILTrainConfig(epochs=2, ensemble=1, bagging=True, inner_folds=2, select_grid=grid)
+    picked = mil_grid.select_and_fit(toy, [np.arange(20), np.arange(10, 30)], [3, 4], cfg, grid)
+    for ens, info in picked:
+        layers = info["chosen"]["embed_layers"]
+        assert ens.config.embed_layers == layers and len(ens.models) == 2
+        assert sum(isinstance(m, torch.nn.Linear) for m in ens.models[0].embed) == layers
+    with pytest.raises(ConfigError):
+        MILTrainConfig.from_dict({"bagging": True, "select_grid": {"embed_layers": [0, 1]}})
