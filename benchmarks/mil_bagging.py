@@ -59,7 +59,8 @@ CANDIDATES = {"default": {}, "bagging5": {"bagging": True, "inner_folds": 5, "en
 def score(name: str, overrides: dict, folds: int, seed: int) -> dict:
     res = cross_validate(load(name), MILTrainConfig.from_dict(overrides), folds=folds, repeats=1, seed=seed)
     return {"accuracy": float(np.mean([p["accuracy"] for p in res["per_fold"]])),
-            "auc": float(np.nanmean([p["auc"] for p in res["per_fold"]])), "seconds": res["seconds"]}
+            "auc": float(np.nanmean([p["auc"] for p in res["per_fold"]])), "seconds": res["seconds"],
+            "configs_chosen": res.get("configs_chosen")}
 
 
 def decide(res: dict, cand: str) -> str:
