@@ -33,8 +33,9 @@ def toy(tmp_path, rng):
     return load_bags(tmp_path / "toy.csv")
 
 
-def test_bagged_predicts_the_mean_of_its_parts(toy, tmp_path):
-    cfg = MILTrainConfig(epochs=2, ensemble=2)
+@pytest.mark.parametrize("model", ["gated_attention_mil", "max_mil"])
+def test_bagged_predicts_the_mean_of_its_parts(toy, tmp_path, model):
+    cfg = MILTrainConfig(model=model, epochs=2, ensemble=2)
     parts = [fit_mil(toy.subset(np.arange(0, 20)), cfg, seed=1), fit_mil(toy.subset(np.arange(10, 30)), cfg, seed=2)]
     assert not np.allclose(parts[0].mean, parts[1].mean)
     ref = empty_ensemble(toy, cfg)
