@@ -189,6 +189,9 @@ def run_bcl(train, cfg: BCLConfig, out_dir: Path, *, device: torch.device, test=
     rng = np.random.default_rng(cfg.seed)
     model = PatchClassifier(create_encoder(cfg.encoder, weights=cfg.encoder_weights)).to(device)
     mil_cfg = MILTrainConfig.from_dict(cfg.mil)
+    if mil_cfg.select_grid or mil_cfg.select_epochs or mil_cfg.bagging:
+        log.warning("BCL trains its aggregator each round with the fixed settings (%d networks, %d epochs): "
+                    "select_grid, select_epochs and bagging apply to wsi_mil only", mil_cfg.ensemble, mil_cfg.epochs)
     history: list[dict[str, Any]] = []
     inst = getattr(train, "instance_labels", None)
     for r in range(cfg.rounds + 1):

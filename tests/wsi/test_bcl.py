@@ -168,3 +168,19 @@ def test_slide_source_threads_read_same_tiles(tmp_path, rng):
     ref = torch.from_numpy(img[16:32, 32:48].astype(np.float32) / 255).permute(2, 0, 1)
     assert torch.allclose(x3[3], ref)
     one.close(); many.close()
+
+
+def test_bcl_says_that_mil_selection_and_bagging_do_not_apply_to_its_rounds(tmp_path, rng, caplog, monkeypatch):
+    import logging
+
+    import medseg.wsi.bcl as bcl
+
+    def stop(*a, **k):
+        raise RuntimeError("stop after the checks")
+
+    monkeypatch.setattr(bcl, "encode_source", stop)
+    cfg = BCLConfig.from_dict({"rounds": 1, "k_schedule": [1], "encoder": "tile_resnet_tiny",
+                               "mil": {"epochs": 2, "ensemble": 1, "bagging": True}})
+    with caplog.at_level(logging.WARNING, logger="medseg.wsi.bcl"), pytest.raises(RuntimeError, match="stop"):
+        run_bcl(_toy_source(rng, 8), cfg, tmp_path, device=torch.device("cpu"))
+    assert "bagging apply to wsi_mil only" in caplog.text
