@@ -42,10 +42,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mil_procedures import GOALS, load  # noqa: E402
+from mil_procedures import GOALS, dev_means, load  # noqa: E402
 
 from medseg.mil.crossval import cross_validate  # noqa: E402
 from medseg.mil.fit import MILTrainConfig  # noqa: E402
@@ -58,14 +56,13 @@ CANDIDATES = {"default": {}, "bagging5": {"bagging": True, "inner_folds": 5, "en
 
 def score(name: str, overrides: dict, folds: int, seed: int) -> dict:
     res = cross_validate(load(name), MILTrainConfig.from_dict(overrides), folds=folds, repeats=1, seed=seed)
-    return {"accuracy": float(np.mean([p["accuracy"] for p in res["per_fold"]])),
-            "auc": float(np.nanmean([p["auc"] for p in res["per_fold"]])), "seconds": res["seconds"],
+    return {"accuracy": res["accuracy_mean"], "auc": res["auc_mean"], "seconds": res["seconds"],   # over the folds
             "configs_chosen": res.get("configs_chosen")}
 
 
 def decide(res: dict, cand: str) -> str:
-    mean = {c: (float(np.mean([res[f"{d}/{c}"]["accuracy"] for d in DEV])),
-                float(np.mean([res[f"{d}/{c}"]["auc"] for d in DEV]))) for c in ("default", cand)}
+    rows = [{"data": d, "procedures": {c: res[f"{d}/{c}"] for c in ("default", cand)}} for d in DEV]
+    mean = dev_means(rows, ["default", cand])
     for c, (a, u) in mean.items():
         print(f"  {c}: accuracy {a:.4f}, AUC {u:.4f}")
     ok = mean[cand][0] >= mean["default"][0] + 0.002 and mean[cand][1] >= mean["default"][1]
