@@ -81,6 +81,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mil_select_compare import FILES, SHARED, digit_feature_bags  # noqa: E402
+from mil_table import ilse  # noqa: E402
 
 from medseg.config import apply_overrides  # noqa: E402
 from medseg.metrics.classification import binary_metrics  # noqa: E402
@@ -91,10 +92,6 @@ from medseg.mil.folds import Job, fit_jobs, predict_jobs  # noqa: E402
 
 GOALS = {"musk1": "musk1.csv", "musk2": "musk2.csv", "elephant": "elephant.csv",
          "fox": "andrews_mat/fox_100x100_matlab.mat"}
-ILSE = {("musk1", "attention_mil"): 0.892, ("musk1", "gated_attention_mil"): 0.900,
-        ("musk2", "attention_mil"): 0.858, ("musk2", "gated_attention_mil"): 0.863,
-        ("fox", "attention_mil"): 0.615, ("fox", "gated_attention_mil"): 0.603,
-        ("elephant", "attention_mil"): 0.868, ("elephant", "gated_attention_mil"): 0.857}
 
 # procedure -> (networks of the seed ensemble used, epochs whose snapshots are averaged)
 PROCEDURES = {
@@ -174,10 +171,10 @@ def table(paths: list[Path]) -> None:
     print("| --- | --- | --- | " + " | ".join("---" for _ in procs) + " | --- |")
     for r in rows:
         cells = [f"{r['procedures'][p]['accuracy']:.3f} ({r['procedures'][p]['auc']:.3f})" for p in procs]
-        ilse = ILSE.get((r["data"], r["model"]))
+        ref = ilse(r["data"], r["model"])
         model = r["model"] + "".join(f", {k}={v}" for k, v in r.get("overrides", {}).items())
         print(f"| {r['data']} | {model} | {r['train_seconds']:.0f} | " + " | ".join(cells)
-              + f" | {'' if ilse is None else ilse} |")
+              + f" | {'' if np.isnan(ref) else ref} |")
     if any(r["data"] not in GOALS for r in rows):
         print("\nmean over the non-goal rows, accuracy (AUC):")
         for p, (a, u) in dev_means(rows, procs).items():

@@ -17,9 +17,20 @@ import numpy as np
 ILSE = {"musk1": (0.892, 0.900), "musk2": (0.858, 0.863), "fox": (0.615, 0.603), "elephant": (0.868, 0.857)}
 
 
-def _dataset(path: str) -> str:
+def dataset_name(path: str) -> str:
+    """The goal data set a file holds ("musk1", "fox", ...), else the file name."""
     name = Path(path).name.lower()
     return next((k for k in ILSE if name.startswith(k)), name)
+
+
+def ilse(ds: str, model: str) -> float:
+    """Ilse et al.'s accuracy for a data set and model (gated attention or not); NaN for other data sets."""
+    return ILSE.get(ds, (float("nan"),) * 2)[1 if model.startswith("gated") else 0]
+
+
+def row_order(ds: str, model: str) -> tuple[int, str]:
+    """Sort key of a table row: the goals in Ilse et al.'s order, then the other data sets."""
+    return list(ILSE).index(ds) if ds in ILSE else len(ILSE), model
 
 
 def main(paths: list[str]) -> int:
@@ -29,10 +40,9 @@ def main(paths: list[str]) -> int:
     rows = []
     for p in paths:
         s = json.loads(Path(p).read_text())
-        ds, model = _dataset(s["data"]), s["config"]["model"]
-        ref = ILSE.get(ds, (float("nan"),) * 2)[1 if model.startswith("gated") else 0]
-        rows.append((ds, model, s, ref))
-    for ds, model, s, ref in sorted(rows, key=lambda r: (list(ILSE).index(r[0]) if r[0] in ILSE else 9, r[1])):
+        ds, model = dataset_name(s["data"]), s["config"]["model"]
+        rows.append((ds, model, s, ilse(ds, model)))
+    for ds, model, s, ref in sorted(rows, key=lambda r: row_order(r[0], r[1])):
         lo, hi = s["accuracy_ci95"]
         reps = s.get("accuracy_repeat_means", [])
         rsd = f"{np.std(reps, ddof=1):.3f}" if len(reps) > 1 else "-"
